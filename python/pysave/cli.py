@@ -1,0 +1,334 @@
+"""The ``pysave`` command line. Every command calls the same model methods as Python and R.
+
+User errors print one line (``Error: ...``) and exit with status 1, without a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from .errors import PySaveError
+
+
+def _friendly(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except PySaveError as err:
+            raise click.ClickException(str(err)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory; use a smaller --batch-size or fewer cells.") from None
+    return wrapper
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise PySaveError(f"--set needs KEY=VALUE, got {item!r} (e.g. --set cell_type=B).")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key in out:
+            raise PySaveError(f"--set names {key!r} twice; give each condition once.")
+        out[key] = value.strip()
+    return out
+
+
+def _load_model(model_dir: str, device: str, quiet: bool = False):
+    from .model import SAVE
+
+    return SAVE.load(model_dir, device=device, verbose=not quiet)
+
+
+def _read_data(path: str):
+    from .io import read_h5ad
+
+    return read_h5ad(path)
+
+
+def _read_table(path: str):
+    import pandas as pd
+
+    if not os.path.exists(path):
+        raise PySaveError(f"table {path!r} does not exist.")
+    if path.endswith(".h5ad"):
+        return _read_data(path).obs.copy()
+    sep = "\t" if path.endswith((".tsv", ".txt", ".tsv.gz")) else ","
+    try:
+        table = pd.read_csv(path, sep=sep, dtype=str)
+    except Exception as err:  # noqa: BLE001 - any parser failure is a bad table for the user
+        raise PySaveError(f"could not read table {path!r}: {err}") from err
+    if "n_cells" in table.columns:
+        table["n_cells"] = pd.to_numeric(table["n_cells"], errors="coerce")
+    return table
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+common_device = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+common_overwrite = click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
+common_quiet = click.option("--quiet", is_flag=True, help="Print only errors.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pysave")
+def main():
+    """pysave: SAVE, multi-condition single-cell generation (gene-block attention VAE + latent flow matching)."""
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--condition", "conditions", multiple=True, required=True, help="obs column to condition on (repeat for several).")
+@click.option("--batch-key", default=None, help="Condition that is the batch (max-abs scalers per batch).")
+@click.option("--layer", default=None, help="Layer holding raw counts (default: X).")
+@click.option("--out", "out", required=True, type=click.Path(), help="Model directory to write.")
+@click.option("--epochs", "max_epochs", type=int, default=None, help="VAE epochs (default: scvi-tools heuristic, at most 400).")
+@click.option("--flow-epochs", type=int, default=None, help="Flow epochs (default: 2 x VAE epochs, at least 4,000 steps).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="VAE learning rate (AdamW).")
+@click.option("--flow-lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=2.5e-5, show_default=True)
+@click.option("--warmup-epochs", type=int, default=None, help="Linear warm-up (default: a quarter of the epochs).")
+@click.option("--validation-fraction", type=float, default=0.1, show_default=True)
+@click.option("--patience", type=int, default=20, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--no-early-stopping", is_flag=True)
+@click.option("--gene-embeddings", default="data", show_default=True, help="'data', 'random' or a CSV/TSV/NPZ/parquet file.")
+@click.option("--block-size", type=int, default=None, help="Genes per block K.")
+@click.option("--n-blocks", type=int, default=None, help="Number of blocks L (default 32).")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "nb"]), default="bernoulli", show_default=True)
+@click.option("--hidden-size", type=int, default=256, show_default=True)
+@click.option("--condition-dim", type=int, default=512, show_default=True)
+@click.option("--latent-dim", type=int, default=128, show_default=True)
+@click.option("--latent-token-size", type=int, default=8, show_default=True)
+@click.option("--encoder-layers", "n_encoder_layers", type=int, default=3, show_default=True)
+@click.option("--decoder-layers", "n_decoder_layers", type=int, default=3, show_default=True)
+@click.option("--heads", "n_heads", type=int, default=4, show_default=True)
+@click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--flow-hidden-size", type=int, default=128, show_default=True)
+@click.option("--flow-layers", type=int, default=2, show_default=True)
+@click.option("--flow-token-size", type=int, default=32, show_default=True)
+@click.option("--flow-heads", type=int, default=4, show_default=True)
+@click.option("--mask-prob", type=float, default=0.6, show_default=True, help="Condition masking while training the flow.")
+@click.option("--vae-mask-prob", type=float, default=0.2, show_default=True)
+@click.option("--kl-weight", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@common_device
+@common_overwrite
+@common_quiet
+@_friendly
+def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batch_size, lr, flow_lr, weight_decay,
+          warmup_epochs, validation_fraction, patience, no_early_stopping, device, overwrite, quiet, **params):
+    """Train a SAVE model on DATA (.h5ad with raw counts) and write it to --out."""
+    from .io import check_output_path
+    from .model import SAVE
+
+    check_output_path(out, overwrite, inputs=(data,))
+    adata = _read_data(data)
+    SAVE.setup_anndata(adata, condition_keys=list(conditions), layer=layer, batch_key=batch_key)
+    model = SAVE(adata, verbose=not quiet, **params)
+    model.train(max_epochs=max_epochs, flow_epochs=flow_epochs, batch_size=batch_size, lr=lr, flow_lr=flow_lr,
+                weight_decay=weight_decay, warmup_epochs=warmup_epochs, validation_fraction=validation_fraction,
+                early_stopping=not no_early_stopping, early_stopping_patience=patience, seed=params["seed"],
+                device=device, progress=not quiet)
+    model.save(out, overwrite=overwrite)
+    if not quiet:
+        _log(f"wrote model to {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--n", "n_cells", type=int, default=None, help="Number of cells (with --set).")
+@click.option("--set", "sets", multiple=True, help="Condition KEY=VALUE (repeat); conditions not set are masked.")
+@click.option("--like", "like", type=click.Path(), default=None, help="CSV/TSV/h5ad table: one row per cell, or with an n_cells column.")
+@click.option("--out", required=True, type=click.Path(), help="Output .h5ad.")
+@click.option("--guidance", type=float, default=1.0, show_default=True, help="Classifier-free guidance weight w.")
+@click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps.")
+@click.option("--solver", type=click.Choice(["euler", "dopri5"]), default="euler", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@common_device
+@common_overwrite
+@common_quiet
+@_friendly
+def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, device, overwrite, quiet):
+    """Generate cells from MODEL_DIR for given conditions (any subset, unseen combinations too)."""
+    from .io import check_output_path, write_h5ad
+
+    if (like is None) == (n_cells is None):
+        raise PySaveError("give either --n N (with --set KEY=VALUE ...) or --like TABLE.")
+    if like is not None and sets:
+        raise PySaveError("--set cannot be combined with --like; put the conditions in the table.")
+    check_output_path(out, overwrite, inputs=(like,) if like else ())
+    model = _load_model(model_dir, device, quiet)
+    kwargs = dict(guidance=guidance, n_steps=n_steps, solver=solver, seed=seed)
+    if like is not None:
+        result = model.generate_like(_read_table(like), **kwargs)
+    else:
+        result = model.generate(_parse_sets(sets), n_cells=n_cells, **kwargs)
+    result.uns["pysave"]["model_dir"] = os.path.abspath(model_dir)
+    write_h5ad(result, out, overwrite=overwrite)
+    if not quiet:
+        _log(f"wrote {result.n_obs} generated cells to {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--set", "sets", multiple=True, required=True, help="Target condition KEY=VALUE (VALUE [MASK] removes it).")
+@click.option("--out", required=True, type=click.Path())
+@common_device
+@common_overwrite
+@common_quiet
+@_friendly
+def transfer(model_dir, data, sets, out, device, overwrite, quiet):
+    """Encode the cells of DATA and decode them under other conditions (perturbation, batch)."""
+    from .io import check_output_path, write_h5ad
+
+    check_output_path(out, overwrite, inputs=(data,))
+    target = _parse_sets(sets)
+    model = _load_model(model_dir, device, quiet)
+    result = model.transfer(_read_data(data), target)
+    result.uns["pysave"]["model_dir"] = os.path.abspath(model_dir)
+    write_h5ad(result, out, overwrite=overwrite, inputs=(data,))
+    if not quiet:
+        _log(f"wrote {result.n_obs} transferred cells to {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Copy of DATA with obsm['X_save'].")
+@click.option("--key-added", default="X_save", show_default=True)
+@common_device
+@common_overwrite
+@common_quiet
+@_friendly
+def embed(model_dir, data, out, key_added, device, overwrite, quiet):
+    """Write the latent representation of DATA's cells to obsm (DATA itself is not changed)."""
+    from .io import check_output_path, write_h5ad
+
+    check_output_path(out, overwrite, inputs=(data,))
+    model = _load_model(model_dir, device, quiet)
+    adata = _read_data(data)
+    model.get_latent_representation(adata, key_added=key_added)
+    write_h5ad(adata, out, overwrite=overwrite, inputs=(data,))
+    if not quiet:
+        _log(f"wrote {adata.n_obs} cells with obsm[{key_added!r}] to {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Copy of DATA with the corrected layer and obsm['X_save'].")
+@click.option("--batch-key", default=None, help="Condition to remove (default: the model's batch key).")
+@click.option("--reference", default=None, help="Decode every cell as this batch (default: batch masked).")
+@click.option("--layer-added", default="save_corrected", show_default=True)
+@common_device
+@common_overwrite
+@common_quiet
+@_friendly
+def correct(model_dir, data, out, batch_key, reference, layer_added, device, overwrite, quiet):
+    """Batch-corrected log-normalized expression of DATA, written to a layer."""
+    from .io import check_output_path, write_h5ad
+
+    check_output_path(out, overwrite, inputs=(data,))
+    model = _load_model(model_dir, device, quiet)
+    adata = _read_data(data)
+    model.correct(adata, batch_key=batch_key, reference=reference, layer_added=layer_added)
+    model.get_latent_representation(adata)
+    write_h5ad(adata, out, overwrite=overwrite, inputs=(data,))
+    if not quiet:
+        _log(f"wrote corrected expression to layer {layer_added!r} of {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.argument("data", type=click.Path())
+@click.option("--by", "key", required=True, help="obs column to average attention by (e.g. cell_type).")
+@click.option("--out", required=True, type=click.Path(), help="TSV table: categories x gene blocks.")
+@click.option("--plot", type=click.Path(), default=None, help="Also draw a heatmap (PNG/PDF).")
+@common_device
+@common_overwrite
+@common_quiet
+@_friendly
+def attention(model_dir, data, key, out, plot, device, overwrite, quiet):
+    """Mean block attention per category of an obs column (paper appendix C)."""
+    from .io import check_output_path
+    from .plotting import attention_heatmap
+
+    check_output_path(out, overwrite, inputs=(data,))
+    if plot:
+        check_output_path(plot, overwrite, inputs=(data,))
+    model = _load_model(model_dir, device, quiet)
+    table = model.attention_by(_read_data(data), key)
+    _atomic_text(out, table.to_csv(sep="\t"))
+    if plot:
+        attention_heatmap(table, plot)
+    if not quiet:
+        _log(f"wrote attention of {table.shape[1]} blocks for {table.shape[0]} categories to {out}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--blocks", "blocks_out", type=click.Path(), default=None, help="Write the gene-block table (TSV).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole config as JSON.")
+@common_overwrite
+@_friendly
+def info(model_dir, blocks_out, as_json, overwrite):
+    """Describe a model directory: genes, conditions, blocks, training."""
+    from .io import check_output_path, load_model_dir
+    from .model import SAVE
+
+    if as_json:
+        config, _ = load_model_dir(model_dir)
+        click.echo(json.dumps({k: v for k, v in config.items() if k not in ("genes", "history")}, indent=1))
+        return
+    model = SAVE.load(model_dir, device="cpu", verbose=False)
+    click.echo(repr(model))
+    for key, cats in model.registry["categories"].items():
+        click.echo(f"  {key}: {', '.join(cats)}")
+    summary = model.training_summary
+    if summary:
+        click.echo(f"  trained on {summary['n_cells']} cells: VAE {summary['vae']['epochs_run']} epochs "
+                   f"(best loss {summary['vae']['best_monitored_loss']:.4g}), flow {summary['flow']['epochs_run']} epochs "
+                   f"(best loss {summary['flow']['best_monitored_loss']:.4g}), seed {summary['seed']}, device {summary['device']}")
+    click.echo(f"  gene blocks: {model.blocks.method}")
+    if blocks_out:
+        check_output_path(blocks_out, overwrite)
+        _atomic_text(blocks_out, model.gene_blocks().to_csv(sep="\t", index=False))
+        click.echo(f"  wrote the gene-block table to {blocks_out}")
+
+
+@main.command()
+@click.option("--out", default="pysave_demo", show_default=True, type=click.Path(), help="Folder to write.")
+@click.option("--epochs", type=int, default=100, show_default=True, help="VAE epochs (the flow trains for at least 4,000 steps).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@common_device
+@common_overwrite
+@_friendly
+def demo(out, epochs, seed, device, overwrite):
+    """Train on the bundled PBMC data (3 technologies x 9 cell types), generate every combination, plot."""
+    from .demo import run_demo
+
+    run_demo(out, epochs=epochs, seed=seed, device=device, overwrite=overwrite, log=_log)
+
+
+def _atomic_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+if __name__ == "__main__":  # python -m pysave.cli
+    sys.exit(main())

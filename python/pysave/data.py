@@ -1,0 +1,300 @@
+"""Data registration and preprocessing (scvi-tools style ``setup_anndata``).
+
+The registry records, for each condition column, its categories plus a trailing [MASK]
+slot, so later AnnData objects are encoded the same way. Preprocessing follows the paper:
+counts -> normalize to 1e4 -> log1p -> max-abs scaling to [0, 1], with one scaler per batch
+when a batch key is named (as the lab's code did) and a global scaler for masked batches.
+Matrices are handled in row chunks and stay sparse: only minibatches are densified.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import PySaveError
+
+REGISTRY_KEY = "_pysave"
+TARGET_SUM = 1e4
+CHUNK_ROWS = 4096
+MASK = "[MASK]"
+
+
+# ----------------------------------------------------------------------------- registry
+def _condition_values(adata, key: str) -> pd.Series:
+    if key not in adata.obs.columns:
+        raise PySaveError(
+            f"condition key {key!r} is not a column of adata.obs; available columns: "
+            f"{', '.join(map(str, adata.obs.columns)) or '(none)'}. Pass one of these as a condition key."
+        )
+    col = adata.obs[key]
+    n_missing = int(col.isna().sum())
+    if n_missing:
+        raise PySaveError(
+            f"condition column {key!r} has {n_missing} missing value(s); fill them "
+            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(str)) or drop those cells."
+        )
+    return col
+
+
+def _categories_of(col: pd.Series) -> list[str]:
+    # Keep a categorical's declared order (minus unused levels); otherwise sort the values
+    # as strings, so numeric and string columns give the same, reproducible order.
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        used = set(col.astype(str))
+        return [str(c) for c in col.cat.categories if str(c) in used]
+    return sorted(set(col.astype(str)))
+
+
+def setup_anndata(adata, condition_keys, layer: str | None = None, batch_key: str | None = None) -> dict:
+    """Register ``adata`` for SAVE: which obs columns are conditions and where the counts are.
+
+    Parameters
+    ----------
+    condition_keys
+        Categorical columns of ``adata.obs`` to condition on (batch, cell type, stimulation...).
+    layer
+        Layer holding raw counts; ``None`` means ``adata.X``.
+    batch_key
+        One of ``condition_keys``; when given, max-abs scalers are fitted per batch.
+    """
+    if isinstance(condition_keys, str):
+        condition_keys = [condition_keys]
+    condition_keys = [str(k) for k in condition_keys]
+    if not condition_keys:
+        raise PySaveError("no condition keys given; name at least one column of adata.obs, e.g. condition_keys=['cell_type'].")
+    if len(set(condition_keys)) != len(condition_keys):
+        raise PySaveError(f"condition keys are repeated: {condition_keys}; name each column once.")
+    if batch_key is not None and batch_key not in condition_keys:
+        raise PySaveError(f"batch_key {batch_key!r} must also be one of the condition keys {condition_keys}.")
+    validate_shape(adata)
+    counts_matrix(adata, layer)  # raises when the layer is missing
+    categories = {}
+    for key in condition_keys:
+        categories[key] = _categories_of(_condition_values(adata, key))
+    registry = {
+        "condition_keys": condition_keys,
+        "categories": categories,
+        "layer": layer,
+        "batch_key": batch_key,
+    }
+    adata.uns[REGISTRY_KEY] = {"registry_json": _to_json(registry)}
+    return registry
+
+
+def _to_json(obj) -> str:
+    import json
+
+    return json.dumps(obj)
+
+
+def get_registry(adata) -> dict:
+    import json
+
+    entry = adata.uns.get(REGISTRY_KEY)
+    if not entry or "registry_json" not in entry:
+        raise PySaveError(
+            "this AnnData is not set up for SAVE; call pysave.SAVE.setup_anndata(adata, condition_keys=[...]) first."
+        )
+    return json.loads(entry["registry_json"])
+
+
+def validate_shape(adata) -> None:
+    if adata.n_obs == 0:
+        raise PySaveError("the AnnData has zero cells; give a dataset with at least one cell.")
+    if adata.n_vars == 0:
+        raise PySaveError("the AnnData has zero genes; give a dataset with at least one gene.")
+
+
+def counts_matrix(adata, layer: str | None):
+    if layer is None:
+        X = adata.X
+    else:
+        if layer not in adata.layers:
+            raise PySaveError(
+                f"layer {layer!r} is not in adata.layers (available: {', '.join(adata.layers.keys()) or 'none'}); "
+                "name the layer that holds raw counts, or omit it to use adata.X."
+            )
+        X = adata.layers[layer]
+    if X is None:
+        raise PySaveError("adata.X is empty; put raw counts in X or name a counts layer with layer=.")
+    return X
+
+
+def encode_conditions(obs: pd.DataFrame, registry: dict, allow_missing: bool = False) -> np.ndarray:
+    """Map condition columns to integer codes; the code ``len(categories)`` is [MASK].
+
+    With ``allow_missing`` a column that is absent, or a missing value, becomes [MASK];
+    otherwise both are errors. Unknown values are always errors that list the known ones.
+    """
+    keys = registry["condition_keys"]
+    codes = np.empty((len(obs), len(keys)), dtype=np.int64)
+    for j, key in enumerate(keys):
+        cats = registry["categories"][key]
+        lookup = {c: i for i, c in enumerate(cats)}
+        lookup[MASK] = len(cats)
+        if key not in obs.columns:
+            if not allow_missing:
+                raise PySaveError(
+                    f"condition column {key!r} is missing from obs; the model was trained with conditions {keys}."
+                )
+            codes[:, j] = len(cats)
+            continue
+        col = obs[key]
+        missing = col.isna().to_numpy()
+        if missing.any() and not allow_missing:
+            raise PySaveError(f"condition column {key!r} has {int(missing.sum())} missing value(s); fill or drop them.")
+        values = col.astype(object).where(~missing, MASK).astype(str).to_numpy()
+        unknown = sorted(set(values) - set(lookup))
+        if unknown:
+            raise PySaveError(
+                f"unknown value(s) {unknown[:5]} for condition {key!r}; the model knows: "
+                f"{', '.join(cats)} (or {MASK} to leave it unspecified)."
+            )
+        codes[:, j] = [lookup[v] for v in values]
+    return codes
+
+
+# ----------------------------------------------------------------------------- checks
+def _iter_rows(X, chunk: int = CHUNK_ROWS):
+    n = X.shape[0]
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = X[start:stop]
+        if sp.issparse(block):
+            block = sp.csr_matrix(block)
+        else:
+            block = np.asarray(block)
+        yield start, stop, block
+
+
+def _values(block) -> np.ndarray:
+    return block.data if sp.issparse(block) else block.ravel()
+
+
+def check_counts(X, what: str = "adata.X") -> np.ndarray:
+    """Validate raw counts chunk by chunk; return per-cell library sizes.
+
+    Raises a :class:`PySaveError` for NaN/inf, negative values, non-integer values (with a
+    hint when the data look log-normalized) and cells with no counts.
+    """
+    library = np.zeros(X.shape[0], dtype=np.float64)
+    non_integer = 0
+    max_value = 0.0
+    for start, stop, block in _iter_rows(X):
+        vals = np.asarray(_values(block), dtype=np.float64)
+        if vals.size:
+            if not np.isfinite(vals).all():
+                raise PySaveError(
+                    f"{what} contains NaN or infinite values; SAVE needs raw counts. Replace or remove them "
+                    "(e.g. X[np.isnan(X)] = 0) before training."
+                )
+            if (vals < 0).any():
+                raise PySaveError(
+                    f"{what} contains negative values; SAVE needs raw, non-negative counts. If X is scaled or "
+                    "centred, put the raw counts in a layer and pass layer='counts' (CLI: --layer counts)."
+                )
+            non_integer += int(np.count_nonzero(np.abs(vals - np.round(vals)) > 1e-3))
+            max_value = max(max_value, float(vals.max()))
+        library[start:stop] = np.asarray(block.sum(axis=1)).ravel()
+    if non_integer:
+        hint = (
+            " The values look log-normalized (all below 20)." if max_value < 20 else ""
+        )
+        raise PySaveError(
+            f"{what} holds {non_integer} non-integer value(s); SAVE expects raw counts.{hint} Put raw counts in "
+            "adata.X or in a layer and pass layer='counts' (CLI: --layer counts); counts can be recovered from "
+            "log1p(CP10k) values with expm1(x) * total_counts / 1e4."
+        )
+    empty = int(np.count_nonzero(library <= 0))
+    if empty:
+        raise PySaveError(
+            f"{empty} cell(s) have zero total counts; remove them first, e.g. scanpy.pp.filter_cells(adata, min_counts=1)."
+        )
+    return library
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def log_normalize(block, library: np.ndarray):
+    """log1p(counts / library * 1e4) for a row block; sparse stays sparse."""
+    factors = (TARGET_SUM / library).astype(np.float32)
+    if sp.issparse(block):
+        out = sp.diags(factors) @ sp.csr_matrix(block, dtype=np.float32)
+        out = sp.csr_matrix(out)
+        np.log1p(out.data, out=out.data)
+        return out
+    return np.log1p(np.asarray(block, dtype=np.float32) * factors[:, None])
+
+
+def _column_max(block) -> np.ndarray:
+    if sp.issparse(block):
+        return np.asarray(block.max(axis=0).todense()).ravel() if block.shape[0] else np.zeros(block.shape[1])
+    return block.max(axis=0)
+
+
+@dataclass
+class Scalers:
+    """Per-gene max-abs scalers, one row per scaler index.
+
+    Without a batch key there is one (global) row. With one, rows 0..B-1 are the batches and
+    row B is global: B is also the [MASK] code of the batch condition, so a cell's scaler
+    index is simply its batch code, and a masked batch falls back to the global scaler.
+    """
+
+    values: np.ndarray  # (n_rows, n_genes), float32, all > 0
+
+
+def fit_scalers(X, library: np.ndarray, scaler_index: np.ndarray, n_rows: int) -> Scalers:
+    maxima = np.zeros((n_rows, X.shape[1]), dtype=np.float32)
+    for start, stop, block in _iter_rows(X):
+        lognorm = log_normalize(block, library[start:stop])
+        codes = scaler_index[start:stop]
+        for b in np.unique(codes):
+            rows = np.flatnonzero(codes == b)
+            maxima[b] = np.maximum(maxima[b], _column_max(lognorm[rows]))
+    if n_rows > 1:
+        maxima[-1] = maxima[:-1].max(axis=0)
+    # A gene never expressed (in a batch) gets scale 1 so that 0 stays 0 and nothing divides by 0.
+    maxima[maxima <= 0] = 1.0
+    return Scalers(maxima)
+
+
+def scale_rows(lognorm, scaler_rows: np.ndarray):
+    """Divide log-normalized rows by their scaler rows and clip to [0, 1]."""
+    if sp.issparse(lognorm):
+        lognorm = sp.csr_matrix(lognorm)
+        row_of = np.repeat(np.arange(lognorm.shape[0]), np.diff(lognorm.indptr))
+        lognorm.data = np.minimum(lognorm.data / scaler_rows[row_of, lognorm.indices], 1.0).astype(np.float32)
+        return lognorm
+    return np.minimum(lognorm / scaler_rows, 1.0).astype(np.float32)
+
+
+def preprocess(X, library: np.ndarray, scalers: Scalers, scaler_index: np.ndarray) -> sp.csr_matrix:
+    """Counts -> [0, 1]-scaled log-normalized CSR matrix, chunk by chunk."""
+    chunks = []
+    for start, stop, block in _iter_rows(X):
+        lognorm = log_normalize(block, library[start:stop])
+        chunks.append(sp.csr_matrix(scale_rows(lognorm, scalers.values[scaler_index[start:stop]])))
+    return sp.vstack(chunks, format="csr") if len(chunks) > 1 else chunks[0]
+
+
+def align_genes(adata_var_names, model_genes: list[str]) -> np.ndarray:
+    """Column indices of ``model_genes`` in the given var names (documented re-mapping).
+
+    Genes may come in another order and extra genes are ignored; missing model genes are an
+    error, since silently filling them would bias every output.
+    """
+    var = pd.Index(adata_var_names)
+    if not var.is_unique:
+        dup = var[var.duplicated()].unique()[:5].tolist()
+        raise PySaveError(f"gene names are not unique (e.g. {dup}); call adata.var_names_make_unique() first.")
+    idx = var.get_indexer(model_genes)
+    missing = [g for g, i in zip(model_genes, idx) if i < 0]
+    if missing:
+        raise PySaveError(
+            f"{len(missing)} of the model's {len(model_genes)} genes are missing from the data (e.g. {missing[:5]}); "
+            "give data with the genes the model was trained on (same var_names; order and extra genes do not matter)."
+        )
+    return idx

@@ -1,0 +1,129 @@
+"""Shared network parts: condition embeddings and pre-LN Transformer blocks with AdaLN.
+
+AdaLN follows the paper's eq. (2): from the condition vector each block computes a shift
+(beta), a scale (gamma) and a gate (alpha) for its attention and feed-forward sub-layers.
+The modulation is zero-initialised (adaLN-Zero), so every block starts as the identity.
+LayerNorm only, never BatchNorm: a minibatch of one cell behaves like any other.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConditionEmbedding(nn.Module):
+    """One learned table per condition key, with a last [MASK] row; the vectors are summed."""
+
+    def __init__(self, n_categories: list[int], dim: int):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(n + 1, dim) for n in n_categories)
+        for table in self.tables:
+            nn.init.normal_(table.weight, std=0.02)
+        self.mask_codes = list(n_categories)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return sum(table(codes[:, j]) for j, table in enumerate(self.tables))
+
+    def unique(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of the distinct condition rows and, per cell, the row to use.
+
+        A minibatch holds few distinct combinations, so the AdaLN modulations are computed
+        once per combination and gathered, not once per cell.
+        """
+        distinct, inverse = torch.unique(codes, dim=0, return_inverse=True)
+        return self(distinct), inverse
+
+    def random_mask(self, codes: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replace each condition of each cell by [MASK] with probability ``p`` (paper eq. 13)."""
+        if p <= 0:
+            return codes
+        hit = torch.rand(codes.shape, generator=generator, device=codes.device) < p
+        mask = torch.tensor(self.mask_codes, device=codes.device).expand_as(codes)
+        return torch.where(hit, mask, codes)
+
+    def all_masked(self, n: int, device) -> torch.Tensor:
+        return torch.tensor(self.mask_codes, device=device).expand(n, -1).clone()
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class AdaLNBlock(nn.Module):
+    """Pre-LN Transformer block whose LayerNorms are modulated by a condition vector."""
+
+    def __init__(self, dim: int, n_heads: int, cond_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {n_heads} heads")
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+        self.dropout = dropout
+
+    def attention(self, x: torch.Tensor, return_weights: bool):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if return_weights:
+            weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+            out = weights @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d)), weights
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor, cond_index: torch.Tensor | None = None,
+                return_weights: bool = False):
+        mod = self.modulation(cond)
+        if cond_index is not None:
+            mod = mod[cond_index]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        attn_out, weights = self.attention(modulate(self.norm1(h), shift1, scale1), return_weights)
+        h = h + gate1.unsqueeze(1) * attn_out
+        h = h + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(h), shift2, scale2))
+        return (h, weights) if return_weights else h
+
+
+class AdaLNTransformer(nn.Module):
+    """A stack of :class:`AdaLNBlock` followed by a modulated final LayerNorm."""
+
+    def __init__(self, dim: int, depth: int, n_heads: int, cond_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, cond_dim, dropout=dropout) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
+        nn.init.zeros_(self.final_modulation[1].weight)
+        nn.init.zeros_(self.final_modulation[1].bias)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor, cond_index: torch.Tensor | None = None,
+                return_weights: bool = False):
+        """``cond`` holds one row per cell, or one per distinct condition with ``cond_index``
+        giving each cell's row."""
+        weights = None
+        for i, block in enumerate(self.blocks):
+            if return_weights and i == len(self.blocks) - 1:
+                h, weights = block(h, cond, cond_index, return_weights=True)
+            else:
+                h = block(h, cond, cond_index)
+        final = self.final_modulation(cond)
+        shift, scale = (final if cond_index is None else final[cond_index]).chunk(2, dim=-1)
+        h = modulate(self.final_norm(h), shift, scale)
+        return (h, weights) if return_weights else h
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of flow time t in [0, 1] (scaled by 1000 as in diffusion models)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

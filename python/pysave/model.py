@@ -1,0 +1,633 @@
+"""The user-facing model: ``SAVE`` over an AnnData, scvi-tools style.
+
+    SAVE.setup_anndata(adata, condition_keys=["batch", "cell_type"], batch_key="batch")
+    model = SAVE(adata)
+    model.train()
+    fake = model.generate({"cell_type": "B"}, n_cells=500)
+    model.save("model_dir")
+
+The networks (``vae``, ``flow``) know nothing of AnnData; this class owns the registry,
+preprocessing, gene blocks and every task, and the CLI and R package call these methods.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from . import __version__
+from . import data as D
+from . import io
+from .blocks import GeneBlocks, build_gene_blocks
+from .errors import ModelDirectoryError, PySaveError
+from .flow import SOLVERS, VelocityField, sample_latents
+from .train import fit
+from .vae import LIKELIHOODS, BlockAttentionVAE
+
+# What the paper fixes, plus our documented choices for what it leaves open (README "Defaults").
+DEFAULTS = dict(
+    gene_embeddings="data",
+    block_size=None,
+    n_blocks=None,
+    likelihood="bernoulli",
+    hidden_size=256,
+    condition_dim=512,
+    latent_dim=128,
+    latent_token_size=8,
+    n_encoder_layers=3,
+    n_decoder_layers=3,
+    n_heads=4,
+    dropout=0.0,
+    flow_hidden_size=128,
+    flow_layers=2,
+    flow_token_size=32,
+    flow_heads=4,
+    mask_prob=0.6,
+    vae_mask_prob=0.2,
+    kl_weight=0.05,
+    seed=0,
+)
+
+
+MIN_FLOW_STEPS = 4000
+MIN_PATIENCE_STEPS = 1000
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA, then Apple MPS, then the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise PySaveError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PySaveError(f"device {device!r} was asked for but no CUDA GPU is available; use device='cpu' or 'auto'.")
+    return dev
+
+
+@dataclass
+class _Prepared:
+    """One dataset in the model's gene space, ready for the networks."""
+
+    x01: sp.csr_matrix  # [0, 1]-scaled log-normalized expression
+    counts: sp.csr_matrix | None  # raw counts (negative binomial only)
+    codes: np.ndarray  # (n_cells, n_conditions) condition codes, [MASK] = n_categories
+    scaler_index: np.ndarray  # row of the scaler table for each cell
+
+    def rows(self, idx, device):
+        x = torch.from_numpy(self.x01[idx].toarray()).to(device)
+        c = torch.from_numpy(self.codes[idx]).to(device)
+        counts = None if self.counts is None else torch.from_numpy(self.counts[idx].toarray().astype(np.float32)).to(device)
+        return x, c, counts
+
+
+class SAVE:
+    """SAVE: gene-block attention VAE + latent flow matching, conditioned on obs columns.
+
+    Parameters (all stored with the model; see the README for why each default was chosen)
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`, raw counts in X or the registered layer.
+    gene_embeddings
+        ``"data"`` (co-expression embedding of the training data), ``"random"``, or a path to a
+        CSV/TSV/NPZ/parquet file of gene vectors (genes missing from it are placed by "data").
+    block_size, n_blocks
+        Genes per block K, or number of blocks L (default: 32 blocks, at least 8 genes each).
+    likelihood
+        ``"bernoulli"`` (BCE on [0, 1] values, the lab's choice), ``"gaussian"`` (MSE) or ``"nb"``
+        (negative binomial on counts).
+    hidden_size, condition_dim, latent_dim, latent_token_size, n_encoder_layers, n_decoder_layers, n_heads
+        VAE shape; paper: m = 256, e = 512, d = 128, K_l = 8, 3 + 3 blocks, 4 heads.
+    flow_hidden_size, flow_layers, flow_token_size, flow_heads
+        Shape of the flow-matching Transformer over latent tokens.
+    mask_prob
+        Probability of masking each condition while training the flow (paper: 0.6).
+    vae_mask_prob
+        The same for the VAE, so that it can encode and decode with a condition left out.
+    kl_weight
+        Weight of the KL term. The lab's VAE used 0.5 because it sampled from N(0, I); with a
+        flow as the prior the latent need not match N(0, I), and 0.5 collapsed it (KL ~5 nats,
+        decoded cells near the population mean), so the default is 0.05.
+    seed
+        Seeds gene-block clustering, weight initialisation and, by default, training.
+    """
+
+    def __init__(self, adata, verbose: bool = True, **params):
+        unknown = set(params) - set(DEFAULTS)
+        if unknown:
+            raise PySaveError(f"unknown parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}.")
+        self.params = {**DEFAULTS, **params}
+        self._validate_params()
+        self.verbose = verbose
+        self.registry = D.get_registry(adata)
+        D.validate_shape(adata)
+        var = pd.Index(adata.var_names.astype(str))
+        if not var.is_unique:
+            dup = var[var.duplicated()].unique()[:5].tolist()
+            raise PySaveError(f"gene names are not unique (e.g. {dup}); call adata.var_names_make_unique() first.")
+        self.genes = var.tolist()
+        X = D.counts_matrix(adata, self.registry["layer"])
+        library = D.check_counts(X, "adata.X" if self.registry["layer"] is None else f"layer {self.registry['layer']!r}")
+        codes = D.encode_conditions(adata.obs, self.registry)
+        scaler_index = self._scaler_index(codes)
+        self.scalers = D.fit_scalers(X, library, scaler_index, self._n_scaler_rows())
+        x01 = D.preprocess(X, library, self.scalers, scaler_index)
+        counts = sp.csr_matrix(X, dtype=np.float32) if self.params["likelihood"] == "nb" else None
+        self._data = _Prepared(x01, counts, codes, scaler_index)
+        self.adata = adata
+        self.blocks = build_gene_blocks(
+            self.genes, x01, self.params["gene_embeddings"], self.params["block_size"], self.params["n_blocks"],
+            seed=self.params["seed"], log=self._log,
+        )
+        self.latent_mean = torch.zeros(self.params["latent_dim"])
+        self.latent_std = torch.ones(self.params["latent_dim"])
+        self.device = torch.device("cpu")
+        self.history: dict = {}
+        self.training_summary: dict = {}
+        self.is_trained = False
+        torch.manual_seed(self.params["seed"])
+        self._build_networks()
+
+    # ------------------------------------------------------------------ registration
+    setup_anndata = staticmethod(D.setup_anndata)
+
+    def _validate_params(self) -> None:
+        p = self.params
+        if p["likelihood"] not in LIKELIHOODS:
+            raise PySaveError(f"likelihood must be one of {LIKELIHOODS}, got {p['likelihood']!r}.")
+        for key in ("mask_prob", "vae_mask_prob"):
+            if not 0.0 <= float(p[key]) < 1.0:
+                raise PySaveError(f"{key} must be in [0, 1), got {p[key]}.")
+        if p["latent_dim"] % p["latent_token_size"] or p["latent_dim"] % p["flow_token_size"]:
+            raise PySaveError("latent_dim must be a multiple of latent_token_size and of flow_token_size.")
+        if p["hidden_size"] % p["n_heads"] or p["flow_hidden_size"] % p["flow_heads"]:
+            raise PySaveError("hidden sizes must be multiples of their number of attention heads.")
+
+    def _log(self, message: str) -> None:
+        if self.verbose:
+            _log(message)
+
+    def _batch_column(self) -> int | None:
+        key = self.registry.get("batch_key")
+        return None if key is None else self.registry["condition_keys"].index(key)
+
+    def _n_scaler_rows(self) -> int:
+        j = self._batch_column()
+        return 1 if j is None else len(self.registry["categories"][self.registry["batch_key"]]) + 1
+
+    def _scaler_index(self, codes: np.ndarray) -> np.ndarray:
+        j = self._batch_column()
+        return np.zeros(len(codes), dtype=np.int64) if j is None else codes[:, j].astype(np.int64)
+
+    def _n_categories(self) -> list[int]:
+        return [len(self.registry["categories"][k]) for k in self.registry["condition_keys"]]
+
+    def _build_networks(self) -> None:
+        p = self.params
+        self.vae = BlockAttentionVAE(
+            torch.as_tensor(self.blocks.index), len(self.genes), self._n_categories(),
+            hidden=p["hidden_size"], cond_dim=p["condition_dim"], latent_dim=p["latent_dim"],
+            latent_token_size=p["latent_token_size"], n_encoder_layers=p["n_encoder_layers"],
+            n_decoder_layers=p["n_decoder_layers"], n_heads=p["n_heads"], dropout=p["dropout"],
+            likelihood=p["likelihood"],
+        )
+        self.flow = VelocityField(
+            p["latent_dim"], self._n_categories(), token_size=p["flow_token_size"], hidden=p["flow_hidden_size"],
+            depth=p["flow_layers"], n_heads=p["flow_heads"],
+        )
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        flow_epochs: int | None = None,
+        batch_size: int = 256,
+        lr: float = 1e-4,
+        flow_lr: float = 1e-3,
+        weight_decay: float = 2.5e-5,
+        warmup_epochs: int | None = None,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 20,
+        seed: int | None = None,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> "SAVE":
+        """Train the VAE, then the flow on its latent space.
+
+        ``max_epochs`` defaults to min(400, round(400 * 20000 / n_cells)) as in scvi-tools;
+        ``flow_epochs`` to 2 x max_epochs but at least 4,000 optimizer steps (the flow trains on
+        cached latents, is cheap, and needs many steps before it follows its conditions);
+        warm-up to a quarter of the epochs (paper: 50 of 200). Early-stopping patience counts
+        epochs but never fewer than 1,000 optimizer steps.
+        """
+        if self._data is None:
+            raise PySaveError("this model was loaded without training data; create a new SAVE(adata) to train.")
+        n_cells = self._data.x01.shape[0]
+        if max_epochs is None:
+            max_epochs = int(min(400, max(1, round(400 * 20_000 / n_cells))))
+        steps = math.ceil(n_cells * (1 - validation_fraction) / batch_size) if batch_size > 0 else 1
+        if flow_epochs is None:
+            flow_epochs = max(2 * max_epochs, math.ceil(MIN_FLOW_STEPS / max(1, steps)))
+        for name, value in (("max_epochs", max_epochs), ("flow_epochs", flow_epochs), ("batch_size", batch_size)):
+            if int(value) < 1:
+                raise PySaveError(f"{name} must be a positive integer, got {value}.")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise PySaveError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
+        seed = self.params["seed"] if seed is None else int(seed)
+        dev = resolve_device(device)
+        self.device = dev
+        self.vae.to(dev)
+        self.flow.to(dev)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n_cells)
+        n_val = int(round(validation_fraction * n_cells))
+        if n_val < 2 and validation_fraction > 0:
+            n_val = 0
+            self._log("too few cells for a validation split; training without validation and early stopping")
+        val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
+        steps = math.ceil(len(train_rows) / batch_size)
+        patience = max(early_stopping_patience, math.ceil(MIN_PATIENCE_STEPS / steps)) if early_stopping and n_val else None
+
+        def batches(rows, epoch, make):
+            idx = rows if epoch is None else np.random.default_rng([seed, epoch]).permutation(rows)
+            for start in range(0, len(idx), batch_size):
+                yield make(np.sort(idx[start:start + batch_size]))
+
+        data = self._data
+        vae_mask = float(self.params["vae_mask_prob"])
+        kl_weight = float(self.params["kl_weight"])
+
+        def vae_loss(batch, generator):
+            x, codes, counts = batch
+            codes = self.vae.condition_embedding.random_mask(codes, vae_mask if self.vae.training else 0.0, generator)
+            return self.vae.loss(x, codes, counts, kl_weight=kl_weight, generator=generator)
+
+        make_vae = lambda idx: data.rows(idx, dev)  # noqa: E731
+        self._log(f"training the VAE on {len(train_rows)} cells ({n_val} for validation), {len(self.genes)} genes, "
+                  f"{self.blocks.n_blocks} blocks of {self.blocks.block_size}, device {dev}")
+        vae_result = fit(
+            self.vae, vae_loss, lambda e: batches(train_rows, e, make_vae),
+            (lambda: batches(val_rows, None, make_vae)) if n_val else None,
+            max_epochs, steps, lr, weight_decay, warmup_epochs if warmup_epochs is not None else max(1, max_epochs // 4),
+            patience, dev, seed, "VAE", self._log, progress,
+        )
+
+        # Flow stage: standardised posterior samples of the trained encoder, fresh each epoch.
+        mu, logvar = self._encode(data, dev)
+        std = torch.exp(0.5 * logvar)
+        gen = torch.Generator().manual_seed(seed)
+        z = mu + std * torch.randn(mu.shape, generator=gen)
+        self.latent_mean = z[train_rows].mean(0)
+        self.latent_std = z[train_rows].std(0, correction=1 if len(train_rows) > 1 else 0).clamp_min(1e-4)
+        codes_all = torch.from_numpy(data.codes)
+        z_val = ((z - self.latent_mean) / self.latent_std)[val_rows]
+        mask_prob = float(self.params["mask_prob"])
+
+        def flow_batches(epoch):
+            g = torch.Generator().manual_seed(seed * 1000 + max(epoch, 0))
+            zt = mu[train_rows] + std[train_rows] * torch.randn(len(train_rows), mu.shape[1], generator=g)
+            zt = (zt - self.latent_mean) / self.latent_std
+            perm = torch.randperm(len(train_rows), generator=g)
+            c = codes_all[train_rows]
+            for start in range(0, len(perm), batch_size):
+                sel = perm[start:start + batch_size]
+                yield zt[sel].to(dev), c[sel].to(dev)
+
+        def flow_val():
+            c = codes_all[val_rows]
+            for start in range(0, len(val_rows), batch_size):
+                yield z_val[start:start + batch_size].to(dev), c[start:start + batch_size].to(dev)
+
+        def flow_loss(batch, generator):
+            x1, codes = batch
+            return {"loss": self.flow.loss(x1, codes, mask_prob, generator)}
+
+        self._log(f"training the flow on {mu.shape[1]}-d latents")
+        flow_result = fit(
+            self.flow, flow_loss, flow_batches, flow_val if n_val else None, flow_epochs, steps, flow_lr, weight_decay,
+            warmup_epochs if warmup_epochs is not None else max(1, flow_epochs // 4), patience, dev, seed + 7, "flow",
+            self._log, progress,
+        )
+        self.history = {f"vae_{k}": v for k, v in vae_result["history"].items()}
+        self.history.update({f"flow_{k}": v for k, v in flow_result["history"].items()})
+        self.training_summary = {
+            "vae": vae_result["summary"], "flow": flow_result["summary"],
+            "n_cells": n_cells, "n_train": int(len(train_rows)), "n_validation": int(n_val),
+            "batch_size": batch_size, "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay,
+            "max_epochs": max_epochs, "flow_epochs": flow_epochs, "seed": seed, "device": str(dev),
+        }
+        self.is_trained = True
+        return self
+
+    # ------------------------------------------------------------------ internals
+    @torch.no_grad()
+    def _encode(self, prep: _Prepared, device=None, batch_size: int = 1024, attention: bool = False):
+        dev = device or self.device
+        self.vae.eval()
+        mus, logvars, attn = [], [], []
+        for start in range(0, prep.x01.shape[0], batch_size):
+            x, codes, _ = prep.rows(np.arange(start, min(start + batch_size, prep.x01.shape[0])), dev)
+            if attention:
+                mu, logvar, w = self.vae.encode(x, codes, return_weights=True)
+                # Attention each block receives: mean over heads and query blocks.
+                attn.append(w.mean(dim=(1, 2)).cpu())
+            else:
+                mu, logvar = self.vae.encode(x, codes)
+            mus.append(mu.cpu())
+            logvars.append(logvar.cpu())
+        out = (torch.cat(mus), torch.cat(logvars))
+        return out + (torch.cat(attn),) if attention else out
+
+    @torch.no_grad()
+    def _decode(self, z: torch.Tensor, codes: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Latents -> log-normalized expression (log1p of counts per 10,000)."""
+        self.vae.eval()
+        scaler_index = self._scaler_index(codes)
+        out = np.empty((z.shape[0], len(self.genes)), dtype=np.float32)
+        for start in range(0, z.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            mean = self.vae.decode_mean(z[sl].to(self.device), torch.from_numpy(codes[sl]).to(self.device)).cpu().numpy()
+            if self.params["likelihood"] == "nb":
+                out[sl] = np.log1p(mean * D.TARGET_SUM)
+            else:
+                out[sl] = mean * self.scalers.values[scaler_index[sl]]
+        return out
+
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise PySaveError("the model is not trained yet; call model.train() (CLI: pysave train) first.")
+
+    def _prepare(self, adata) -> _Prepared:
+        """Bring a new AnnData into the model's gene space (re-mapping genes by name)."""
+        if adata is None:
+            if self._data is None:
+                raise PySaveError("no data given; pass an AnnData (the model was loaded without its training data).")
+            return self._data
+        D.validate_shape(adata)
+        layer = self.registry["layer"]
+        if layer is not None and layer not in adata.layers:
+            raise PySaveError(f"the model reads counts from layer {layer!r}, which this AnnData lacks; add it (adata.layers[{layer!r}] = counts).")
+        X = D.counts_matrix(adata, layer)
+        var = [str(v) for v in adata.var_names]
+        if var != self.genes:
+            idx = D.align_genes(var, self.genes)
+            X = X[:, idx]
+            extra = len(var) - len(self.genes)
+            if extra > 0:
+                self._log(f"ignoring {extra} gene(s) the model was not trained on; genes were matched by name")
+        library = D.check_counts(X)
+        codes = D.encode_conditions(adata.obs, self.registry, allow_missing=True)
+        scaler_index = self._scaler_index(codes)
+        x01 = D.preprocess(X, library, self.scalers, scaler_index)
+        return _Prepared(x01, None, codes, scaler_index)
+
+    def _code_of(self, key: str, value) -> int:
+        keys = self.registry["condition_keys"]
+        if key not in keys:
+            raise PySaveError(f"{key!r} is not a condition of this model; its conditions are {keys}.")
+        cats = self.registry["categories"][key]
+        if value is None or value == D.MASK:
+            return len(cats)
+        if str(value) not in cats:
+            raise PySaveError(f"unknown value {value!r} for condition {key!r}; the model knows: {', '.join(cats)}.")
+        return cats.index(str(value))
+
+    def _obs_from_codes(self, codes: np.ndarray, index) -> pd.DataFrame:
+        obs = pd.DataFrame(index=index)
+        for j, key in enumerate(self.registry["condition_keys"]):
+            cats = self.registry["categories"][key]
+            obs[key] = pd.Categorical.from_codes(np.where(codes[:, j] >= len(cats), -1, codes[:, j]), categories=cats)
+        return obs
+
+    def _output(self, X: np.ndarray, obs: pd.DataFrame, kind: str, extra: dict):
+        import anndata as ad
+
+        out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, name=None)))
+        out.uns["pysave"] = {
+            "format_version": io.EXCHANGE_FORMAT_VERSION, "kind": kind, "pysave_version": __version__,
+            "X": "log1p(counts per 10,000)", "condition_keys": list(self.registry["condition_keys"]), **extra,
+        }
+        return out
+
+    # ------------------------------------------------------------------ tasks
+    def generate(self, conditions: dict | None = None, n_cells: int = 100, **kwargs):
+        """Generate ``n_cells`` cells for one combination of conditions.
+
+        Conditions not named are masked (left to the model), so any subset can be given,
+        including combinations never seen in training. Returns an AnnData whose X holds
+        log-normalized expression in the model's gene space; keyword arguments as
+        :meth:`generate_like`.
+        """
+        conditions = dict(conditions or {})
+        if int(n_cells) < 1:
+            raise PySaveError(f"n_cells must be at least 1, got {n_cells}.")
+        for key, value in conditions.items():
+            self._code_of(key, value)
+        table = pd.DataFrame({k: [v] * int(n_cells) for k, v in conditions.items()}, index=range(int(n_cells)))
+        return self.generate_like(table, **kwargs)
+
+    def generate_like(self, obs_table: pd.DataFrame, guidance: float = 1.0, n_steps: int = 50, solver: str = "euler",
+                      seed: int = 0, batch_size: int = 4096):
+        """Generate one cell per row of ``obs_table`` (or ``n_cells`` per row if it has that column).
+
+        Condition columns that are absent or missing are masked. ``guidance`` is the
+        classifier-free guidance weight w (1 = the plain conditional model); ``solver`` is
+        ``"euler"`` (``n_steps`` fixed steps) or ``"dopri5"`` (adaptive, torchdiffeq).
+        """
+        self._require_trained()
+        if solver not in SOLVERS:
+            raise PySaveError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+        if int(n_steps) < 1:
+            raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
+        table = pd.DataFrame(obs_table).reset_index(drop=True)
+        if "n_cells" in table.columns:
+            counts = pd.to_numeric(table.pop("n_cells"), errors="coerce")
+            if counts.isna().any() or (counts < 0).any():
+                raise PySaveError("the n_cells column must hold non-negative integers.")
+            table = table.loc[table.index.repeat(counts.astype(int))].reset_index(drop=True)
+        if len(table) == 0:
+            raise PySaveError("nothing to generate: the table has no rows (or all n_cells are 0).")
+        known = set(self.registry["condition_keys"])
+        if not known & set(table.columns) and len(table.columns):
+            raise PySaveError(f"none of the table's columns {list(table.columns)} is a condition of this model ({sorted(known)}).")
+        codes = D.encode_conditions(table, self.registry, allow_missing=True)
+        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        z = []
+        for start in range(0, len(codes), batch_size):
+            c = torch.from_numpy(codes[start:start + batch_size]).to(self.device)
+            self.flow.eval()
+            z.append(sample_latents(self.flow, c, float(guidance), int(n_steps), solver, generator).cpu())
+        z = torch.cat(z) * self.latent_std + self.latent_mean
+        X = self._decode(z, codes)
+        obs = self._obs_from_codes(codes, pd.Index([f"gen_{i}" for i in range(len(codes))]))
+        for col in table.columns:
+            if col not in known:
+                obs[col] = table[col].to_numpy()
+        out = self._output(X, obs, "generated", {
+            "seed": int(seed), "guidance": float(guidance), "n_steps": int(n_steps), "solver": solver,
+            "output": "decoder mean of latents sampled by the flow",
+        })
+        out.obsm["X_save"] = z.numpy()
+        return out
+
+    def transfer(self, adata, target: dict, batch_size: int = 1024):
+        """Encode cells under their own conditions and decode them under ``target``.
+
+        Perturbation prediction (``{"condition": "stimulated"}``) and batch transfer
+        (``{"batch": "ref"}``, or ``None`` / "[MASK]" to remove the batch). The original values
+        are kept in ``obs[f"{key}_source"]``; X holds log-normalized expression.
+        """
+        self._require_trained()
+        if not target:
+            raise PySaveError("no target conditions given; e.g. target={'condition': 'stimulated'}.")
+        target_codes = {k: self._code_of(k, v) for k, v in target.items()}
+        prep = self._prepare(adata)
+        mu, _ = self._encode(prep, batch_size=batch_size)
+        codes = prep.codes.copy()
+        keys = self.registry["condition_keys"]
+        for key, code in target_codes.items():
+            codes[:, keys.index(key)] = code
+        X = self._decode(mu, codes)
+        obs = adata.obs.copy()
+        new = self._obs_from_codes(codes, obs.index)
+        for key in target:
+            if key in obs.columns:
+                obs[f"{key}_source"] = obs[key]
+            obs[key] = new[key]
+        out = self._output(X, obs, "transferred", {"target": {k: str(v) for k, v in target.items()},
+                                                   "output": "decoder mean of the encoder mean"})
+        out.obsm["X_save"] = mu.numpy()
+        return out
+
+    def get_latent_representation(self, adata=None, key_added: str | None = "X_save", batch_size: int = 1024) -> np.ndarray:
+        """Encoder means (the latent used for integration); also written to ``obsm[key_added]``."""
+        self._require_trained()
+        adata = self.adata if adata is None else adata
+        mu, _ = self._encode(self._prepare(adata if adata is not self.adata else None), batch_size=batch_size)
+        latent = mu.numpy()
+        if key_added and adata is not None:
+            adata.obsm[key_added] = latent
+        return latent
+
+    def correct(self, adata=None, batch_key: str | None = None, reference: str | None = None,
+                layer_added: str | None = "save_corrected", batch_size: int = 1024) -> np.ndarray:
+        """Batch-corrected log-normalized expression: decode with the batch masked (default) or
+        set to ``reference``; written to ``layers[layer_added]`` and returned."""
+        self._require_trained()
+        key = batch_key or self.registry.get("batch_key")
+        if key is None:
+            raise PySaveError("no batch key: register one with setup_anndata(..., batch_key=) or pass batch_key=.")
+        adata = self.adata if adata is None else adata
+        out = self.transfer(adata, {key: reference}, batch_size=batch_size)
+        if layer_added and adata is not None:
+            adata.layers[layer_added] = out.X
+        return out.X
+
+    def attention_by(self, adata=None, key: str | None = None, batch_size: int = 512) -> pd.DataFrame:
+        """Mean encoder attention each gene block receives, per category of ``obs[key]``
+        (last encoder layer, averaged over heads and query blocks; paper appendix C)."""
+        self._require_trained()
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise PySaveError("attention_by needs an AnnData.")
+        if key is None or key not in adata.obs.columns:
+            raise PySaveError(f"key {key!r} is not a column of adata.obs; choose one of {list(adata.obs.columns)}.")
+        prep = self._prepare(adata if adata is not self.adata else None)
+        _, _, attn = self._encode(prep, batch_size=batch_size, attention=True)
+        frame = pd.DataFrame(attn.numpy(), columns=[f"block_{b}" for b in range(attn.shape[1])])
+        frame[key] = adata.obs[key].astype(str).to_numpy()
+        return frame.groupby(key, sort=True).mean()
+
+    def gene_blocks(self) -> pd.DataFrame:
+        """Block membership as a table: gene, block, position, placed_by."""
+        return self.blocks.table(self.genes)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str, overwrite: bool = False) -> str:
+        """Write the model directory: config.json + weights.safetensors (no pickle)."""
+        tensors = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
+        tensors.update({f"flow.{k}": v for k, v in self.flow.state_dict().items()})
+        tensors["extra.block_index"] = torch.as_tensor(self.blocks.index)
+        tensors["extra.scalers"] = torch.as_tensor(self.scalers.values)
+        tensors["extra.latent_mean"] = self.latent_mean
+        tensors["extra.latent_std"] = self.latent_std
+        from importlib.metadata import version
+
+        config = {
+            "format_version": io.MODEL_FORMAT_VERSION,
+            "pysave_version": __version__,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+                         "anndata": version("anndata"), "pot": version("pot")},
+            "params": self.params,
+            "registry": self.registry,
+            "genes": self.genes,
+            "blocks": {"method": self.blocks.method, "placed_by": self.blocks.source.tolist(),
+                       "n_blocks": self.blocks.n_blocks, "block_size": self.blocks.block_size},
+            "is_trained": self.is_trained,
+            "training": self.training_summary,
+            "history": self.history,
+        }
+        return io.save_model_dir(path, config, tensors, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str, adata=None, device: str = "auto", verbose: bool = True) -> "SAVE":
+        """Load a model directory (on any device, whatever it was saved from).
+
+        With ``adata``, that AnnData becomes the default data of the task methods; its genes
+        are matched to the model's by name.
+        """
+        config, tensors = io.load_model_dir(path)
+        self = cls.__new__(cls)
+        try:
+            self.params = {**DEFAULTS, **config["params"]}
+            self.registry = config["registry"]
+            self.genes = list(config["genes"])
+            blocks = config["blocks"]
+            self.blocks = GeneBlocks(tensors["extra.block_index"].numpy().astype(np.int64),
+                                     np.asarray(blocks["placed_by"], dtype=str), blocks["method"])
+            self.scalers = D.Scalers(tensors["extra.scalers"].numpy())
+            self.latent_mean = tensors["extra.latent_mean"]
+            self.latent_std = tensors["extra.latent_std"]
+            self.history = config.get("history", {})
+            self.training_summary = config.get("training", {})
+            self.is_trained = bool(config.get("is_trained", False))
+            self.verbose = verbose
+            self._data = None
+            self.adata = None
+            self._build_networks()
+            self.vae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("vae.")})
+            self.flow.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("flow.")})
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise ModelDirectoryError(f"model directory {path!r} is inconsistent ({type(err).__name__}: {err}); retrain or restore it.") from err
+        self.device = resolve_device(device)
+        self.vae.to(self.device)
+        self.flow.to(self.device)
+        if adata is not None:
+            self._data = self._prepare(adata)  # fails early on genes or conditions that do not fit
+            self.adata = adata
+        return self
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "untrained"
+        conds = ", ".join(f"{k} ({len(v)})" for k, v in self.registry["categories"].items())
+        return (f"SAVE model, {state}: {len(self.genes)} genes in {self.blocks.n_blocks} blocks of "
+                f"{self.blocks.block_size}; conditions: {conds}; likelihood {self.params['likelihood']}")

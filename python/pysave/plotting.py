@@ -1,0 +1,77 @@
+"""Plots people look at before they read numbers: UMAP of real vs generated cells and the
+block-attention heatmap. matplotlib with the non-interactive Agg backend; files are written
+atomically."""
+from __future__ import annotations
+
+import os
+
+
+
+
+ORIGIN_COLOURS = {"real": "#9e9e9e", "generated": "#d62728"}
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def attention_heatmap(table, path: str) -> None:
+    """Categories x gene blocks, each row scaled to its mean so that preferences stand out."""
+    plt = _figure()
+    values = table.to_numpy()
+    rel = values / values.mean(axis=1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(max(4, 0.3 * values.shape[1] + 2), max(2.5, 0.35 * values.shape[0] + 1)))
+    im = ax.imshow(rel, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(table.index)), [str(i) for i in table.index])
+    ax.set_xticks(range(values.shape[1]), [c.replace("block_", "") for c in table.columns], fontsize=7)
+    ax.set_xlabel("gene block")
+    ax.set_ylabel(table.index.name or "")
+    fig.colorbar(im, ax=ax, label="attention / row mean")
+    ax.set_title("Encoder attention received per gene block")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def real_vs_generated_umap(real, generated, color: str, path: str, seed: int = 0) -> None:
+    """UMAP of real and generated cells together (both log-normalized, same genes), two panels:
+    by origin and by ``color``."""
+    import anndata as ad
+    import scanpy as sc
+
+    plt = _figure()
+    both = ad.concat({"real": real, "generated": generated}, label="origin", index_unique="-")
+    both.obs[color] = both.obs[color].astype(str)
+    sc.pp.pca(both, n_comps=min(30, both.n_vars - 1, both.n_obs - 1), random_state=seed)
+    sc.pp.neighbors(both, random_state=seed)
+    sc.tl.umap(both, random_state=seed)
+    xy = both.obsm["X_umap"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key in zip(axes, ["origin", color]):
+        values = both.obs[key].astype(str).to_numpy()
+        for i, cat in enumerate(sorted(set(values), reverse=key == "origin")):  # real first, under generated
+            sel = values == cat
+            colour = ORIGIN_COLOURS[cat] if key == "origin" else plt.cm.tab20(i % 20)
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=4, alpha=0.6, label=cat, color=colour)
+        ax.set_title(f"UMAP coloured by {key}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+    _save(fig, path)
+    plt.close(fig)
+

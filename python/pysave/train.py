@@ -1,0 +1,127 @@
+"""Training loop shared by both stages: AdamW with linear warm-up, a validation split,
+early stopping that restores the best weights, loss history, and progress that is a bar on
+a terminal and a few plain lines elsewhere (RStudio, knitr, CI logs)."""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from typing import Callable, Iterable
+
+import torch
+
+
+class Progress:
+    """A tqdm bar when stderr is a terminal, else one plain line every ~10% of the epochs."""
+
+    def __init__(self, total: int, label: str, log: Callable[[str], None], enabled: bool = True):
+        self.total, self.label, self.log, self.enabled = total, label, log, enabled
+        self.bar = None
+        self.every = max(1, math.ceil(total / 10))
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=label, leave=True)
+
+    def update(self, epoch: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(text)
+        elif epoch % self.every == 0 or epoch == self.total:
+            self.log(f"{self.label}: epoch {epoch}/{self.total} {text}")
+
+    def close(self, message: str | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if message and self.enabled:
+            self.log(f"{self.label}: {message}")
+
+
+def fit(
+    module: torch.nn.Module,
+    loss_fn: Callable[[object, torch.Generator], dict],
+    train_batches: Callable[[int], Iterable],
+    val_batches: Callable[[], Iterable] | None,
+    epochs: int,
+    steps_per_epoch: int,
+    lr: float,
+    weight_decay: float,
+    warmup_epochs: int,
+    patience: int | None,
+    device: torch.device,
+    seed: int,
+    label: str,
+    log: Callable[[str], None],
+    progress: bool = True,
+) -> dict:
+    """Train ``module`` for up to ``epochs``; return the history and a summary."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    warmup_steps = max(1, warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    history: dict[str, list[float]] = {}
+    best = (math.inf, None, 0)  # (val loss, state, epoch)
+    bar = Progress(epochs, label, log, progress)
+    start = time.perf_counter()
+    n_seen = 0
+    epoch = 0
+    stopped_early = False
+    for epoch in range(1, epochs + 1):
+        module.train()
+        sums: dict[str, float] = {}
+        n_batches = 0
+        for batch in train_batches(epoch):
+            terms = loss_fn(batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
+            optimizer.step()
+            scheduler.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+            n_seen += _batch_size(batch)
+        metrics = {f"train_{k}": v / max(1, n_batches) for k, v in sums.items()}
+        if val_batches is not None:
+            module.eval()
+            val_gen = torch.Generator(device=device).manual_seed(seed + 1)
+            vsums: dict[str, float] = {}
+            n_val = 0
+            with torch.no_grad():
+                for batch in val_batches():
+                    for k, v in loss_fn(batch, val_gen).items():
+                        vsums[k] = vsums.get(k, 0.0) + float(v)
+                    n_val += 1
+            metrics.update({f"validation_{k}": v / max(1, n_val) for k, v in vsums.items()})
+        for k, v in metrics.items():
+            history.setdefault(k, []).append(v)
+        bar.update(epoch, {k: v for k, v in metrics.items() if k.endswith("_loss")})
+        monitored = metrics.get("validation_loss", metrics["train_loss"])
+        if monitored < best[0]:
+            best = (monitored, copy.deepcopy(module.state_dict()), epoch)
+        elif patience is not None and val_batches is not None and epoch - best[2] >= patience:
+            stopped_early = True
+            break
+    seconds = time.perf_counter() - start
+    if best[1] is not None and val_batches is not None:
+        module.load_state_dict(best[1])
+    module.eval()
+    summary = {
+        "epochs_run": epoch,
+        "best_epoch": best[2],
+        "best_monitored_loss": best[0],
+        "stopped_early": stopped_early,
+        "seconds": seconds,
+        "cells_per_second": n_seen / seconds if seconds > 0 else float("nan"),
+    }
+    bar.close(f"done in {seconds:.1f} s, best epoch {best[2]} (loss {best[0]:.4g})" + (", stopped early" if stopped_early else ""))
+    return {"history": history, "summary": summary}
+
+
+def _batch_size(batch) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0])

@@ -1,0 +1,121 @@
+"""Every CLI command through click's runner: outputs, and user errors without tracebacks."""
+import os
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pysave.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def user_error(result, fragment):
+    assert result.exit_code == 1, result.output
+    assert "Error:" in result.output and fragment in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_train_writes_a_model_and_refuses_to_overwrite(trained, tmp_path):
+    out = tmp_path / "m"
+    args = ["train", trained["data"], "--condition", "batch", "--condition", "cell_type", "--batch-key", "batch",
+            "--out", out, "--epochs", 2, "--flow-epochs", 2, "--hidden-size", 32, "--condition-dim", 32,
+            "--latent-dim", 32, "--encoder-layers", 1, "--decoder-layers", 1, "--heads", 2, "--flow-hidden-size", 32,
+            "--flow-layers", 1, "--flow-token-size", 16, "--flow-heads", 2, "--n-blocks", 4, "--quiet"]
+    assert run(*args).exit_code == 0
+    assert (out / "config.json").exists() and (out / "weights.safetensors").exists()
+    user_error(run(*args), "already exists")
+    assert run(*args, "--overwrite").exit_code == 0
+    info = run("info", out)
+    assert info.exit_code == 0 and "300 genes in 4 blocks" in info.output and "batch:" in info.output
+
+
+def test_generate_set_and_like(trained, tmp_path):
+    out = tmp_path / "gen.h5ad"
+    r = run("generate", trained["dir"], "--n", 12, "--set", "cell_type=B", "--set", "batch=10x_5prime",
+            "--out", out, "--seed", 4, "--quiet")
+    assert r.exit_code == 0, r.output
+    g = ad.read_h5ad(out)
+    assert g.shape == (12, 300) and (g.obs["cell_type"] == "B").all()
+    assert g.uns["pysave"]["model_dir"] == os.path.abspath(trained["dir"])
+    table = tmp_path / "plan.tsv"
+    pd.DataFrame({"batch": ["10x_5prime", "10x_3prime_v1"], "cell_type": ["NK", "B"], "n_cells": [2, 3]}).to_csv(table, sep="\t", index=False)
+    out2 = tmp_path / "like.h5ad"
+    assert run("generate", trained["dir"], "--like", table, "--out", out2, "--quiet").exit_code == 0
+    assert ad.read_h5ad(out2).obs["cell_type"].astype(str).tolist() == ["NK", "NK", "B", "B", "B"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--n", 3, "--set", "cell_type=Martian"], "unknown value 'Martian'"),
+    (["--n", 3, "--set", "tissue=lung"], "not a condition of this model"),
+    (["--n", 3, "--set", "cell_type"], "--set needs KEY=VALUE"),
+    ([], "give either --n N"),
+])
+def test_generate_errors(trained, tmp_path, args, fragment):
+    user_error(run("generate", trained["dir"], *args, "--out", tmp_path / "x.h5ad"), fragment)
+    assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_transfer_embed_correct_attention(trained, tmp_path):
+    data = trained["data"]
+    before = open(data, "rb").read()
+    r = run("transfer", trained["dir"], data, "--set", "batch=10x_5prime", "--out", tmp_path / "t.h5ad", "--quiet")
+    assert r.exit_code == 0, r.output
+    t = ad.read_h5ad(tmp_path / "t.h5ad")
+    assert (t.obs["batch"] == "10x_5prime").all() and "batch_source" in t.obs
+    assert run("embed", trained["dir"], data, "--out", tmp_path / "e.h5ad", "--quiet").exit_code == 0
+    assert ad.read_h5ad(tmp_path / "e.h5ad").obsm["X_save"].shape == (400, 32)
+    assert run("correct", trained["dir"], data, "--out", tmp_path / "c.h5ad", "--quiet").exit_code == 0
+    c = ad.read_h5ad(tmp_path / "c.h5ad")
+    assert c.layers["save_corrected"].shape == (400, 300) and "X_save" in c.obsm
+    r = run("attention", trained["dir"], data, "--by", "cell_type", "--out", tmp_path / "a.tsv", "--plot", tmp_path / "a.png", "--quiet")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(tmp_path / "a.tsv", sep="\t", index_col=0)
+    assert table.shape == (len(set(trained["adata"].obs["cell_type"])), 8)
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    assert open(data, "rb").read() == before  # inputs are never modified
+
+
+def test_info_blocks_and_json(trained, tmp_path):
+    r = run("info", trained["dir"], "--blocks", tmp_path / "b.tsv")
+    assert r.exit_code == 0
+    assert len(pd.read_csv(tmp_path / "b.tsv", sep="\t")) == 300
+    r = run("info", trained["dir"], "--json")
+    assert r.exit_code == 0 and '"format_version": 1' in r.output
+
+
+def test_input_errors(trained, tmp_path):
+    user_error(run("embed", trained["dir"], tmp_path / "missing.h5ad", "--out", tmp_path / "o.h5ad"), "does not exist")
+    bogus = tmp_path / "bogus.h5ad"
+    bogus.write_text("hello")
+    user_error(run("embed", trained["dir"], bogus, "--out", tmp_path / "o.h5ad"), "not an .h5ad")
+    user_error(run("embed", tmp_path / "nomodel", trained["data"], "--out", tmp_path / "o.h5ad"), "model directory")
+    user_error(run("embed", trained["dir"], trained["data"], "--out", trained["data"]), "also an input")
+    user_error(run("train", trained["data"], "--condition", "tissue", "--out", tmp_path / "m"), "'tissue' is not a column")
+
+
+def test_bad_values_in_data(trained, tmp_path):
+    adata = ad.read_h5ad(trained["data"])
+    lognorm = adata.copy()
+    lognorm.X = lognorm.X.copy()
+    lognorm.X.data = np.log1p(lognorm.X.data * 0.7)
+    lognorm.write_h5ad(tmp_path / "lognorm.h5ad")
+    user_error(run("train", tmp_path / "lognorm.h5ad", "--condition", "cell_type", "--out", tmp_path / "m"), "look log-normalized")
+    neg = adata.copy()
+    neg.X = neg.X.copy()
+    neg.X.data[0] = -3
+    neg.write_h5ad(tmp_path / "neg.h5ad")
+    user_error(run("embed", trained["dir"], tmp_path / "neg.h5ad", "--out", tmp_path / "o.h5ad"), "negative values")
+    empty = adata[:0].copy()
+    empty.write_h5ad(tmp_path / "empty.h5ad")
+    user_error(run("train", tmp_path / "empty.h5ad", "--condition", "cell_type", "--out", tmp_path / "m"), "zero cells")
+    unknown = adata[:5].copy()
+    unknown.obs["cell_type"] = "Martian"
+    unknown.write_h5ad(tmp_path / "unknown.h5ad")
+    user_error(run("transfer", trained["dir"], tmp_path / "unknown.h5ad", "--set", "batch=10x_5prime", "--out", tmp_path / "o.h5ad"), "unknown value")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "o.h5ad").exists()

@@ -1,0 +1,223 @@
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pysave
+from pysave.errors import ModelDirectoryError, PySaveError
+from conftest import TINY, TINY_TRAIN
+
+
+def test_repr_and_blocks(trained):
+    model = trained["model"]
+    assert "300 genes in 8 blocks" in repr(model)
+    table = model.gene_blocks()
+    assert len(table) == 300 and table["gene"].is_unique and set(table["block"]) == set(range(8))
+
+
+def test_training_history_and_summary(trained):
+    model = trained["model"]
+    h = model.history
+    assert len(h["vae_train_loss"]) == model.training_summary["vae"]["epochs_run"]
+    assert h["vae_train_loss"][-1] < h["vae_train_loss"][0]
+    assert h["flow_train_loss"][-1] < h["flow_train_loss"][0]
+    assert "vae_validation_loss" in h and model.training_summary["n_validation"] == 40
+
+
+def test_generate_any_subset_and_provenance(trained):
+    model = trained["model"]
+    out = model.generate({"cell_type": "B"}, n_cells=30, seed=1)
+    assert out.shape == (30, 300)
+    assert out.obs["cell_type"].astype(str).eq("B").all()
+    assert out.obs["batch"].isna().all()  # not given -> masked
+    assert np.isfinite(out.X).all() and out.X.min() >= 0
+    assert out.uns["pysave"]["kind"] == "generated" and out.uns["pysave"]["X"].startswith("log1p")
+    again = model.generate({"cell_type": "B"}, n_cells=30, seed=1)
+    assert np.array_equal(out.X, again.X)  # deterministic given the seed
+    other = model.generate({"cell_type": "B"}, n_cells=30, seed=2)
+    assert not np.array_equal(out.X, other.X)
+
+
+def test_generated_expression_is_on_the_real_scale(trained):
+    model, adata = trained["model"], trained["adata"]
+    import scanpy as sc
+
+    real = adata.copy()
+    sc.pp.normalize_total(real, target_sum=1e4)
+    sc.pp.log1p(real)
+    fake = model.generate_like(adata.obs[["batch", "cell_type"]], seed=0)
+    real_mean = np.asarray(real.X.mean(0)).ravel()
+    fake_mean = fake.X.mean(0)
+    assert np.corrcoef(real_mean, fake_mean)[0, 1] > 0.8
+    assert 0.5 < fake_mean.sum() / real_mean.sum() < 2.0
+
+
+def test_generate_like_with_counts_column_and_masking(trained):
+    model = trained["model"]
+    table = pd.DataFrame({"batch": ["10x_5prime", None], "cell_type": ["NK", "B"], "n_cells": [3, 2], "note": ["x", "y"]})
+    out = model.generate_like(table, guidance=2.0, n_steps=5)
+    assert out.n_obs == 5
+    assert out.obs["batch"].isna().sum() == 2
+    assert out.obs["note"].tolist() == ["x", "x", "x", "y", "y"]
+
+
+def test_generate_errors(trained):
+    model = trained["model"]
+    with pytest.raises(PySaveError, match="unknown value 'Martian'.*knows"):
+        model.generate({"cell_type": "Martian"}, n_cells=2)
+    with pytest.raises(PySaveError, match="not a condition of this model"):
+        model.generate({"tissue": "lung"}, n_cells=2)
+    with pytest.raises(PySaveError, match="n_cells must be at least 1"):
+        model.generate({"cell_type": "B"}, n_cells=0)
+    with pytest.raises(PySaveError, match="solver must be one of"):
+        model.generate({"cell_type": "B"}, n_cells=2, solver="rk4")
+
+
+def test_dopri5_solver_runs(trained):
+    out = trained["model"].generate({"cell_type": "NK"}, n_cells=4, solver="dopri5")
+    assert out.uns["pysave"]["solver"] == "dopri5" and np.isfinite(out.X).all()
+
+
+def test_transfer_changes_only_the_target(trained):
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[adata.obs["batch"] == "10x_3prime_v2"][:25].copy()
+    out = model.transfer(cells, {"batch": "10x_5prime"})
+    assert out.shape == (25, 300)
+    assert (out.obs["batch"] == "10x_5prime").all()
+    assert (out.obs["batch_source"] == "10x_3prime_v2").all()
+    assert out.obs["cell_type"].equals(cells.obs["cell_type"])
+    same = model.transfer(cells, {"batch": "10x_3prime_v2"})
+    assert not np.allclose(out.X, same.X)
+    assert "X_save" in out.obsm
+
+
+def test_latent_correct_attention(trained):
+    model, adata = trained["model"], trained["adata"].copy()
+    z = model.get_latent_representation(adata)
+    assert z.shape == (400, 32) and np.array_equal(adata.obsm["X_save"], z)
+    corrected = model.correct(adata)
+    assert adata.layers["save_corrected"].shape == (400, 300) and np.isfinite(corrected).all()
+    ref = model.correct(adata, reference="10x_5prime", layer_added="to_5prime")
+    assert not np.allclose(ref, corrected)
+    attn = model.attention_by(adata, "cell_type")
+    assert list(attn.columns) == [f"block_{b}" for b in range(8)]
+    assert set(attn.index) == set(adata.obs["cell_type"].astype(str))
+    np.testing.assert_allclose(attn.sum(1), 1.0, rtol=1e-4)  # attention over blocks sums to 1
+
+
+def test_genes_are_matched_by_name(trained):
+    model, adata = trained["model"], trained["adata"]
+    shuffled = adata[:, np.random.default_rng(0).permutation(adata.n_vars)].copy()
+    np.testing.assert_allclose(model.get_latent_representation(shuffled, key_added=None),
+                               model.get_latent_representation(adata, key_added=None), rtol=1e-5, atol=1e-5)
+    with pytest.raises(PySaveError, match="5 of the model's 300 genes are missing"):
+        model.get_latent_representation(adata[:, 5:].copy())
+
+
+def test_save_load_roundtrip_is_identical(trained, tmp_path):
+    model = trained["model"]
+    loaded = pysave.SAVE.load(trained["dir"], device="cpu")
+    assert loaded.is_trained and loaded.genes == model.genes and loaded.registry == model.registry
+    a = model.generate({"cell_type": "B", "batch": "10x_5prime"}, n_cells=20, seed=3)
+    b = loaded.generate({"cell_type": "B", "batch": "10x_5prime"}, n_cells=20, seed=3)
+    assert np.array_equal(a.X, b.X)
+    cells = trained["adata"][:30].copy()
+    assert np.array_equal(model.transfer(cells, {"batch": "10x_5prime"}).X,
+                          loaded.transfer(cells, {"batch": "10x_5prime"}).X)
+    config = json.load(open(os.path.join(trained["dir"], "config.json")))
+    assert config["format_version"] == 1 and config["versions"]["torch"] == torch.__version__
+    assert config["blocks"]["n_blocks"] == 8 and len(config["genes"]) == 300
+    with pytest.raises(PySaveError, match="already exists"):
+        model.save(trained["dir"])
+
+
+def test_load_with_adata_sets_default_data(trained):
+    loaded = pysave.SAVE.load(trained["dir"], adata=trained["adata"], device="cpu", verbose=False)
+    assert loaded.get_latent_representation().shape == (400, 32)
+
+
+def test_broken_model_directories(trained, tmp_path):
+    import shutil
+
+    with pytest.raises(ModelDirectoryError, match="does not exist"):
+        pysave.SAVE.load(str(tmp_path / "none"))
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["dir"], broken)
+    (broken / "weights.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelDirectoryError, match="corrupted"):
+        pysave.SAVE.load(str(broken))
+    os.remove(broken / "weights.safetensors")
+    with pytest.raises(ModelDirectoryError, match="incomplete: weights.safetensors is missing"):
+        pysave.SAVE.load(str(broken))
+    newer = tmp_path / "newer"
+    shutil.copytree(trained["dir"], newer)
+    config = json.load(open(newer / "config.json"))
+    config["format_version"] = 99
+    json.dump(config, open(newer / "config.json", "w"))
+    with pytest.raises(ModelDirectoryError, match="newer than this pysave reads"):
+        pysave.SAVE.load(str(newer))
+    (newer / "config.json").write_text("{not json")
+    with pytest.raises(ModelDirectoryError, match="corrupted"):
+        pysave.SAVE.load(str(newer))
+
+
+def test_weights_file_is_not_pickle(trained):
+    head = open(os.path.join(trained["dir"], "weights.safetensors"), "rb").read(8)
+    header_len = int.from_bytes(head, "little")
+    assert 0 < header_len < 10_000_000  # safetensors: 8-byte header length, then JSON; no pickle opcodes
+
+
+def test_training_is_deterministic_for_a_seed(pbmc_small):
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    params = dict(TINY)
+    outs = []
+    for _ in range(2):
+        m = pysave.SAVE(pbmc_small, verbose=False, **params)
+        m.train(max_epochs=2, flow_epochs=2, batch_size=128, progress=False)
+        outs.append(m.generate({"cell_type": "B"}, n_cells=5).X)
+    assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "nb"])
+def test_other_likelihoods_train_and_generate(pbmc_small, likelihood):
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    m = pysave.SAVE(pbmc_small, verbose=False, likelihood=likelihood, **TINY)
+    m.train(max_epochs=2, flow_epochs=2, batch_size=128, progress=False)
+    out = m.generate({"cell_type": "B"}, n_cells=5)
+    assert np.isfinite(out.X).all() and out.X.min() >= 0 and out.X.max() < 20
+
+
+def test_counts_in_a_layer_and_dense_X(pbmc_small):
+    pbmc_small.layers["counts"] = pbmc_small.X.copy()
+    pbmc_small.X = np.log1p(pbmc_small.X.toarray())
+    with pytest.raises(PySaveError, match="non-integer"):
+        pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+        pysave.SAVE(pbmc_small, verbose=False, **TINY)
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"], layer="counts")
+    m = pysave.SAVE(pbmc_small, verbose=False, **TINY)
+    m.train(max_epochs=1, flow_epochs=1, progress=False)
+    dense = pbmc_small.copy()
+    dense.layers["counts"] = dense.layers["counts"].toarray()
+    np.testing.assert_allclose(m.get_latent_representation(dense, key_added=None),
+                               m.get_latent_representation(pbmc_small, key_added=None), rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_datasets_and_bad_parameters(pbmc_small):
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    with pytest.raises(PySaveError, match="unknown parameter"):
+        pysave.SAVE(pbmc_small, hidden=3)
+    with pytest.raises(PySaveError, match="likelihood must be one of"):
+        pysave.SAVE(pbmc_small, likelihood="poisson")
+    one = pbmc_small[:1].copy()
+    pysave.SAVE.setup_anndata(one, ["cell_type"])
+    m = pysave.SAVE(one, verbose=False, **TINY)
+    m.train(max_epochs=1, flow_epochs=1, progress=False)  # a single cell trains (no validation split)
+    assert m.training_summary["n_validation"] == 0
+    assert np.isfinite(m.generate(n_cells=3).X).all()
+    with pytest.raises(PySaveError, match="not trained yet"):
+        pysave.SAVE(one, verbose=False, **TINY).generate(n_cells=1)
+    with pytest.raises(PySaveError, match="not set up for SAVE"):
+        pysave.SAVE(pbmc_small[:, :10].copy().__class__(pbmc_small.X[:, :10]))

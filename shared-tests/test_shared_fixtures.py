@@ -1,0 +1,45 @@
+"""Python side of the shared fixtures: read them through pysave and match the expectations."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import pysave
+from pysave.io import read_h5ad
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return read_h5ad(os.path.join(HERE, "fixtures", "pbmc_tiny.h5ad"))
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with open(os.path.join(HERE, "expectations", "pbmc_tiny.json")) as fh:
+        return json.load(fh)
+
+
+def test_fixture_reads_exactly(tiny, expected):
+    assert tiny.shape == (expected["n_obs"], expected["n_vars"])
+    assert tiny.obs_names[:3].tolist() == expected["obs_names_first"]
+    assert tiny.obs_names[-1] == expected["obs_names_last"]
+    assert tiny.var_names.tolist() == expected["var_names"]
+    for key, cats in expected["obs_categories"].items():
+        assert tiny.obs[key].cat.categories.tolist() == cats
+        counts = {str(c): int(n) for c, n in tiny.obs[key].value_counts(sort=False).items()}
+        assert counts == expected["obs_counts"][key]
+    X = tiny.X.tocsr()
+    assert X.nnz == expected["nnz"]
+    assert float(X.sum()) == expected["total"]
+    np.testing.assert_array_equal(np.asarray(X.sum(0)).ravel(), expected["column_sums"])
+
+
+def test_registry_keeps_the_fixture_category_order(tiny, expected):
+    adata = tiny.copy()
+    reg = pysave.SAVE.setup_anndata(adata, ["batch", "cell_type"], batch_key="batch")
+    # Only levels present in the data are kept, in the stored order.
+    present = [c for c in expected["obs_categories"]["batch"] if expected["obs_counts"]["batch"][c] > 0]
+    assert reg["categories"]["batch"] == present
