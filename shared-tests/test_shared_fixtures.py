@@ -43,3 +43,40 @@ def test_registry_keeps_the_fixture_category_order(tiny, expected):
     # Only levels present in the data are kept, in the stored order.
     present = [c for c in expected["obs_categories"]["batch"] if expected["obs_counts"]["batch"][c] > 0]
     assert reg["categories"]["batch"] == present
+
+
+# ----------------------------------------------------------------------------- tiny model fixture
+# fixtures/tiny_model was trained by make_model_fixture.py; the R suite compares the same numbers.
+@pytest.fixture(scope="module")
+def tiny_model_expected():
+    with open(os.path.join(HERE, "expectations", "tiny_model.json")) as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return pysave.SAVE.load(os.path.join(HERE, "fixtures", "tiny_model"), device="cpu", verbose=False)
+
+
+def test_tiny_model_latent_matches_expectation(tiny_model, tiny, tiny_model_expected):
+    latent = tiny_model.get_latent_representation(tiny.copy(), key_added=None)
+    np.testing.assert_allclose(latent, tiny_model_expected["latent"], atol=tiny_model_expected["tolerance"], rtol=0)
+
+
+def test_tiny_model_generation_matches_expectation(tiny_model, tiny_model_expected):
+    spec = tiny_model_expected["generate"]
+    gen = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"])
+    assert gen.var_names.tolist() == tiny_model_expected["genes"]
+    np.testing.assert_allclose(gen.X, tiny_model_expected["generated_X"], atol=tiny_model_expected["tolerance"], rtol=0)
+    np.testing.assert_allclose(gen.obsm["X_save"], tiny_model_expected["generated_latent"],
+                               atol=tiny_model_expected["tolerance"], rtol=0)
+
+
+def test_r_package_copies_of_fixtures_are_identical():
+    import filecmp
+
+    extdata = os.path.join(HERE, "..", "r-package", "inst", "extdata")
+    assert filecmp.cmp(os.path.join(HERE, "fixtures", "pbmc_tiny.h5ad"), os.path.join(extdata, "pbmc_tiny.h5ad"), shallow=False)
+    for name in ("config.json", "weights.safetensors"):
+        assert filecmp.cmp(os.path.join(HERE, "fixtures", "tiny_model", name),
+                           os.path.join(extdata, "tiny_model", name), shallow=False), f"re-run make_model_fixture.py ({name})"

@@ -7,8 +7,10 @@ centroids, labels every gene by the argmax of the plan and moves each centroid t
 its members, until no label changes. With integer capacities the optimal plan is a vertex of
 the transport polytope, so every gene goes whole to one block and the sizes are exact.
 
-Embedding sources: a user file (CSV/TSV/NPZ/parquet, gene -> vector), ``"data"`` (a default
-computed from the training data itself, no network needed) or ``"random"`` (ablation).
+Embedding sources: a user file (CSV/TSV/NPZ/parquet, gene -> vector), ``"builtin"`` (the shipped
+offline table of language-model embeddings of gene names and GO terms, see gene_knowledge.py),
+``"data"`` (a default computed from the training data itself, no network needed) or ``"random"``
+(ablation).
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ class GeneBlocks:
     """Block membership: ``index[l, k]`` is a gene's column in the model's gene order, -1 = padding."""
 
     index: np.ndarray  # (L, K) int64
-    source: np.ndarray  # (G,) str: which embedding placed each gene ("file", "data", "random")
-    method: str  # e.g. "data", "random", or "file:<name>"
+    source: np.ndarray  # (G,) str: which embedding placed each gene ("file", "builtin", "data", "random")
+    method: str  # e.g. "data", "random", "builtin:human" or "file:<name>"
 
     @property
     def n_blocks(self) -> int:
@@ -234,6 +236,9 @@ def read_embedding_file(path: str) -> pd.DataFrame:
             raise PySaveError(f"unknown gene-embedding file type {path!r}; use .csv, .tsv, .npz or .parquet.")
     except PySaveError:
         raise
+    except pd.errors.ParserError as err:
+        raise PySaveError(f"gene-embedding file {path!r} has rows of different lengths ({err}); every gene needs a vector "
+                          "of the same dimension.") from err
     except ImportError as err:
         raise PySaveError(f"reading {path!r} needs an optional package ({err}); install it, e.g. pip install pyarrow.") from err
     except Exception as err:  # noqa: BLE001 - any parser failure is a bad file for the user
@@ -276,7 +281,7 @@ def build_gene_blocks(
     seed: int = 0,
     log=print,
 ) -> GeneBlocks:
-    """Group ``genes`` into balanced blocks using ``embeddings`` ("data", "random" or a file path)."""
+    """Group ``genes`` into balanced blocks using ``embeddings`` ("data", "random", "builtin[:species]" or a file)."""
     n_genes = len(genes)
     L, K = block_layout(n_genes, block_size, n_blocks)
     caps = _capacities(n_genes, L, K)
@@ -290,7 +295,14 @@ def build_gene_blocks(
         log(f"gene blocks: {L} blocks of {K} genes from data-driven embeddings ({iters} OT iterations)")
         return GeneBlocks(_labels_to_index(labels, all_genes, L, K), np.full(n_genes, "data"), "data")
 
-    table = read_embedding_file(str(embeddings))
+    if str(embeddings).startswith("builtin"):  # shipped offline gene-knowledge table (gene_knowledge.py)
+        from .gene_knowledge import builtin_embeddings
+
+        table, species = builtin_embeddings(genes, str(embeddings), log=log)
+        label, name = "builtin", f"builtin ({species})"
+    else:
+        table = read_embedding_file(str(embeddings))
+        label, name = "file", os.path.basename(str(embeddings))
     rows = _match_genes(genes, table)
     in_file = np.flatnonzero(rows >= 0)
     missing = np.flatnonzero(rows < 0)
@@ -310,7 +322,7 @@ def build_gene_blocks(
     file_labels, iters = balanced_ot_clustering(file_emb, file_caps, seed=seed)
     labels = np.empty(n_genes, dtype=np.int64)
     labels[in_file] = file_labels
-    source = np.full(n_genes, "file", dtype=object)
+    source = np.full(n_genes, label, dtype=object)
     if len(missing):
         # Place the missing genes by the data-driven embedding, next to the file genes of each block.
         centroids = np.stack([data_emb[in_file[file_labels == b]].mean(axis=0) for b in range(L)])
@@ -321,10 +333,9 @@ def build_gene_blocks(
         labels = _joint_refinement(file_emb, data_emb, in_file, missing, labels, caps)
         source[missing] = "data"
         log(
-            f"gene blocks: {len(missing)} of {n_genes} genes are not in {os.path.basename(str(embeddings))}; "
+            f"gene blocks: {len(missing)} of {n_genes} genes are not in {name}; "
             "placed them by the data-driven embedding"
         )
-    log(f"gene blocks: {L} blocks of {K} genes from {os.path.basename(str(embeddings))} ({iters} OT iterations)")
-    return GeneBlocks(
-        _labels_to_index(labels, all_genes, L, K), source.astype(str), f"file:{os.path.basename(str(embeddings))}"
-    )
+    log(f"gene blocks: {L} blocks of {K} genes from {name} ({iters} OT iterations)")
+    method = f"builtin:{species}" if label == "builtin" else f"file:{name}"
+    return GeneBlocks(_labels_to_index(labels, all_genes, L, K), source.astype(str), method)

@@ -46,9 +46,10 @@ def _load_model(model_dir: str, device: str, quiet: bool = False):
 
 
 def _read_data(path: str):
-    from .io import read_h5ad
+    """An input dataset: .h5ad, or .rds holding a SingleCellExperiment or Seurat v4 object."""
+    from .io import read_anndata
 
-    return read_h5ad(path)
+    return read_anndata(path)
 
 
 def _read_table(path: str):
@@ -56,7 +57,7 @@ def _read_table(path: str):
 
     if not os.path.exists(path):
         raise PySaveError(f"table {path!r} does not exist.")
-    if path.endswith(".h5ad"):
+    if path.endswith((".h5ad", ".rds")):
         return _read_data(path).obs.copy()
     sep = "\t" if path.endswith((".tsv", ".txt", ".tsv.gz")) else ","
     try:
@@ -99,7 +100,7 @@ def main():
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
 @click.option("--patience", type=int, default=20, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--no-early-stopping", is_flag=True)
-@click.option("--gene-embeddings", default="data", show_default=True, help="'data', 'random' or a CSV/TSV/NPZ/parquet file.")
+@click.option("--gene-embeddings", default="data", show_default=True, help="'data', 'builtin' (shipped gene-knowledge table; 'builtin:human', 'builtin:mouse'), 'random' or a CSV/TSV/NPZ/parquet file.")
 @click.option("--block-size", type=int, default=None, help="Genes per block K.")
 @click.option("--n-blocks", type=int, default=None, help="Number of blocks L (default 32).")
 @click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian", "nb"]), default="bernoulli", show_default=True)
@@ -115,17 +116,28 @@ def main():
 @click.option("--flow-layers", type=int, default=2, show_default=True)
 @click.option("--flow-token-size", type=int, default=32, show_default=True)
 @click.option("--flow-heads", type=int, default=4, show_default=True)
+@click.option("--flow-condition-dim", type=int, default=256, show_default=True, help="Size of the flow's time + condition embedding.")
 @click.option("--mask-prob", type=float, default=0.6, show_default=True, help="Condition masking while training the flow.")
 @click.option("--vae-mask-prob", type=float, default=0.2, show_default=True)
 @click.option("--kl-weight", type=float, default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=int, default=10, show_default=True,
+              help="Write the training state to OUT.checkpoint every N epochs (0: never).")
+@click.option("--resume", is_flag=True, help="Continue from OUT.checkpoint (same command otherwise).")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
 def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batch_size, lr, flow_lr, weight_decay,
-          warmup_epochs, validation_fraction, patience, no_early_stopping, device, overwrite, quiet, **params):
-    """Train a SAVE model on DATA (.h5ad with raw counts) and write it to --out."""
+          warmup_epochs, validation_fraction, patience, no_early_stopping, checkpoint_every, resume, device, overwrite,
+          quiet, **params):
+    """Train a SAVE model on DATA (.h5ad with raw counts) and write it to --out.
+
+    The training state is checkpointed beside the output (OUT.checkpoint); after an interruption
+    the same command with --resume continues and gives the same model as an uninterrupted run.
+    """
+    import shutil
+
     from .io import check_output_path
     from .model import SAVE
 
@@ -133,11 +145,16 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
     adata = _read_data(data)
     SAVE.setup_anndata(adata, condition_keys=list(conditions), layer=layer, batch_key=batch_key)
     model = SAVE(adata, verbose=not quiet, **params)
+    checkpoint_dir = out.rstrip("/") + ".checkpoint"
+    if not resume and os.path.exists(checkpoint_dir) and not quiet:
+        _log(f"starting fresh; {checkpoint_dir} will be replaced (pass --resume to continue from it)")
     model.train(max_epochs=max_epochs, flow_epochs=flow_epochs, batch_size=batch_size, lr=lr, flow_lr=flow_lr,
                 weight_decay=weight_decay, warmup_epochs=warmup_epochs, validation_fraction=validation_fraction,
                 early_stopping=not no_early_stopping, early_stopping_patience=patience, seed=params["seed"],
-                device=device, progress=not quiet)
+                device=device, progress=not quiet, checkpoint_dir=checkpoint_dir if checkpoint_every else None,
+                checkpoint_every=checkpoint_every, resume=resume)
     model.save(out, overwrite=overwrite)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if not quiet:
         _log(f"wrote model to {out}")
 
@@ -152,13 +169,14 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps.")
 @click.option("--solver", type=click.Choice(["euler", "dopri5"]), default="euler", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--chunk-size", type=int, default=4096, show_default=True, help="Cells generated and written at a time.")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, device, overwrite, quiet):
+def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, device, overwrite, quiet):
     """Generate cells from MODEL_DIR for given conditions (any subset, unseen combinations too)."""
-    from .io import check_output_path, write_h5ad
+    from .io import check_output_path
 
     if (like is None) == (n_cells is None):
         raise PySaveError("give either --n N (with --set KEY=VALUE ...) or --like TABLE.")
@@ -166,15 +184,12 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
         raise PySaveError("--set cannot be combined with --like; put the conditions in the table.")
     check_output_path(out, overwrite, inputs=(like,) if like else ())
     model = _load_model(model_dir, device, quiet)
-    kwargs = dict(guidance=guidance, n_steps=n_steps, solver=solver, seed=seed)
-    if like is not None:
-        result = model.generate_like(_read_table(like), **kwargs)
-    else:
-        result = model.generate(_parse_sets(sets), n_cells=n_cells, **kwargs)
-    result.uns["pysave"]["model_dir"] = os.path.abspath(model_dir)
-    write_h5ad(result, out, overwrite=overwrite)
+    table = _read_table(like) if like is not None else model.conditions_table(_parse_sets(sets), n_cells)
+    # Streamed to disk chunk by chunk: memory stays flat for millions of cells.
+    model.generate_to_h5ad(out, table, guidance=guidance, n_steps=n_steps, solver=solver, seed=seed,
+                           batch_size=chunk_size, overwrite=overwrite, extra_uns={"model_dir": os.path.abspath(model_dir)})
     if not quiet:
-        _log(f"wrote {result.n_obs} generated cells to {out}")
+        _log(f"wrote generated cells to {out}")
 
 
 @main.command()
@@ -259,7 +274,7 @@ def correct(model_dir, data, out, batch_key, reference, layer_added, device, ove
 @_friendly
 def attention(model_dir, data, key, out, plot, device, overwrite, quiet):
     """Mean block attention per category of an obs column (paper appendix C)."""
-    from .io import check_output_path
+    from .io import check_output_path, write_text_atomic
     from .plotting import attention_heatmap
 
     check_output_path(out, overwrite, inputs=(data,))
@@ -267,7 +282,7 @@ def attention(model_dir, data, key, out, plot, device, overwrite, quiet):
         check_output_path(plot, overwrite, inputs=(data,))
     model = _load_model(model_dir, device, quiet)
     table = model.attention_by(_read_data(data), key)
-    _atomic_text(out, table.to_csv(sep="\t"))
+    write_text_atomic(out, table.to_csv(sep="\t"))
     if plot:
         attention_heatmap(table, plot)
     if not quiet:
@@ -282,7 +297,7 @@ def attention(model_dir, data, key, out, plot, device, overwrite, quiet):
 @_friendly
 def info(model_dir, blocks_out, as_json, overwrite):
     """Describe a model directory: genes, conditions, blocks, training."""
-    from .io import check_output_path, load_model_dir
+    from .io import check_output_path, load_model_dir, write_text_atomic
     from .model import SAVE
 
     if as_json:
@@ -301,33 +316,102 @@ def info(model_dir, blocks_out, as_json, overwrite):
     click.echo(f"  gene blocks: {model.blocks.method}")
     if blocks_out:
         check_output_path(blocks_out, overwrite)
-        _atomic_text(blocks_out, model.gene_blocks().to_csv(sep="\t", index=False))
+        write_text_atomic(blocks_out, model.gene_blocks().to_csv(sep="\t", index=False))
         click.echo(f"  wrote the gene-block table to {blocks_out}")
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path())
+@click.option("--out", "out", type=click.Path(), default=None, help="Write the table (TSV) instead of printing it.")
+@click.option("--species", type=click.Choice(["auto", "human", "mouse", "other"]), default="auto", show_default=True,
+              help="How gene names map to the built-in GO table (auto: from the model's blocks or the names).")
+@click.option("--top", type=int, default=5, show_default=True, help="GO terms listed per block.")
+@common_overwrite
+@_friendly
+def blocks(model_dir, out, species, top, overwrite):
+    """Gene blocks of a model: genes of each block and the GO terms most enriched among them."""
+    from .gene_knowledge import describe_blocks
+    from .io import check_output_path, write_text_atomic
+    from .model import SAVE
+
+    if top < 1:
+        raise PySaveError(f"--top must be at least 1, got {top}.")
+    if out:
+        check_output_path(out, overwrite)
+    model = SAVE.load(model_dir, device="cpu", verbose=False)
+    table = describe_blocks(model.gene_blocks(), method=model.blocks.method,
+                            species=None if species == "auto" else species, top=top)
+    if out:
+        write_text_atomic(out, table.to_csv(sep="\t", index=False))
+        _log(f"wrote {len(table)} gene blocks with their top GO terms to {out}")
+        return
+    for row in table.itertuples(index=False):
+        click.echo(f"block {row.block} ({row.n_genes} genes; placed by {row.placed_by}): {row.genes}")
+        click.echo(f"  GO: {row.top_go_terms or '(no GO term on two or more genes)'}")
+
+
+@main.command()
 @click.option("--out", default="pysave_demo", show_default=True, type=click.Path(), help="Folder to write.")
-@click.option("--epochs", type=int, default=100, show_default=True, help="VAE epochs (the flow trains for at least 4,000 steps).")
+@click.option("--epochs", type=int, default=100, show_default=True, help="VAE epochs.")
+@click.option("--flow-epochs", type=int, default=None, help="Flow epochs (default: at least 4,000 steps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @common_device
 @common_overwrite
 @_friendly
-def demo(out, epochs, seed, device, overwrite):
+def demo(out, epochs, flow_epochs, seed, device, overwrite):
     """Train on the bundled PBMC data (3 technologies x 9 cell types), generate every combination, plot."""
     from .demo import run_demo
 
-    run_demo(out, epochs=epochs, seed=seed, device=device, overwrite=overwrite, log=_log)
+    run_demo(out, epochs=epochs, flow_epochs=flow_epochs, seed=seed, device=device, overwrite=overwrite, log=_log)
 
 
-def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+@main.command()
+@click.argument("real", type=click.Path())
+@click.argument("generated", type=click.Path())
+@click.option("--group", "groups", multiple=True, required=True, help="obs column(s) defining the groups (repeat for a combination).")
+@click.option("--floor", "floor", type=click.Path(), default=None, help="Other real cells (e.g. the training cells) for the noise floor.")
+@click.option("--out", required=True, type=click.Path(), help="Folder for metrics.tsv, summary.json and the plots.")
+@click.option("--counts-layer", default=None, help="Layer of REAL holding raw counts (default X).")
+@click.option("--n-hvg", type=int, default=2000, show_default=True)
+@click.option("--n-pcs", type=int, default=30, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-umap", is_flag=True, help="Skip the UMAP plot.")
+@common_overwrite
+@common_quiet
+@_friendly
+def evaluate(real, generated, groups, floor, out, counts_layer, n_hvg, n_pcs, seed, no_umap, overwrite, quiet):
+    """Score GENERATED cells against REAL (held-out) cells per group: W1/W2, MMD, mean R^2, noise floor."""
+    from .io import write_json_atomic, write_text_atomic
+    from .metrics import generation_fidelity, log_normalized
+    from .plotting import metric_bars, real_vs_generated_umap
+
+    if os.path.exists(out) and not overwrite:
+        raise PySaveError(f"output folder {out!r} already exists; choose another --out or pass --overwrite.")
+    real_a, gen_a = _read_data(real), _read_data(generated)
+    floor_a = _read_data(floor) if floor else None
+    result = generation_fidelity(real_a, gen_a, list(groups), floor=floor_a, n_hvg=n_hvg, n_pcs=n_pcs,
+                                 counts_layer=counts_layer, seed=seed)
+    os.makedirs(out, exist_ok=True)
+    table = result["per_group"]
+    write_text_atomic(os.path.join(out, "metrics.tsv"), table.to_csv(sep="\t"))
+    summary = {"protocol": result["protocol"], "mean": result["mean"], "real": os.path.abspath(real),
+               "generated": os.path.abspath(generated), "floor": os.path.abspath(floor) if floor else None,
+               "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
+    write_json_atomic(os.path.join(out, "summary.json"), summary)
+    metric_bars(table, os.path.join(out, "metrics.png"))
+    if not no_umap:
+        import anndata as ad
+
+        genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
+        r = ad.AnnData(log_normalized(real_a[:, genes]), obs=real_a.obs[list(groups)].copy())
+        g = ad.AnnData(log_normalized(gen_a[:, genes]), obs=gen_a.obs[list(groups)].copy())
+        r.var_names = g.var_names = genes
+        real_vs_generated_umap(r, g, groups[0], os.path.join(out, "umap.png"), seed=seed)
+    if not quiet:
+        click.echo(table.round(4).to_string())
+        means = ", ".join(f"{k}={v:.4g}" for k, v in result["mean"].items())
+        click.echo(f"mean over {len(table)} groups: {means}")
+        click.echo(f"wrote metrics.tsv, summary.json, metrics.png{'' if no_umap else ', umap.png'} to {out}")
 
 
 if __name__ == "__main__":  # python -m pysave.cli

@@ -18,7 +18,7 @@ from .errors import PySaveError
 DEMO_PARAMS = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
 
 
-def run_demo(out: str, epochs: int = 100, seed: int = 0, device: str = "auto", overwrite: bool = False, log=print) -> dict:
+def run_demo(out: str, epochs: int = 100, flow_epochs: int | None = None, seed: int = 0, device: str = "auto", overwrite: bool = False, log=print) -> dict:
     import scanpy as sc
 
     from . import datasets
@@ -34,7 +34,7 @@ def run_demo(out: str, epochs: int = 100, seed: int = 0, device: str = "auto", o
     log(f"demo: {adata.n_obs} PBMCs x {adata.n_vars} genes, 3 technologies x {adata.obs['cell_type'].nunique()} cell types")
     SAVE.setup_anndata(adata, condition_keys=["batch", "cell_type"], batch_key="batch")
     model = SAVE(adata, seed=seed, **DEMO_PARAMS)
-    model.train(max_epochs=epochs, lr=1e-3, seed=seed, device=device)
+    model.train(max_epochs=epochs, flow_epochs=flow_epochs, lr=1e-3, seed=seed, device=device)
     model.save(os.path.join(out, "model"), overwrite=True)
 
     # Every combination: as many cells as the real data has, 50 for combinations never seen.

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -24,6 +25,16 @@ WEIGHTS_NAME = "weights.safetensors"
 
 
 # ----------------------------------------------------------------------------- inputs
+def read_anndata(path: str):
+    """Read an input file by its extension: ``.rds`` (a SingleCellExperiment or Seurat v4 object,
+    read through R; needs R and ``pip install 'pysave[r]'``), anything else as ``.h5ad``."""
+    if os.fspath(path).lower().endswith(".rds"):
+        from .rds import read_rds
+
+        return read_rds(path)
+    return read_h5ad(path)
+
+
 def read_h5ad(path: str, backed: bool = False):
     """Read an .h5ad file, turning the usual failures into errors that say what to do."""
     import anndata as ad
@@ -37,7 +48,7 @@ def read_h5ad(path: str, backed: bool = False):
     if not h5py.is_hdf5(path):
         raise PySaveError(
             f"{path!r} is not an .h5ad (HDF5) file; write your data with anndata.AnnData.write_h5ad, "
-            "or from R with saveR / anndata (zarr, loom, csv and .rds inputs must be converted first)."
+            "or from R with saveR::WriteH5AD (.rds files are read when named *.rds; zarr, loom and csv must be converted first)."
         )
     try:
         return ad.read_h5ad(path, backed="r" if backed else None)
@@ -61,21 +72,95 @@ def check_output_path(path: str, overwrite: bool, inputs: tuple[str, ...] = ()) 
     return path
 
 
-def write_h5ad(adata, path: str, overwrite: bool = False, inputs: tuple[str, ...] = ()) -> str:
-    """Write ``adata`` atomically: to a temporary file beside ``path``, then rename."""
-    path = check_output_path(path, overwrite, inputs)
+@contextmanager
+def atomic_output(path: str):
+    """Yield a temporary file name beside ``path``; on success it is renamed to ``path``.
+
+    On any error the temporary file is removed and ``path`` (maybe an earlier good file) is left
+    as it was; an OSError (disk full, permissions) becomes a PySaveError that says so. The
+    temporary name keeps ``path``'s extension, for writers that choose a format by it.
+    """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    base, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)
     try:
-        adata.write_h5ad(tmp)
+        yield tmp
         os.replace(tmp, path)
     except OSError as err:
         raise PySaveError(f"could not write {path!r}: {err.strerror or err}; nothing was written there.") from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_h5ad(adata, path: str, overwrite: bool = False, inputs: tuple[str, ...] = ()) -> str:
+    """Write ``adata`` atomically: to a temporary file beside ``path``, then rename."""
+    path = check_output_path(path, overwrite, inputs)
+    with atomic_output(path) as tmp:
+        adata.write_h5ad(tmp)
     return path
+
+
+class H5adStream:
+    """Write a dense-X .h5ad row chunk by row chunk, so memory does not grow with the cells.
+
+    Rows go into a temporary file beside ``path``; ``finish`` writes obs/var/uns and renames
+    it into place. Leaving the ``with`` block without ``finish`` (an error) removes the file.
+    """
+
+    def __init__(self, path: str, n_obs: int, var_names, obsm_dims: dict | None = None,
+                 overwrite: bool = False, inputs: tuple[str, ...] = ()):
+        import h5py
+
+        self.path = check_output_path(path, overwrite, inputs)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        self.var_names = list(var_names)
+        self.file = h5py.File(self.tmp, "w")
+        self.file.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        chunk = (max(1, min(1024, n_obs)), len(self.var_names))
+        self.X = self.file.create_dataset("X", shape=(n_obs, len(self.var_names)), dtype="float32", chunks=chunk)
+        self.X.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        obsm = self.file.create_group("obsm")
+        obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        self.obsm = {}
+        for key, dim in (obsm_dims or {}).items():
+            self.obsm[key] = obsm.create_dataset(key, shape=(n_obs, dim), dtype="float32")
+            self.obsm[key].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+
+    def write_rows(self, start: int, X: np.ndarray, obsm: dict | None = None) -> None:
+        stop = start + X.shape[0]
+        self.X[start:stop] = X
+        for key, values in (obsm or {}).items():
+            self.obsm[key][start:stop] = values
+
+    def finish(self, obs, uns: dict) -> str:
+        import pandas as pd
+        from anndata.io import write_elem
+
+        write_elem(self.file, "obs", obs)
+        write_elem(self.file, "var", pd.DataFrame(index=pd.Index(self.var_names)))
+        write_elem(self.file, "uns", uns)
+        for key in ("layers", "obsp", "varm", "varp"):
+            write_elem(self.file, key, {})
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.file:
+            self.file.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        if isinstance(exc, OSError):
+            raise PySaveError(f"could not write {self.path!r}: {exc.strerror or exc}; nothing was written there.") from exc
+        return False
 
 
 # ----------------------------------------------------------------------------- model directory
@@ -136,6 +221,94 @@ def load_model_dir(path: str) -> tuple[dict, dict]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelDirectoryError(f"{weights_path!r} is corrupted ({err}); retrain or restore the model directory.") from err
     return config, tensors
+
+
+# ----------------------------------------------------------------------------- checkpoints
+CHECKPOINT_STATE = "state.json"
+
+
+def _split_tensors(obj, tensors: dict, prefix: str):
+    """Nested dicts/lists with tensors -> JSON-able structure + a flat tensor dict (no pickle)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_split_tensors(k, tensors, f"{prefix}.k{i}") if not isinstance(k, (str, int)) else k,
+                              _split_tensors(v, tensors, f"{prefix}.{i}")] for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        return [_split_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj
+
+
+def _join_tensors(obj, tensors: dict):
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__float__" in obj:
+            return float(obj["__float__"])
+        if "__dict__" in obj:
+            return {k: _join_tensors(v, tensors) for k, v in obj["__dict__"]}
+        return {k: _join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write a training checkpoint into the folder ``path``; safe against a kill at any moment.
+
+    The tensors go to a new file first; then ``state.json``, which names that file, is
+    replaced atomically; only then are older tensor files removed. Whatever instant the process
+    dies, ``state.json`` points at a complete tensor file.
+    """
+    import time
+
+    from safetensors.torch import save_file
+
+    tensors: dict = {}
+    meta = _split_tensors(state, tensors, "t")
+    os.makedirs(path, exist_ok=True)
+    name = f"tensors-{time.time_ns()}.safetensors"
+    tmp = os.path.join(path, f".{name}.tmp")
+    save_file(tensors, tmp)
+    os.replace(tmp, os.path.join(path, name))
+    write_json_atomic(os.path.join(path, CHECKPOINT_STATE), {"tensors_file": name, "state": meta})
+    for old in os.listdir(path):
+        if old.startswith("tensors-") and old != name:
+            os.remove(os.path.join(path, old))
+
+
+def load_checkpoint(path: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state_path = os.path.join(path, CHECKPOINT_STATE)
+    if not os.path.exists(state_path):
+        raise PySaveError(f"no training checkpoint in {path!r}; train without --resume (or check the --out path).")
+    try:
+        with open(state_path) as fh:
+            meta = json.load(fh)
+        tensors = load_file(os.path.join(path, meta["tensors_file"]), device="cpu")
+    except (json.JSONDecodeError, KeyError, SafetensorError, OSError) as err:
+        raise PySaveError(f"the checkpoint in {path!r} is corrupted ({err}); delete it and train without --resume.") from err
+    return _join_tensors(meta["state"], tensors)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """JSON to a temporary file beside ``path``, then renamed into place."""
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, default=_json_default)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        fh.write(text)
 
 
 def _json_default(obj):

@@ -11,6 +11,8 @@ preprocessing, gene blocks and every task, and the CLI and R package call these 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import platform
 import sys
@@ -48,6 +50,7 @@ DEFAULTS = dict(
     flow_layers=2,
     flow_token_size=32,
     flow_heads=4,
+    flow_condition_dim=256,
     mask_prob=0.6,
     vae_mask_prob=0.2,
     kl_weight=0.05,
@@ -115,8 +118,9 @@ class SAVE:
         (negative binomial on counts).
     hidden_size, condition_dim, latent_dim, latent_token_size, n_encoder_layers, n_decoder_layers, n_heads
         VAE shape; paper: m = 256, e = 512, d = 128, K_l = 8, 3 + 3 blocks, 4 heads.
-    flow_hidden_size, flow_layers, flow_token_size, flow_heads
-        Shape of the flow-matching Transformer over latent tokens.
+    flow_hidden_size, flow_layers, flow_token_size, flow_heads, flow_condition_dim
+        Shape of the flow-matching Transformer over latent tokens, and the size of its summed
+        time + condition embedding.
     mask_prob
         Probability of masking each condition while training the flow (paper: 0.6).
     vae_mask_prob
@@ -210,7 +214,7 @@ class SAVE:
         )
         self.flow = VelocityField(
             p["latent_dim"], self._n_categories(), token_size=p["flow_token_size"], hidden=p["flow_hidden_size"],
-            depth=p["flow_layers"], n_heads=p["flow_heads"],
+            depth=p["flow_layers"], n_heads=p["flow_heads"], cond_dim=p["flow_condition_dim"],
         )
 
     # ------------------------------------------------------------------ training
@@ -229,6 +233,9 @@ class SAVE:
         seed: int | None = None,
         device: str = "auto",
         progress: bool = True,
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 10,
+        resume: bool = False,
     ) -> "SAVE":
         """Train the VAE, then the flow on its latent space.
 
@@ -237,6 +244,10 @@ class SAVE:
         cached latents, is cheap, and needs many steps before it follows its conditions);
         warm-up to a quarter of the epochs (paper: 50 of 200). Early-stopping patience counts
         epochs but never fewer than 1,000 optimizer steps.
+
+        With ``checkpoint_dir``, the full training state is written there every
+        ``checkpoint_every`` epochs (safetensors + JSON, no pickle); ``resume=True`` continues
+        from it and ends with the same weights as an uninterrupted run with the same seed.
         """
         if self._data is None:
             raise PySaveError("this model was loaded without training data; create a new SAVE(adata) to train.")
@@ -252,6 +263,31 @@ class SAVE:
         if not 0.0 <= validation_fraction < 1.0:
             raise PySaveError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
         seed = self.params["seed"] if seed is None else int(seed)
+        fingerprint = json.loads(json.dumps({
+            "n_cells": n_cells, "genes": hashlib.sha256("\n".join(self.genes).encode()).hexdigest(),
+            "params": self.params, "max_epochs": max_epochs, "flow_epochs": flow_epochs, "batch_size": batch_size,
+            "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+            "validation_fraction": validation_fraction, "early_stopping": early_stopping,
+            "early_stopping_patience": early_stopping_patience, "seed": seed,
+        }))
+        checkpoint = None
+        if resume:
+            if checkpoint_dir is None:
+                raise PySaveError("resume=True needs checkpoint_dir (CLI: the checkpoint beside --out).")
+            checkpoint = io.load_checkpoint(checkpoint_dir)
+            if checkpoint.get("fingerprint") != fingerprint:
+                raise PySaveError(f"the checkpoint in {checkpoint_dir!r} comes from a different run (other data, parameters "
+                                  "or training options); resume with exactly the same command, or train without --resume.")
+            self._log(f"resuming from the {checkpoint['stage']} checkpoint in {checkpoint_dir}")
+
+        def saver(stage: str, extra: dict):
+            if checkpoint_dir is None:
+                return None
+            return lambda snap: io.save_checkpoint(checkpoint_dir, {"fingerprint": fingerprint, "stage": stage, "fit": snap, **extra})
+
+        def resumed(stage: str):
+            return checkpoint["fit"] if checkpoint is not None and checkpoint["stage"] == stage else None
+
         dev = resolve_device(device)
         self.device = dev
         self.vae.to(dev)
@@ -284,12 +320,18 @@ class SAVE:
         make_vae = lambda idx: data.rows(idx, dev)  # noqa: E731
         self._log(f"training the VAE on {len(train_rows)} cells ({n_val} for validation), {len(self.genes)} genes, "
                   f"{self.blocks.n_blocks} blocks of {self.blocks.block_size}, device {dev}")
-        vae_result = fit(
-            self.vae, vae_loss, lambda e: batches(train_rows, e, make_vae),
-            (lambda: batches(val_rows, None, make_vae)) if n_val else None,
-            max_epochs, steps, lr, weight_decay, warmup_epochs if warmup_epochs is not None else max(1, max_epochs // 4),
-            patience, dev, seed, "VAE", self._log, progress,
-        )
+        if checkpoint is not None and checkpoint["stage"] == "flow":
+            self.vae.load_state_dict(checkpoint["vae_final"])
+            self.vae.eval()
+            vae_result = checkpoint["vae_result"]
+        else:
+            vae_result = fit(
+                self.vae, vae_loss, lambda e: batches(train_rows, e, make_vae),
+                (lambda: batches(val_rows, None, make_vae)) if n_val else None,
+                max_epochs, steps, lr, weight_decay, warmup_epochs if warmup_epochs is not None else max(1, max_epochs // 4),
+                patience, dev, seed, "VAE", self._log, progress,
+                resume=resumed("vae"), on_checkpoint=saver("vae", {}), checkpoint_every=checkpoint_every,
+            )
 
         # Flow stage: standardised posterior samples of the trained encoder, fresh each epoch.
         mu, logvar = self._encode(data, dev)
@@ -325,7 +367,9 @@ class SAVE:
         flow_result = fit(
             self.flow, flow_loss, flow_batches, flow_val if n_val else None, flow_epochs, steps, flow_lr, weight_decay,
             warmup_epochs if warmup_epochs is not None else max(1, flow_epochs // 4), patience, dev, seed + 7, "flow",
-            self._log, progress,
+            self._log, progress, resume=resumed("flow"),
+            on_checkpoint=saver("flow", {"vae_final": self.vae.state_dict(), "vae_result": vae_result}),
+            checkpoint_every=checkpoint_every,
         )
         self.history = {f"vae_{k}": v for k, v in vae_result["history"].items()}
         self.history.update({f"flow_{k}": v for k, v in flow_result["history"].items()})
@@ -418,14 +462,16 @@ class SAVE:
             obs[key] = pd.Categorical.from_codes(np.where(codes[:, j] >= len(cats), -1, codes[:, j]), categories=cats)
         return obs
 
+    def _provenance(self, kind: str, extra: dict) -> dict:
+        """``uns["pysave"]`` of an output (docs/exchange-format.md)."""
+        return {"format_version": io.EXCHANGE_FORMAT_VERSION, "kind": kind, "pysave_version": __version__,
+                "X": "log1p(counts per 10,000)", "condition_keys": list(self.registry["condition_keys"]), **extra}
+
     def _output(self, X: np.ndarray, obs: pd.DataFrame, kind: str, extra: dict):
         import anndata as ad
 
         out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(self.genes, name=None)))
-        out.uns["pysave"] = {
-            "format_version": io.EXCHANGE_FORMAT_VERSION, "kind": kind, "pysave_version": __version__,
-            "X": "log1p(counts per 10,000)", "condition_keys": list(self.registry["condition_keys"]), **extra,
-        }
+        out.uns["pysave"] = self._provenance(kind, extra)
         return out
 
     # ------------------------------------------------------------------ tasks
@@ -437,22 +483,19 @@ class SAVE:
         log-normalized expression in the model's gene space; keyword arguments as
         :meth:`generate_like`.
         """
+        return self.generate_like(self.conditions_table(conditions, n_cells), **kwargs)
+
+    def conditions_table(self, conditions: dict | None, n_cells: int) -> pd.DataFrame:
+        """A generation table: ``n_cells`` rows of one combination of conditions, checked against the model."""
         conditions = dict(conditions or {})
         if int(n_cells) < 1:
             raise PySaveError(f"n_cells must be at least 1, got {n_cells}.")
         for key, value in conditions.items():
             self._code_of(key, value)
-        table = pd.DataFrame({k: [v] * int(n_cells) for k, v in conditions.items()}, index=range(int(n_cells)))
-        return self.generate_like(table, **kwargs)
+        return pd.DataFrame({k: [v] * int(n_cells) for k, v in conditions.items()}, index=range(int(n_cells)))
 
-    def generate_like(self, obs_table: pd.DataFrame, guidance: float = 1.0, n_steps: int = 50, solver: str = "euler",
-                      seed: int = 0, batch_size: int = 4096):
-        """Generate one cell per row of ``obs_table`` (or ``n_cells`` per row if it has that column).
-
-        Condition columns that are absent or missing are masked. ``guidance`` is the
-        classifier-free guidance weight w (1 = the plain conditional model); ``solver`` is
-        ``"euler"`` (``n_steps`` fixed steps) or ``"dopri5"`` (adaptive, torchdiffeq).
-        """
+    def _generation_plan(self, obs_table: pd.DataFrame, guidance: float, n_steps: int, solver: str):
+        """Validate the options and expand the table: one row per cell, condition codes."""
         self._require_trained()
         if solver not in SOLVERS:
             raise PySaveError(f"solver must be one of {SOLVERS}, got {solver!r}.")
@@ -469,25 +512,62 @@ class SAVE:
         known = set(self.registry["condition_keys"])
         if not known & set(table.columns) and len(table.columns):
             raise PySaveError(f"none of the table's columns {list(table.columns)} is a condition of this model ({sorted(known)}).")
-        codes = D.encode_conditions(table, self.registry, allow_missing=True)
+        return table, D.encode_conditions(table, self.registry, allow_missing=True)
+
+    def _generated_chunks(self, codes: np.ndarray, guidance: float, n_steps: int, solver: str, seed: int, batch_size: int):
+        """Yield (start, log-normalized expression, latent) chunk by chunk, in order."""
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        z = []
+        self.flow.eval()
         for start in range(0, len(codes), batch_size):
             c = torch.from_numpy(codes[start:start + batch_size]).to(self.device)
-            self.flow.eval()
-            z.append(sample_latents(self.flow, c, float(guidance), int(n_steps), solver, generator).cpu())
-        z = torch.cat(z) * self.latent_std + self.latent_mean
-        X = self._decode(z, codes)
+            z = sample_latents(self.flow, c, float(guidance), int(n_steps), solver, generator).cpu()
+            z = z * self.latent_std + self.latent_mean
+            yield start, self._decode(z, codes[start:start + batch_size]), z.numpy()
+
+    def _generated_obs(self, codes: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
         obs = self._obs_from_codes(codes, pd.Index([f"gen_{i}" for i in range(len(codes))]))
         for col in table.columns:
-            if col not in known:
+            if col not in self.registry["condition_keys"]:
                 obs[col] = table[col].to_numpy()
-        out = self._output(X, obs, "generated", {
-            "seed": int(seed), "guidance": float(guidance), "n_steps": int(n_steps), "solver": solver,
-            "output": "decoder mean of latents sampled by the flow",
-        })
-        out.obsm["X_save"] = z.numpy()
+        return obs
+
+    def _generation_provenance(self, guidance, n_steps, solver, seed) -> dict:
+        return self._provenance("generated", {"seed": int(seed), "guidance": float(guidance), "n_steps": int(n_steps),
+                                              "solver": solver, "output": "decoder mean of latents sampled by the flow"})
+
+    def generate_like(self, obs_table: pd.DataFrame, guidance: float = 1.0, n_steps: int = 50, solver: str = "euler",
+                      seed: int = 0, batch_size: int = 4096):
+        """Generate one cell per row of ``obs_table`` (or ``n_cells`` per row if it has that column).
+
+        Condition columns that are absent or missing are masked. ``guidance`` is the
+        classifier-free guidance weight w (1 = the plain conditional model); ``solver`` is
+        ``"euler"`` (``n_steps`` fixed steps) or ``"dopri5"`` (adaptive, torchdiffeq).
+        """
+        import anndata as ad
+
+        table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
+        X = np.empty((len(codes), len(self.genes)), dtype=np.float32)
+        Z = np.empty((len(codes), self.params["latent_dim"]), dtype=np.float32)
+        for start, x, z in self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size):
+            X[start:start + len(x)], Z[start:start + len(z)] = x, z
+        out = ad.AnnData(X=X, obs=self._generated_obs(codes, table), var=pd.DataFrame(index=pd.Index(self.genes)))
+        out.uns["pysave"] = self._generation_provenance(guidance, n_steps, solver, seed)
+        out.obsm["X_save"] = Z
         return out
+
+    def generate_to_h5ad(self, path: str, obs_table: pd.DataFrame, guidance: float = 1.0, n_steps: int = 50,
+                         solver: str = "euler", seed: int = 0, batch_size: int = 4096, overwrite: bool = False,
+                         extra_uns: dict | None = None) -> str:
+        """Like :meth:`generate_like`, but cells go to ``path`` chunk by chunk: memory stays
+        at one chunk whatever the number of cells. The file equals the in-memory result."""
+        table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
+        with io.H5adStream(path, len(codes), self.genes, {"X_save": self.params["latent_dim"]}, overwrite=overwrite) as out:
+            for i, (start, x, z) in enumerate(self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size)):
+                out.write_rows(start, x, {"X_save": z})
+                if self.verbose and len(codes) > batch_size:
+                    self._log(f"generated {min(start + len(x), len(codes))}/{len(codes)} cells")
+            uns = {"pysave": {**self._generation_provenance(guidance, n_steps, solver, seed), **(extra_uns or {})}}
+            return out.finish(self._generated_obs(codes, table), uns)
 
     def transfer(self, adata, target: dict, batch_size: int = 1024):
         """Encode cells under their own conditions and decode them under ``target``.

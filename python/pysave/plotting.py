@@ -3,12 +3,13 @@ block-attention heatmap. matplotlib with the non-interactive Agg backend; files 
 atomically."""
 from __future__ import annotations
 
-import os
-
 
 
 
 ORIGIN_COLOURS = {"real": "#9e9e9e", "generated": "#d62728"}
+
+
+import numpy as np
 
 
 def _figure():
@@ -21,14 +22,10 @@ def _figure():
 
 
 def _save(fig, path: str) -> None:
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp-{os.getpid()}{ext}"
-    try:
+    from .io import atomic_output
+
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def attention_heatmap(table, path: str) -> None:
@@ -75,3 +72,22 @@ def real_vs_generated_umap(real, generated, color: str, path: str, seed: int = 0
     _save(fig, path)
     plt.close(fig)
 
+
+
+def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2")) -> None:
+    """One panel per metric: a bar per group, with the noise floor as a black tick where known."""
+    plt = _figure()
+    metrics = [m for m in metrics if m in table.columns]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), max(3, 0.3 * len(table) + 1.5)), squeeze=False)
+    y = np.arange(len(table))
+    for ax, metric in zip(axes[0], metrics):
+        ax.barh(y, table[metric].to_numpy(), color="#d62728", alpha=0.8, label="generated vs real")
+        floor = f"floor_{metric}"
+        if floor in table.columns:
+            ax.scatter(table[floor].to_numpy(), y, marker="|", s=200, color="black", label="noise floor (real vs real)")
+        ax.set_yticks(y, [str(g) for g in table.index], fontsize=7)
+        ax.set_title(metric)
+        ax.invert_yaxis()
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+    plt.close(fig)

@@ -57,20 +57,37 @@ def fit(
     label: str,
     log: Callable[[str], None],
     progress: bool = True,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> dict:
-    """Train ``module`` for up to ``epochs``; return the history and a summary."""
+    """Train ``module`` for up to ``epochs``; return the history and a summary.
+
+    Every ``checkpoint_every`` epochs, ``on_checkpoint`` receives a snapshot (weights, optimizer,
+    scheduler, random generator, history, best weights); passing it back as ``resume`` continues
+    exactly where it stopped, so the result equals an uninterrupted run.
+    """
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     warmup_steps = max(1, warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
     generator = torch.Generator(device=device).manual_seed(seed)
     history: dict[str, list[float]] = {}
     best = (math.inf, None, 0)  # (val loss, state, epoch)
+    n_seen, first_epoch, elapsed = 0, 1, 0.0
+    if resume is not None:
+        module.load_state_dict(resume["module"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        history = {k: list(v) for k, v in resume["history"].items()}
+        best = (resume["best_loss"], resume["best_state"], resume["best_epoch"])
+        n_seen, first_epoch, elapsed = resume["n_seen"], resume["epoch"] + 1, resume["seconds"]
+        log(f"{label}: resuming after epoch {resume['epoch']}")
     bar = Progress(epochs, label, log, progress)
-    start = time.perf_counter()
-    n_seen = 0
-    epoch = 0
+    start = time.perf_counter() - elapsed
+    epoch = first_epoch - 1
     stopped_early = False
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         module.train()
         sums: dict[str, float] = {}
         n_batches = 0
@@ -106,6 +123,14 @@ def fit(
         elif patience is not None and val_batches is not None and epoch - best[2] >= patience:
             stopped_early = True
             break
+        if on_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
+            on_checkpoint({
+                "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "history": history, "best_loss": best[0],
+                "best_state": best[1], "best_epoch": best[2], "n_seen": n_seen, "epoch": epoch,
+                "seconds": time.perf_counter() - start,
+            })
     seconds = time.perf_counter() - start
     if best[1] is not None and val_batches is not None:
         module.load_state_dict(best[1])

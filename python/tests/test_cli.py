@@ -119,3 +119,16 @@ def test_bad_values_in_data(trained, tmp_path):
     unknown.write_h5ad(tmp_path / "unknown.h5ad")
     user_error(run("transfer", trained["dir"], tmp_path / "unknown.h5ad", "--set", "batch=10x_5prime", "--out", tmp_path / "o.h5ad"), "unknown value")
     assert not (tmp_path / "m").exists() and not (tmp_path / "o.h5ad").exists()
+
+
+def test_demo_writes_its_folder(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--epochs", "1", "--flow-epochs", "1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for name in ("model/config.json", "generated.h5ad", "umap.png", "summary.txt"):
+        assert (out / name).exists(), name
+    generated = ad.read_h5ad(out / "generated.h5ad")
+    combos = generated.obs.groupby(["batch", "cell_type"], observed=True).size()
+    assert len(combos) == 27  # every batch x cell-type combination, unseen ones included
+    assert "mean-expression correlation" in (out / "summary.txt").read_text()
+    user_error(CliRunner().invoke(main, ["demo", "--out", str(out)]), "already exists")

@@ -5,7 +5,7 @@ import numpy as np
 import scanpy as sc
 from click.testing import CliRunner
 
-from conftest import shared_file
+from support import shared_file
 from pysave.cli import main
 
 HELD_OUT = ("10x_5prime", "B")
@@ -26,7 +26,6 @@ def test_unseen_combination_end_to_end(tmp_path):
     result = runner.invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
 
-    gen = tmp_path / "gen.h5ad"
     for i in range(2):  # the second run is from the reloaded model directory again: identical
         out = tmp_path / f"gen{i}.h5ad"
         r = runner.invoke(main, ["generate", str(model_dir), "--n", "100", "--set", f"batch={HELD_OUT[0]}",

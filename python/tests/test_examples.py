@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_file
+from support import shared_file
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -1,0 +1,114 @@
+"""Dual-condition generation benchmark (issue 4, task 1), not a test.
+
+    .venv/bin/python benchmarks/eval_generation.py [--dataset pbmc_3tech] [--seeds 0 1] [--epochs 100]
+
+For each dataset: an 80/20 split stratified by the condition combination (seeded); pysave trained
+on the 80%, then asked for exactly the test cells' condition combinations; scored with
+pysave.metrics.generation_fidelity per condition combination (groups with >= 2 cells each side)
+against the test cells. Baselines on the same split and space: the noise floor (training cells
+of the group vs its test cells) and a per-group Gaussian fitted in the real PCA space to the
+training cells. Scored output: pysave's generated X (decoder mean of flow-sampled latents).
+Results: benchmarks/results/generation_<dataset>.json and a table in benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "..", "shared", "data")
+DATASETS = {
+    "pbmc_3tech": ("pbmc_3tech_symphony_1200.h5ad", ["batch", "cell_type"], "batch"),
+    "baron_human": ("baron2016_pancreas_human_came_2142.h5ad", ["batch", "cell_type"], "batch"),
+}
+FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
+
+
+def stratified_split(obs, keys, seed, test_fraction=0.2):
+    rng = np.random.default_rng(seed)
+    groups = obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    test = np.zeros(len(obs), dtype=bool)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        n = int(round(test_fraction * len(idx)))
+        test[rng.choice(idx, n, replace=False)] = True
+    return ~test, test
+
+
+def run(dataset, seed, epochs, params):
+    import anndata as ad
+
+    import pysave
+    from pysave import metrics as M
+
+    file, keys, batch_key = DATASETS[dataset]
+    adata = ad.read_h5ad(os.path.join(DATA, file))
+    train_mask, test_mask = stratified_split(adata.obs, keys, seed)
+    train, test = adata[train_mask].copy(), adata[test_mask].copy()
+    t0 = time.perf_counter()
+    pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
+    model = pysave.SAVE(train, seed=seed, verbose=False, **params)
+    model.train(max_epochs=epochs, lr=1e-3, seed=seed, progress=False)
+    train_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generated = model.generate_like(test.obs[keys], seed=seed)
+    sample_seconds = time.perf_counter() - t0
+    test_g = test[:, model.genes].copy()
+    train_g = train[:, model.genes].copy()
+    scored = M.generation_fidelity(test_g, generated, keys, floor=train_g, seed=seed)
+    table = scored["per_group"]
+    # Per-group Gaussian in the real PCA space, fitted on the training cells of the group.
+    space = M.fit_reference_space(test_g, seed=seed)
+    z_train, z_test = space.project(train_g), space.project(test_g)
+    g_train = train_g.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    g_test = test_g.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    rng = np.random.default_rng(seed)
+    z_gauss, g_gauss = [], []
+    for g in np.unique(g_test):
+        zt = z_train[g_train == g]
+        if len(zt) < 2:
+            continue
+        cov = np.cov(zt.T) + 1e-6 * np.eye(zt.shape[1])
+        z_gauss.append(rng.multivariate_normal(zt.mean(0), cov, size=int((g_test == g).sum())))
+        g_gauss += [g] * int((g_test == g).sum())
+    gauss = M.pc_space_distances(z_test, g_test, np.vstack(z_gauss), np.array(g_gauss), seed)
+    common = table.index.intersection(gauss.index)
+    if "floor_W1" in table.columns:
+        common = common.intersection(table.index[table["floor_W1"].notna()])
+    summary = {
+        "dataset": dataset, "seed": seed, "epochs": epochs, "params": params, "groups": int(len(common)),
+        "pysave": {m: float(table.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "mean_r2")},
+        "noise_floor": {m: float(table.loc[common, f"floor_{m}"].mean()) for m in ("W1", "W2", "MMD")},
+        "gaussian_pca": {m: float(gauss.loc[common, m].mean()) for m in ("W1", "W2", "MMD")},
+        "train_seconds": train_seconds, "sampling_cells_per_s": generated.n_obs / sample_seconds,
+        "protocol": scored["protocol"], "scored_output": generated.uns["pysave"]["output"],
+        "per_group": table.loc[common].reset_index().to_dict(orient="records"),
+    }
+    return summary
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", nargs="+", default=["pbmc_3tech"], choices=sorted(DATASETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--paper-size", action="store_true", help="the paper's network instead of the fast one")
+    args = parser.parse_args()
+    params = {} if args.paper_size else FAST
+    for dataset in args.dataset:
+        runs = [run(dataset, s, args.epochs, params) for s in args.seeds]
+        for r in runs:
+            print(json.dumps({k: r[k] for k in ("dataset", "seed", "pysave", "noise_floor", "gaussian_pca", "train_seconds")}), flush=True)
+        out = os.path.join(HERE, "results", f"generation_{dataset}.json")
+        with open(out, "w") as fh:
+            json.dump({"date": time.strftime("%Y-%m-%d"), "runs": runs}, fh, indent=1)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Evaluation protocols shipped with pysave (``../shared/notes/evaluation.md``).
+
+Generation fidelity (the CFGen protocol used by SAVE's Tables 1-3): real cells define the space
+(highly variable genes, ``seurat_v3`` on counts, log1p(CP10k), 30 PCs fitted on the real cells
+only); generated cells are log-normalized the same way (or taken as they are when already
+log-normalized), centred with the real gene means and projected on the real PCs. Per group:
+exact W1 / W2 (POT ``ot.emd2``, uniform weights, Euclidean cost, each side subsampled to at most
+1,000 cells with a fixed seed), MMD^2 with a sum of RBF kernels (sigma in 0.01 ... 100, biased
+estimator, both sides cut to the same size), per-gene mean R^2 and Pearson r; the unweighted mean
+over groups; and the noise floor: the same metrics between two disjoint sets of real cells.
+
+Perturbation (the scGen protocol): Pearson r and R^2 (= r^2, as scGen's ``linregress``) of
+per-gene means over all genes and over the top-100 DEGs (Wilcoxon, stimulated vs control in the
+held-out type, real data), plus sklearn's ``r2_score`` (which can be negative).
+
+Every result records its protocol, parameters and seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import PySaveError
+
+PROTOCOL_VERSION = "1"
+SIGMAS = (0.01, 0.1, 1.0, 10.0, 100.0)
+MAX_CELLS = 1000
+
+
+# ----------------------------------------------------------------------------- expression
+def _dense(X) -> np.ndarray:
+    return np.asarray(X.todense() if sp.issparse(X) else X, dtype=np.float64)
+
+
+def is_log_normalized(adata) -> bool:
+    """pysave outputs say so in uns; otherwise non-integer values mean log-normalized."""
+    info = adata.uns.get("pysave", {}) if hasattr(adata, "uns") else {}
+    if isinstance(info, dict) and str(info.get("X", "")).startswith("log1p"):
+        return True
+    X = adata.X
+    vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    vals = vals[: 100_000]
+    return bool(vals.size) and bool(np.any(np.abs(vals - np.round(vals)) > 1e-3))
+
+
+def log_normalized(adata, layer: str | None = None) -> np.ndarray:
+    """log1p(CP10k) as a dense matrix; data already log-normalized are returned as they are."""
+    X = adata.X if layer is None else adata.layers[layer]
+    if layer is None and is_log_normalized(adata):
+        return _dense(X)
+    X = _dense(X)
+    lib = X.sum(1, keepdims=True)
+    lib[lib == 0] = 1
+    return np.log1p(X / lib * 1e4)
+
+
+@dataclass
+class ReferenceSpace:
+    """The real cells' PCA space: genes, their means, and the components."""
+
+    genes: list[str]
+    hvg_flavor: str
+    mean: np.ndarray
+    components: np.ndarray  # (n_pcs, n_genes)
+
+    def project(self, adata) -> np.ndarray:
+        missing = [g for g in self.genes if g not in set(adata.var_names)]
+        if missing:
+            raise PySaveError(f"{len(missing)} genes of the reference space are missing from the data (e.g. {missing[:3]}); "
+                              "compare cells in the same gene space.")
+        X = log_normalized(adata[:, self.genes])
+        return (X - self.mean) @ self.components.T
+
+
+def fit_reference_space(real, n_hvg: int = 2000, n_pcs: int = 30, counts_layer: str | None = None, seed: int = 0) -> ReferenceSpace:
+    """HVGs (seurat_v3 on counts; all genes if fewer) and a PCA fitted on the real cells only."""
+    import scanpy as sc
+    from sklearn.decomposition import PCA
+
+    counts = real.copy()
+    if counts_layer is not None:
+        counts.X = counts.layers[counts_layer]
+    flavor = "all genes"
+    if counts.n_vars > n_hvg:
+        if is_log_normalized(counts):
+            raise PySaveError("the real cells must hold raw counts (seurat_v3 HVGs are computed on counts); pass counts_layer=.")
+        try:
+            sc.pp.highly_variable_genes(counts, n_top_genes=n_hvg, flavor="seurat_v3")
+            flavor = "seurat_v3"
+        except ImportError as err:
+            raise PySaveError("seurat_v3 highly variable genes need scikit-misc: pip install scikit-misc (or pysave[eval]).") from err
+        genes = counts.var_names[counts.var["highly_variable"].to_numpy()].tolist()
+    else:
+        genes = counts.var_names.tolist()
+    X = log_normalized(counts[:, genes])
+    k = int(min(n_pcs, X.shape[0] - 1, X.shape[1]))
+    if k < 1:
+        raise PySaveError("too few real cells or genes to fit a PCA space.")
+    pca = PCA(n_components=k, random_state=seed, svd_solver="full").fit(X)
+    return ReferenceSpace(genes, flavor, pca.mean_, pca.components_)
+
+
+# ----------------------------------------------------------------------------- distances
+def _subsample(x: np.ndarray, n: int, rng) -> np.ndarray:
+    return x if len(x) <= n else x[np.sort(rng.choice(len(x), n, replace=False))]
+
+
+def wasserstein(x: np.ndarray, y: np.ndarray, p: int = 1, max_cells: int = MAX_CELLS, seed: int = 0) -> float:
+    """Exact W_p (p = 1 or 2) with uniform weights and Euclidean ground distance."""
+    import ot
+
+    rng = np.random.default_rng(seed)
+    x, y = _subsample(x, max_cells, rng), _subsample(y, max_cells, rng)
+    cost = ot.dist(x, y, metric="euclidean")
+    if p == 2:
+        cost = cost ** 2
+    value = ot.emd2(np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y)), cost, numItermax=10_000_000)
+    return float(value if p == 1 else np.sqrt(value))
+
+
+def mmd_rbf(x: np.ndarray, y: np.ndarray, sigmas=SIGMAS, max_cells: int = MAX_CELLS, seed: int = 0) -> float:
+    """Biased MMD^2 with k = sum over sigma of exp(-|x - y|^2 / (2 sigma^2)); equal sizes."""
+    rng = np.random.default_rng(seed)
+    n = min(len(x), len(y), max_cells)
+    x, y = _subsample(x, n, rng), _subsample(y, n, rng)
+
+    def kernel(a, b):
+        d2 = np.maximum((a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None] - 2 * a @ b.T, 0)
+        return sum(np.exp(-d2 / (2 * s ** 2)) for s in sigmas)
+
+    return float(kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean())
+
+
+def mean_agreement(a: np.ndarray, b: np.ndarray) -> dict:
+    """Per-gene means of two groups: Pearson r, R^2 = r^2, and sklearn's r2_score(a, b)."""
+    from sklearn.metrics import r2_score
+
+    ma, mb = a.mean(0), b.mean(0)
+    r = float(np.corrcoef(ma, mb)[0, 1]) if ma.std() > 0 and mb.std() > 0 else float("nan")
+    return {"pearson_r": r, "r2": r * r, "r2_score": float(r2_score(ma, mb))}
+
+
+def _distances(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
+    return {"W1": wasserstein(x, y, 1, seed=seed), "W2": wasserstein(x, y, 2, seed=seed), "MMD": mmd_rbf(x, y, seed=seed)}
+
+
+# ----------------------------------------------------------------------------- protocols
+def _groups(adata, keys: list[str]) -> pd.Series:
+    missing = [k for k in keys if k not in adata.obs.columns]
+    if missing:
+        raise PySaveError(f"group key(s) {missing} are not columns of obs; available: {list(adata.obs.columns)}.")
+    return adata.obs[keys].astype(str).agg(" | ".join, axis=1)
+
+
+def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 2000, n_pcs: int = 30,
+                        counts_layer: str | None = None, seed: int = 0) -> dict:
+    """Per-group W1/W2/MMD in the real cells' PCA space, per-gene mean agreement, and the noise floor.
+
+    ``real``: held-out real cells (raw counts). ``generated``: cells to score (log-normalized
+    pysave output, or counts). ``floor``: other real cells of the same groups, disjoint from
+    ``real`` (e.g. the training cells): scored the same way, they give the noise floor.
+    Returns ``{"per_group": DataFrame, "mean": dict, "protocol": dict}``.
+    """
+    keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)
+    space = fit_reference_space(real, n_hvg, n_pcs, counts_layer, seed)
+    z_real, z_gen = space.project(real), space.project(generated)
+    x_real, x_gen = log_normalized(real[:, space.genes]), log_normalized(generated[:, space.genes])
+    g_real, g_gen = _groups(real, keys).to_numpy(), _groups(generated, keys).to_numpy()
+    if floor is not None:
+        z_floor, x_floor, g_floor = space.project(floor), log_normalized(floor[:, space.genes]), _groups(floor, keys).to_numpy()
+    rows = []
+    for group in sorted(set(g_real)):
+        r, g = g_real == group, g_gen == group
+        if r.sum() < 2 or g.sum() < 2:
+            continue
+        row = {"group": group, "n_real": int(r.sum()), "n_generated": int(g.sum())}
+        row.update(_distances(z_real[r], z_gen[g], seed))
+        row.update({f"mean_{k}": v for k, v in mean_agreement(x_real[r], x_gen[g]).items()})
+        if floor is not None:
+            f = g_floor == group
+            if f.sum() >= 2:
+                row["n_floor"] = int(f.sum())
+                row.update({f"floor_{k}": v for k, v in _distances(z_real[r], z_floor[f], seed).items()})
+                row["floor_mean_r2"] = mean_agreement(x_real[r], x_floor[f])["r2"]
+        rows.append(row)
+    if not rows:
+        raise PySaveError(f"no group of {keys} has at least 2 real and 2 generated cells; check the group key and the generated conditions.")
+    table = pd.DataFrame(rows).set_index("group")
+    numeric = table.select_dtypes("number").drop(columns=[c for c in table.columns if c.startswith("n_")])
+    protocol = {"name": "generation_fidelity", "version": PROTOCOL_VERSION, "group_keys": keys, "hvg_flavor": space.hvg_flavor,
+                "n_hvg": len(space.genes), "n_pcs": int(space.components.shape[0]), "max_cells": MAX_CELLS,
+                "mmd_sigmas": list(SIGMAS), "mmd": "biased, equal sizes", "wasserstein": "exact (ot.emd2), Euclidean",
+                "seed": seed, "groups_scored": int(len(table))}
+    return {"per_group": table, "mean": numeric.mean().to_dict(), "protocol": protocol}
+
+
+def pc_space_distances(z_real: np.ndarray, groups_real: np.ndarray, z_other: np.ndarray, groups_other: np.ndarray,
+                       seed: int = 0) -> pd.DataFrame:
+    """W1/W2/MMD per group between two sets of points already in the reference PC space
+    (for baselines that generate PC coordinates directly, e.g. a per-group Gaussian)."""
+    rows = []
+    for group in sorted(set(groups_real)):
+        r, o = groups_real == group, groups_other == group
+        if r.sum() >= 2 and o.sum() >= 2:
+            rows.append({"group": group, "n_real": int(r.sum()), "n_generated": int(o.sum()),
+                         **_distances(z_real[r], z_other[o], seed)})
+    return pd.DataFrame(rows).set_index("group")
+
+
+def perturbation_agreement(control, stimulated_real, predicted, n_degs: int = 100) -> dict:
+    """scGen protocol on one held-out cell type: mean agreement on all genes and the top DEGs.
+
+    ``control`` and ``stimulated_real``: real cells (counts or log-normalized) of that type;
+    ``predicted``: predicted stimulated cells. Genes are taken from ``predicted``.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    genes = [g for g in predicted.var_names if g in set(stimulated_real.var_names) and g in set(control.var_names)]
+    ctrl, stim, pred = (log_normalized(a[:, genes]) for a in (control, stimulated_real, predicted))
+    both = ad.AnnData(np.vstack([ctrl, stim]), obs=pd.DataFrame({"condition": ["control"] * len(ctrl) + ["stimulated"] * len(stim)}))
+    both.var_names = genes
+    both.obs["condition"] = both.obs["condition"].astype("category")
+    sc.tl.rank_genes_groups(both, "condition", groups=["stimulated"], reference="control", method="wilcoxon")
+    degs = [str(g) for g in both.uns["rank_genes_groups"]["names"]["stimulated"][:n_degs]]
+    idx = [genes.index(g) for g in degs]
+    out = {"all_genes": mean_agreement(stim, pred), f"top{n_degs}_degs": mean_agreement(stim[:, idx], pred[:, idx]),
+           "control_baseline_all": mean_agreement(stim, ctrl), f"control_baseline_top{n_degs}": mean_agreement(stim[:, idx], ctrl[:, idx]),
+           "degs": degs, "protocol": {"name": "perturbation_agreement", "version": PROTOCOL_VERSION, "n_degs": n_degs,
+                                       "de_test": "wilcoxon (scanpy), stimulated vs control, real cells",
+                                       "r2": "squared Pearson r of per-gene means (scGen linregress)",
+                                       "r2_score": "sklearn r2_score(real means, predicted means)"}}
+    return out

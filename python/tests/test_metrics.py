@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pysave import metrics as M
+from pysave.cli import main
+from pysave.errors import PySaveError
+
+
+def test_wasserstein_and_mmd_basics():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 3))
+    assert M.wasserstein(x, x) == pytest.approx(0, abs=1e-9)
+    assert M.mmd_rbf(x, x) == pytest.approx(0, abs=1e-9)
+    shifted = x + np.array([5.0, 0, 0])
+    assert M.wasserstein(x, shifted, 1) == pytest.approx(5.0, rel=1e-6)  # a pure shift moves every point by 5
+    assert M.wasserstein(x, shifted, 2) == pytest.approx(5.0, rel=1e-6)
+    near, far = M.mmd_rbf(x, x + 0.5), M.mmd_rbf(x, shifted)
+    assert 0 < near < far
+
+
+def test_mmd_matches_brute_force():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(20, 2)), rng.normal(1, 1, size=(20, 2))
+    k = lambda a, b: sum(np.exp(-np.sum((a - b) ** 2) / (2 * s * s)) for s in M.SIGMAS)  # noqa: E731
+    brute = (np.mean([[k(a, b) for b in x] for a in x]) + np.mean([[k(a, b) for b in y] for a in y])
+             - 2 * np.mean([[k(a, b) for b in y] for a in x]))
+    assert M.mmd_rbf(x, y) == pytest.approx(brute, rel=1e-9)
+
+
+def test_mean_agreement():
+    a = np.random.default_rng(0).random((50, 30))
+    out = M.mean_agreement(a, a)
+    assert out["pearson_r"] == pytest.approx(1) and out["r2"] == pytest.approx(1) and out["r2_score"] == pytest.approx(1)
+    flipped = M.mean_agreement(a, a[:, ::-1])
+    assert flipped["r2_score"] < 0.5
+
+
+def _split(pbmc_full):
+    rng = np.random.default_rng(0)
+    order = rng.permutation(pbmc_full.n_obs)
+    return pbmc_full[np.sort(order[:600])].copy(), pbmc_full[np.sort(order[600:])].copy()
+
+
+def test_generation_fidelity_scores_real_near_floor_and_noise_far(pbmc_full):
+    test, train = _split(pbmc_full)
+    real_vs_real = M.generation_fidelity(test, train, "cell_type", floor=train, n_hvg=500)
+    table = real_vs_real["per_group"]
+    # Scoring the floor cells as if generated reproduces the floor exactly.
+    np.testing.assert_allclose(table["W1"], table["floor_W1"])
+    assert real_vs_real["protocol"]["hvg_flavor"] == "seurat_v3" and real_vs_real["protocol"]["n_pcs"] == 30
+    # Shuffled labels: every group is scored against a mix of cell types -> clearly worse.
+    scrambled = train.copy()
+    scrambled.obs["cell_type"] = scrambled.obs["cell_type"].to_numpy()[np.random.default_rng(1).permutation(train.n_obs)]
+    worse = M.generation_fidelity(test, scrambled, "cell_type", n_hvg=500)
+    assert worse["mean"]["W1"] > 1.2 * real_vs_real["mean"]["W1"]
+    assert worse["mean"]["mean_r2"] < real_vs_real["mean"]["mean_r2"]
+
+
+def test_generation_fidelity_errors(pbmc_full):
+    test, train = _split(pbmc_full)
+    with pytest.raises(PySaveError, match="not columns of obs"):
+        M.generation_fidelity(test, train, "tissue")
+    lognorm = test.copy()
+    lognorm.X = lognorm.X.copy()
+    lognorm.X.data = np.log1p(lognorm.X.data * 0.3)
+    with pytest.raises(PySaveError, match="raw counts"):
+        M.generation_fidelity(lognorm, train, "cell_type", n_hvg=500)  # HVG selection needs counts
+
+
+def test_perturbation_agreement(pbmc_full):
+    b = pbmc_full[pbmc_full.obs["cell_type"] == "B"]
+    mono = pbmc_full[pbmc_full.obs["cell_type"] == "Mono_CD14"]
+    half = b.n_obs // 2
+    out = M.perturbation_agreement(mono, b[:half], b[half:], n_degs=50)
+    assert out["all_genes"]["r2"] > 0.9 and out["top50_degs"]["r2"] > out["control_baseline_top50"]["r2"]
+    assert len(out["degs"]) == 50
+
+
+def test_evaluate_command(trained, tmp_path, pbmc_full):
+    model = trained["model"]
+    held = pbmc_full[~pbmc_full.obs_names.isin(trained["adata"].obs_names)][:, model.genes].copy()
+    held.write_h5ad(tmp_path / "real.h5ad")
+    model.generate_like(held.obs[["batch", "cell_type"]], seed=0).write_h5ad(tmp_path / "gen.h5ad")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "real.h5ad"), str(tmp_path / "gen.h5ad"), "--group", "cell_type",
+                                       "--floor", trained["data"], "--out", str(tmp_path / "eval"), "--n-hvg", "200"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "eval" / "metrics.tsv", sep="\t", index_col=0)
+    assert {"W1", "W2", "MMD", "mean_r2", "floor_W1"} <= set(table.columns)
+    assert (tmp_path / "eval" / "umap.png").exists() and (tmp_path / "eval" / "metrics.png").exists()
+    import json
+
+    summary = json.load(open(tmp_path / "eval" / "summary.json"))
+    assert summary["protocol"]["name"] == "generation_fidelity" and summary["scored_output"].startswith("decoder mean")

@@ -1,0 +1,169 @@
+# Generation and transfer: new objects of generated / predicted cells.
+
+.output_class <- function(object, output) {
+  if (!is.null(output)) {
+    output <- match.arg(output, c("Seurat", "SingleCellExperiment"))
+    return(output)
+  }
+  if (.is_sce(object)) return("SingleCellExperiment")
+  if (.is_seurat(object)) return("Seurat")
+  if (requireNamespace("SeuratObject", quietly = TRUE)) "Seurat" else "SingleCellExperiment"
+}
+
+# An AnnData result of pysave (generate / transfer) -> Seurat or SCE with a SAVE reduction.
+.result_object <- function(adata, output) {
+  obj <- .parts_to_object(.anndata_parts(adata), output, reduction_keys = list(save = "SAVE_"))
+  if (output == "SingleCellExperiment" && "save" %in% SingleCellExperiment::reducedDimNames(obj)) {
+    SingleCellExperiment::reducedDimNames(obj)[SingleCellExperiment::reducedDimNames(obj) == "save"] <- "SAVE"
+  }
+  obj
+}
+
+.model_of_object <- function(object, model, device, fun) {
+  if (.is_seurat(object) || .is_sce(object)) return(.resolve_model(model, object, device, fun))
+  if (!is.null(model)) {
+    stop(sprintf("%s: give the model once, as the first argument or as model =.", fun), call. = FALSE)
+  }
+  if (inherits(object, "SAVEModel") || (is.character(object) && length(object) == 1)) {
+    return(.resolve_model(object, NULL, device, fun))
+  }
+  stop(sprintf("%s: the first argument must be a Seurat or SingleCellExperiment object that RunSAVE() was run on, a model directory or a LoadSAVE() result; got class '%s'.",
+               fun, paste(class(object), collapse = "/")), call. = FALSE)
+}
+
+.check_condition_names <- function(keys, model, fun, what = "conditions") {
+  bad <- setdiff(keys, model$conditions)
+  if (length(bad)) {
+    stop(sprintf("%s: %s is not a condition of this model; its conditions are: %s.", fun,
+                 paste0("'", bad, "'", collapse = ", "), paste(model$conditions, collapse = ", ")), call. = FALSE)
+  }
+}
+
+.as_condition_values <- function(x) {
+  v <- as.character(x)
+  v[is.na(v)] <- "[MASK]"
+  v
+}
+
+#' Generate cells for any combination of conditions
+#'
+#' Samples latents with the flow for the given conditions and decodes them. Conditions that
+#' are not named are masked (left to the model), so any subset can be given, including
+#' combinations never seen in training. Returns a **new** Seurat or SingleCellExperiment object
+#' of generated cells: log-normalized expression (log1p of counts per 10,000; Seurat "data"
+#' slot, SCE "logcounts"), the conditions in the cell metadata (factors with the model's
+#' categories; masked = `NA`), the sampled latent as reduction "save" (SCE: "SAVE"), and the
+#' provenance in `object@misc$pysave` / `metadata(sce)$pysave`.
+#'
+#' @param object A model: a Seurat or SingleCellExperiment object that [RunSAVE()] was run on,
+#'   a model directory, or a [LoadSAVE()] result.
+#' @param n Cells per combination.
+#' @param conditions A named list (one combination, e.g. `list(celltype = "B")`; `NA` masks a
+#'   condition), or a data.frame with one row per combination (condition columns, and
+#'   optionally an `n_cells` column that overrides `n` per row).
+#' @param output "Seurat" or "SingleCellExperiment" (default: the class of `object`; Seurat
+#'   for a model).
+#' @param guidance Classifier-free guidance weight (1 = the plain conditional model).
+#' @param steps ODE steps (Euler).
+#' @param solver "euler" or "dopri5".
+#' @param seed Random seed (same seed, same cells).
+#' @param device "auto", "cpu", "cuda", "cuda:N" or "mps".
+#' @return A Seurat or SingleCellExperiment object of generated cells.
+#' @examples
+#' if (SAVEAvailable()) {
+#'   model <- system.file("extdata", "tiny_model", package = "saveR")
+#'   gen <- GenerateCells(model, n = 5, conditions = list(cell_type = "B"),
+#'                        output = "SingleCellExperiment")
+#'   table(gen$cell_type)
+#'   plan <- data.frame(cell_type = c("B", "NK"), batch = c("10x_5prime", NA))
+#'   gen2 <- GenerateCells(model, n = 3, conditions = plan, output = "SingleCellExperiment")
+#' }
+#' @export
+GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), output = NULL, guidance = 1,
+                          steps = 50L, solver = "euler", seed = 0L, device = "auto") {
+  model <- .model_of_object(object, NULL, device, "GenerateCells")
+  output <- .output_class(object, output)
+  if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n)) {
+    stop("GenerateCells: n must be one positive whole number of cells per combination.", call. = FALSE)
+  }
+  if (is.data.frame(conditions)) {
+    table <- conditions
+    counts <- if ("n_cells" %in% names(table)) table$n_cells else rep(n, nrow(table))
+    table$n_cells <- NULL
+    if (!nrow(table)) stop("GenerateCells: the conditions data.frame has no rows.", call. = FALSE)
+  } else if (is.list(conditions) || is.null(conditions)) {
+    conditions <- as.list(conditions)
+    if (length(conditions) && (is.null(names(conditions)) || any(!nzchar(names(conditions))))) {
+      stop("GenerateCells: conditions must be a named list, e.g. list(celltype = \"B\").", call. = FALSE)
+    }
+    long <- vapply(conditions, function(v) length(v) > 1, logical(1))
+    if (any(long)) {
+      stop("GenerateCells: a list gives one value per condition; for several combinations pass a data.frame (one row each).", call. = FALSE)
+    }
+    conditions <- lapply(conditions, function(v) if (is.null(v) || length(v) == 0) NA_character_ else v)
+    table <- as.data.frame(conditions, stringsAsFactors = FALSE, optional = TRUE)
+    if (!ncol(table)) table <- data.frame(row.names = 1)
+    counts <- n
+  } else {
+    stop("GenerateCells: conditions must be a named list or a data.frame.", call. = FALSE)
+  }
+  .check_condition_names(names(table), model, "GenerateCells")
+  if (any(is.na(counts)) || any(counts < 0) || any(counts != round(counts))) {
+    stop("GenerateCells: n_cells must hold non-negative whole numbers.", call. = FALSE)
+  }
+  columns <- lapply(table, .as_condition_values)
+  names(columns) <- names(table)
+  py <- .py()
+  pymodel <- .py_model(model$path, device)
+  tab <- .pycall(py$bridge$conditions_table(columns, as.integer(rep_len(counts, max(1, nrow(table))))), "GenerateCells")
+  adata <- .pycall(pymodel$generate_like(tab, guidance = as.numeric(guidance), n_steps = as.integer(steps),
+                                         solver = solver, seed = as.integer(seed)), "GenerateCells")
+  .result_object(adata, output)
+}
+
+#' Predict cells under other conditions (perturbation or batch transfer)
+#'
+#' Encodes each cell under its own conditions and decodes it under `target`: e.g.
+#' `list(stim = "STIM")` predicts stimulated cells from controls, `list(batch = "b1")` moves
+#' cells to another batch, `list(batch = NA)` removes the batch. Returns a **new** object (the
+#' class of `object`, or `output`) with log-normalized expression (Seurat "data" slot, SCE
+#' "logcounts"), the input's metadata with the changed conditions (the original values in
+#' `<condition>_source`), and the encoder means as reduction "save" (SCE: "SAVE").
+#'
+#' @param object A Seurat or SingleCellExperiment object with raw counts and the model's
+#'   condition columns (a missing column is masked).
+#' @param model A model directory or [LoadSAVE()] result (default: the one [RunSAVE()] stored
+#'   in `object`).
+#' @param target A named list of condition = new value (`NA` masks it).
+#' @param output "Seurat" or "SingleCellExperiment" (default: the class of `object`).
+#' @param assay,slot Where the raw counts are (as in [RunSAVE()]).
+#' @param device "auto", "cpu", "cuda", "cuda:N" or "mps".
+#' @return A Seurat or SingleCellExperiment object of predicted cells.
+#' @examples
+#' if (SAVEAvailable()) {
+#'   model <- system.file("extdata", "tiny_model", package = "saveR")
+#'   cells <- ReadH5AD(system.file("extdata", "pbmc_tiny.h5ad", package = "saveR"))
+#'   moved <- TransferCells(cells, model, target = list(batch = "10x_5prime"))
+#'   table(moved$batch_source, moved$batch)
+#' }
+#' @export
+TransferCells <- function(object, model = NULL, target = list(stim = "STIM"), output = NULL, assay = NULL,
+                          slot = "counts", device = "auto") {
+  .check_object(object, "TransferCells")
+  model <- .resolve_model(model, object, device, "TransferCells")
+  output <- .output_class(object, output)
+  if (!is.list(target) || !length(target) || is.null(names(target)) || any(!nzchar(names(target)))) {
+    stop("TransferCells: target must be a named list, e.g. target = list(stim = \"STIM\").", call. = FALSE)
+  }
+  .check_condition_names(names(target), model, "TransferCells", "target")
+  target <- lapply(target, function(v) {
+    if (is.null(v) || length(v) == 0 || is.na(v[1])) return("[MASK]")
+    if (length(v) > 1) stop("TransferCells: give one target value per condition.", call. = FALSE)
+    as.character(v)
+  })
+  if (.is_seurat(object)) assay <- .seurat_assay(object, assay)
+  adata <- .object_to_anndata(object, assay = assay, slot = slot, fun = "TransferCells")
+  pymodel <- .py_model(model$path, device)
+  out <- .pycall(pymodel$transfer(adata, reticulate::r_to_py(target)), "TransferCells")
+  .result_object(out, output)
+}

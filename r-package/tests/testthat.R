@@ -1,0 +1,3 @@
+library(testthat)
+library(saveR)
+test_check("saveR")

@@ -1,0 +1,44 @@
+# Shared helpers: where the repository's shared-tests live, and a network small enough for CI.
+
+shared_tests_dir <- function() {
+  env <- Sys.getenv("SAVER_SHARED_TESTS")
+  if (nzchar(env)) return(normalizePath(env))
+  starts <- c(getwd(), tryCatch(find.package("saveR"), error = function(e) character(0)))
+  for (start in starts) {
+    dir <- normalizePath(start, mustWork = FALSE)
+    repeat {
+      cand <- file.path(dir, "shared-tests")
+      if (file.exists(file.path(cand, "expectations", "pbmc_tiny.json"))) return(cand)
+      if (identical(dirname(dir), dir)) break
+      dir <- dirname(dir)
+    }
+  }
+  stop("shared-tests/ not found: run the tests inside the repository or set SAVER_SHARED_TESTS=/path/to/shared-tests")
+}
+
+shared_file <- function(...) file.path(shared_tests_dir(), ...)
+
+# Tiny network + short training: seconds on 2 CPU cores.
+TINY <- list(max_epochs = 3, flow_epochs = 6, batch_size = 64, hidden_size = 32, condition_dim = 32,
+             latent_dim = 16, latent_token_size = 8, n_encoder_layers = 1, n_decoder_layers = 1, n_heads = 2,
+             flow_hidden_size = 32, flow_layers = 1, flow_token_size = 8, flow_heads = 2, n_blocks = 8,
+             verbose = FALSE)
+
+run_tiny <- function(object, ...) do.call(RunSAVE, c(list(object), list(...), TINY))
+
+pbmc_small_seurat <- function() {
+  e <- new.env()
+  utils::data("pbmc_small", package = "SeuratObject", envir = e)
+  suppressMessages(SeuratObject::UpdateSeuratObject(e$pbmc_small))
+}
+
+pbmc_small_sce <- function() {
+  s <- pbmc_small_seurat()
+  SingleCellExperiment::SingleCellExperiment(
+    assays = list(counts = SeuratObject::GetAssayData(s, slot = "counts"),
+                  logcounts = SeuratObject::GetAssayData(s, slot = "data")),
+    colData = S4Vectors::DataFrame(s@meta.data, check.names = FALSE),
+    reducedDims = list(PCA = SeuratObject::Embeddings(s, "pca")))
+}
+
+tiny_model_dir <- function() shared_file("fixtures", "tiny_model")

@@ -1,0 +1,25 @@
+test_that("TransferCells moves cells to another batch and keeps the source", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  moved <- TransferCells(sce, tiny_model_dir(), target = list(batch = "10x_5prime"))
+  expect_s4_class(moved, "SingleCellExperiment")
+  expect_identical(colnames(moved), colnames(sce))
+  expect_true(all(moved$batch == "10x_5prime"))
+  expect_identical(as.character(moved$batch_source), as.character(sce$batch))
+  expect_identical(moved$cell_type, sce$cell_type)
+  expect_identical(dim(SingleCellExperiment::reducedDim(moved, "SAVE")), c(60L, 16L))
+  expect_identical(S4Vectors::metadata(moved)$pysave$kind, "transferred")
+  # Seurat in, Seurat out; NA masks the batch
+  s <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"), output = "Seurat")
+  masked <- TransferCells(s, LoadSAVE(tiny_model_dir()), target = list(batch = NA))
+  expect_s4_class(masked, "Seurat")
+  expect_true(all(is.na(masked$batch)))
+})
+
+test_that("TransferCells errors name the problem", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  expect_error(TransferCells(sce, tiny_model_dir(), target = list(batch = "10x_v9")), "unknown value.*'10x_v9'.*for condition 'batch'")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = list(stim = "STIM")), "'stim' is not a condition of this model")
+  expect_error(TransferCells(sce, target = list(batch = "10x_5prime")), "holds no SAVE model")
+  expect_error(TransferCells("x", tiny_model_dir()), "needs a Seurat \\(v4\\) or SingleCellExperiment")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = "10x_5prime"), "named list")
+})

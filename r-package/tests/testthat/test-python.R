@@ -1,0 +1,51 @@
+test_that("Python candidates come in the documented order", {
+  old <- options(saveR.python = "/opt/explicit/python")
+  on.exit(options(old), add = TRUE)
+  old_env <- Sys.getenv("RETICULATE_PYTHON", unset = NA)
+  Sys.setenv(RETICULATE_PYTHON = "/opt/env/python")
+  on.exit(if (is.na(old_env)) Sys.unsetenv("RETICULATE_PYTHON") else Sys.setenv(RETICULATE_PYTHON = old_env), add = TRUE)
+  venv <- file.path(tempfile("proj"), "sub")
+  dir.create(file.path(dirname(venv), ".venv", "bin"), recursive = TRUE)
+  dir.create(venv)
+  file.create(file.path(dirname(venv), ".venv", "bin", "python"))
+  owd <- setwd(venv)
+  on.exit(setwd(owd), add = TRUE)
+  cands <- saveR:::.python_candidates("/opt/arg/python")
+  expect_identical(cands$source[1:4], c("argument 'python'", "option saveR.python", "RETICULATE_PYTHON",
+                                        "project .venv (working directory)"))
+  expect_identical(cands$python[1:3], c("/opt/arg/python", "/opt/explicit/python", "/opt/env/python"))
+  expect_identical(normalizePath(cands$python[4]), normalizePath(file.path(dirname(venv), ".venv", "bin", "python")))
+  expect_identical(cands$source[nrow(cands)], "reticulate default (python3 on the PATH)")
+  # an explicit interpreter that does not exist is one clear error naming it and the install command
+  expect_error(saveR:::.find_python("/opt/arg/python"), "argument 'python'.*does not exist.*scripts/setup.sh")
+})
+
+test_that("SAVEConfig reports the Python in use and SAVEAvailable is TRUE", {
+  expect_true(SAVEAvailable())
+  out <- capture.output(info <- SAVEConfig(start = TRUE))
+  expect_true(any(grepl("pysave: ", out)))
+  expect_true(file.exists(info$python))
+  expect_identical(info$versions$pysave, "0.1.0")
+  expect_match(info$versions$numpy, "^1\\.")
+})
+
+test_that("exported functions have no argument that is a prefix of another (R partial matching)", {
+  funs <- list(RunSAVE.Seurat = saveR:::RunSAVE.Seurat, RunSAVE.SingleCellExperiment = saveR:::RunSAVE.SingleCellExperiment,
+               GenerateCells = GenerateCells, TransferCells = TransferCells, LoadSAVE = LoadSAVE,
+               WriteH5AD = WriteH5AD, ReadH5AD = ReadH5AD, SAVEConfig = SAVEConfig)
+  for (nm in names(funs)) {
+    args <- c(setdiff(names(formals(funs[[nm]])), "..."),
+              if (startsWith(nm, "RunSAVE")) c(names(saveR:::.MODEL_ARGS), names(saveR:::.TRAIN_ARGS)))
+    for (a in args) {
+      clash <- setdiff(args[startsWith(args, a)], a)
+      expect_identical(clash, character(0), label = paste(nm, a))
+    }
+  }
+})
+
+test_that("RunSAVE's engine arguments are exactly pysave's", {
+  py_defaults <- reticulate::py_to_r(reticulate::import("pysave.model", convert = FALSE)$DEFAULTS)
+  expect_setequal(c(unname(saveR:::.MODEL_ARGS), "seed"), names(py_defaults))
+  train_formals <- reticulate::py_eval("list(__import__('inspect').signature(__import__('pysave').SAVE.train).parameters)")
+  expect_setequal(c(unname(saveR:::.TRAIN_ARGS), "seed", "device", "progress", "self"), unlist(train_formals))
+})

@@ -1,0 +1,54 @@
+# The same fixtures and expectations as shared-tests/test_shared_fixtures.py (pytest).
+
+test_that("pbmc_tiny.h5ad reads exactly as the shared expectations say", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "pbmc_tiny.json"), simplifyVector = TRUE)
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  counts <- SummarizedExperiment::assay(sce, "counts")
+  expect_s4_class(counts, "dgCMatrix")  # stays sparse
+  expect_equal(dim(sce), c(exp$n_vars, exp$n_obs))
+  expect_identical(colnames(sce)[1:3], exp$obs_names_first)
+  expect_identical(colnames(sce)[ncol(sce)], exp$obs_names_last)
+  expect_identical(rownames(sce), exp$var_names)
+  for (key in names(exp$obs_categories)) {
+    f <- sce[[key]]
+    expect_true(is.factor(f))
+    expect_identical(levels(f), exp$obs_categories[[key]])
+    counts_by_level <- as.list(table(f))
+    expect_identical(lapply(counts_by_level, as.integer), lapply(exp$obs_counts[[key]], as.integer))
+  }
+  expect_identical(length(counts@x), as.integer(exp$nnz))
+  expect_identical(sum(counts), exp$total)
+  expect_identical(unname(Matrix::rowSums(counts)), as.numeric(exp$column_sums))  # genes are rows in R
+  expect_identical(unname(Matrix::colSums(counts))[1:5], as.numeric(exp$row_sums_first5))
+  expect_true(all(counts@x == round(counts@x)))
+  expect_true(is.integer(sce$n_counts))
+})
+
+test_that("the tiny model gives the latent and generated cells that Python gives", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = TRUE)
+  tol <- exp$tolerance
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  emb <- SingleCellExperiment::reducedDim(RunSAVE(sce, model = tiny_model_dir(), verbose = FALSE), "SAVE")
+  expect_identical(dim(emb), dim(exp$latent))
+  expect_lt(max(abs(unname(emb) - exp$latent)), tol)
+  spec <- exp$generate
+  gen <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions, seed = spec$seed,
+                       output = "SingleCellExperiment")
+  expect_identical(rownames(gen), exp$genes)
+  X <- unname(t(as.matrix(SummarizedExperiment::assay(gen, "logcounts"))))
+  expect_identical(dim(X), dim(exp$generated_X))
+  expect_lt(max(abs(X - exp$generated_X)), tol)
+  Z <- unname(SingleCellExperiment::reducedDim(gen, "SAVE"))
+  expect_identical(dim(Z), dim(exp$generated_latent))
+  expect_lt(max(abs(Z - exp$generated_latent)), tol)
+  expect_true(all(gen$cell_type == spec$conditions$cell_type))
+})
+
+test_that("the package's example copies of the fixtures are the shared ones", {
+  pairs <- list(c("pbmc_tiny.h5ad"), c("tiny_model", "config.json"), c("tiny_model", "weights.safetensors"))
+  for (p in pairs) {
+    a <- do.call(shared_file, as.list(c("fixtures", p)))
+    b <- do.call(system.file, as.list(c("extdata", p, package = "saveR")))
+    expect_identical(unname(tools::md5sum(a)), unname(tools::md5sum(b)), label = paste(p, collapse = "/"))
+  }
+})

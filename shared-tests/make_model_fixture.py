@@ -1,0 +1,64 @@
+"""Train the tiny shared model fixture and write what both suites must reproduce from it.
+
+    .venv/bin/python shared-tests/make_model_fixture.py
+
+Writes fixtures/tiny_model/ (a pysave model directory, ~100 KB) trained on fixtures/pbmc_tiny.h5ad,
+and expectations/tiny_model.json: the latent (encoder means) of every fixture cell and a fixed-seed
+generation, which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
+tolerance. Copies of the fixtures go to r-package/inst/extdata for the R package's examples.
+Re-run only when the engine's outputs change on purpose, and commit the results.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+
+import pysave
+from pysave.io import read_h5ad
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "fixtures")
+EXTDATA = os.path.join(HERE, "..", "r-package", "inst", "extdata")
+
+TINY = dict(hidden_size=32, condition_dim=32, latent_dim=16, latent_token_size=8, n_encoder_layers=1,
+            n_decoder_layers=1, n_heads=2, flow_hidden_size=32, flow_layers=1, flow_token_size=8,
+            flow_heads=2, n_blocks=8, seed=0)
+TRAIN = dict(max_epochs=20, flow_epochs=60, batch_size=32, lr=3e-3, flow_lr=3e-3, device="cpu", progress=False)
+# What both suites reproduce (R: GenerateCells(model, n = 6, conditions = list(cell_type = "B"), seed = 7)).
+GENERATE = dict(conditions={"cell_type": "B"}, n_cells=6, seed=7)
+
+
+def expected_outputs(model, adata) -> dict:
+    latent = model.get_latent_representation(adata, key_added=None)
+    gen = model.generate(GENERATE["conditions"], n_cells=GENERATE["n_cells"], seed=GENERATE["seed"])
+    return {
+        "generate": GENERATE,
+        "latent": np.asarray(latent, dtype=float).round(7).tolist(),
+        "generated_X": np.asarray(gen.X, dtype=float).round(7).tolist(),
+        "generated_latent": np.asarray(gen.obsm["X_save"], dtype=float).round(7).tolist(),
+        "genes": list(model.genes),
+        "tolerance": 1e-4,
+    }
+
+
+def main():
+    adata = read_h5ad(os.path.join(FIXTURES, "pbmc_tiny.h5ad"))
+    pysave.SAVE.setup_anndata(adata, condition_keys=["batch", "cell_type"], batch_key="batch")
+    model = pysave.SAVE(adata, verbose=False, **TINY)
+    model.train(**TRAIN)
+    path = os.path.join(FIXTURES, "tiny_model")
+    model.save(path, overwrite=True)
+    model = pysave.SAVE.load(path, device="cpu", verbose=False)  # expectations come from the saved model
+    data = read_h5ad(os.path.join(FIXTURES, "pbmc_tiny.h5ad"))
+    with open(os.path.join(HERE, "expectations", "tiny_model.json"), "w") as fh:
+        json.dump(expected_outputs(model, data), fh, indent=0)
+    os.makedirs(EXTDATA, exist_ok=True)
+    shutil.copy(os.path.join(FIXTURES, "pbmc_tiny.h5ad"), EXTDATA)
+    shutil.rmtree(os.path.join(EXTDATA, "tiny_model"), ignore_errors=True)
+    shutil.copytree(path, os.path.join(EXTDATA, "tiny_model"))
+    print("wrote fixtures/tiny_model, expectations/tiny_model.json and r-package/inst/extdata copies")
+
+
+if __name__ == "__main__":
+    main()
