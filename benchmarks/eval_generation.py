@@ -40,8 +40,9 @@ def stratified_split(obs, keys, seed, test_fraction=0.2):
     return ~test, test
 
 
-def run(dataset, seed, epochs, params):
+def run(dataset, seed, epochs, params, max_genes=2000):
     import anndata as ad
+    import scanpy as sc
 
     import pysave
     from pysave import metrics as M
@@ -49,6 +50,10 @@ def run(dataset, seed, epochs, params):
     file, keys, batch_key = DATASETS[dataset]
     adata = ad.read_h5ad(os.path.join(DATA, file))
     train_mask, test_mask = stratified_split(adata.obs, keys, seed)
+    if adata.n_vars > max_genes:  # the model's gene space: HVGs of the training cells (seurat_v3, counts)
+        hvg = adata[train_mask].copy()
+        sc.pp.highly_variable_genes(hvg, n_top_genes=max_genes, flavor="seurat_v3")
+        adata = adata[:, hvg.var["highly_variable"].to_numpy()].copy()
     train, test = adata[train_mask].copy(), adata[test_mask].copy()
     t0 = time.perf_counter()
     pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
@@ -98,13 +103,15 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--paper-size", action="store_true", help="the paper's network instead of the fast one")
+    parser.add_argument("--gene-embeddings", default="data", help="data, builtin, random or a file (gene blocks)")
     args = parser.parse_args()
-    params = {} if args.paper_size else FAST
+    params = dict({} if args.paper_size else FAST, gene_embeddings=args.gene_embeddings)
+    tag = "" if args.gene_embeddings == "data" else f"_{os.path.basename(args.gene_embeddings)}"
     for dataset in args.dataset:
         runs = [run(dataset, s, args.epochs, params) for s in args.seeds]
         for r in runs:
             print(json.dumps({k: r[k] for k in ("dataset", "seed", "pysave", "noise_floor", "gaussian_pca", "train_seconds")}), flush=True)
-        out = os.path.join(HERE, "results", f"generation_{dataset}.json")
+        out = os.path.join(HERE, "results", f"generation_{dataset}{tag}.json")
         with open(out, "w") as fh:
             json.dump({"date": time.strftime("%Y-%m-%d"), "runs": runs}, fh, indent=1)
         print(f"wrote {out}", file=sys.stderr)

@@ -14,7 +14,6 @@ assay "counts" when it holds integer counts, else "logcounts".
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 
@@ -119,7 +118,7 @@ def write_rds(adata, path: str, overwrite: bool = False, inputs: tuple[str, ...]
     """Write ``adata`` as an ``.rds`` SingleCellExperiment (atomically: temporary file, then rename)."""
     import scipy.sparse as sp
 
-    from .io import check_output_path
+    from .io import atomic_output, check_output_path
 
     path = check_output_path(path, overwrite, inputs)
     ro, anndata2ri = _bridge()
@@ -132,17 +131,10 @@ def write_rds(adata, path: str, overwrite: bool = False, inputs: tuple[str, ...]
     out.uns = {k: v for k, v in out.uns.items() if k != REGISTRY_KEY}  # registry JSON is pysave-internal
     if sp.issparse(out.X):
         out.X = sp.csr_matrix(out.X, dtype=np.float64)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
     try:
-        with (ro.default_converter + anndata2ri.converter).context():
+        with atomic_output(path) as tmp, (ro.default_converter + anndata2ri.converter).context():
             sce = ro.conversion.get_conversion().py2rpy(out)
             ro.r(_R_WRITE)(sce, x_name, tmp)
-        os.replace(tmp, path)
     except RRuntimeError as err:
         raise PySaveError(f"could not write {path!r} as an .rds SingleCellExperiment: {_r_error(err)}.") from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
