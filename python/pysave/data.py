@@ -8,6 +8,7 @@ Matrices are handled in row chunks and stay sparse: only minibatches are densifi
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,19 +81,11 @@ def setup_anndata(adata, condition_keys, layer: str | None = None, batch_key: st
         "layer": layer,
         "batch_key": batch_key,
     }
-    adata.uns[REGISTRY_KEY] = {"registry_json": _to_json(registry)}
+    adata.uns[REGISTRY_KEY] = {"registry_json": json.dumps(registry)}
     return registry
 
 
-def _to_json(obj) -> str:
-    import json
-
-    return json.dumps(obj)
-
-
 def get_registry(adata) -> dict:
-    import json
-
     entry = adata.uns.get(REGISTRY_KEY)
     if not entry or "registry_json" not in entry:
         raise PySaveError(

@@ -421,8 +421,12 @@ class SAVE:
             raise PySaveError("the model is not trained yet; call model.train() (CLI: pysave train) first.")
 
     def _prepare(self, adata) -> _Prepared:
-        """Bring a new AnnData into the model's gene space (re-mapping genes by name)."""
-        if adata is None:
+        """Bring an AnnData into the model's gene space (re-mapping genes by name).
+
+        ``None``, or the AnnData the model was made or loaded with, gives the data already
+        prepared for it.
+        """
+        if adata is None or (adata is self.adata and self._data is not None):
             if self._data is None:
                 raise PySaveError("no data given; pass an AnnData (the model was loaded without its training data).")
             return self._data
@@ -602,7 +606,7 @@ class SAVE:
         """Encoder means (the latent used for integration); also written to ``obsm[key_added]``."""
         self._require_trained()
         adata = self.adata if adata is None else adata
-        mu, _ = self._encode(self._prepare(adata if adata is not self.adata else None), batch_size=batch_size)
+        mu, _ = self._encode(self._prepare(adata), batch_size=batch_size)
         latent = mu.numpy()
         if key_added and adata is not None:
             adata.obsm[key_added] = latent
@@ -631,7 +635,7 @@ class SAVE:
             raise PySaveError("attention_by needs an AnnData.")
         if key is None or key not in adata.obs.columns:
             raise PySaveError(f"key {key!r} is not a column of adata.obs; choose one of {list(adata.obs.columns)}.")
-        prep = self._prepare(adata if adata is not self.adata else None)
+        prep = self._prepare(adata)
         _, _, attn = self._encode(prep, batch_size=batch_size, attention=True)
         frame = pd.DataFrame(attn.numpy(), columns=[f"block_{b}" for b in range(attn.shape[1])])
         frame[key] = adata.obs[key].astype(str).to_numpy()
