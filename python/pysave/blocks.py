@@ -174,7 +174,18 @@ def _labels_to_index(labels: np.ndarray, genes_of: np.ndarray, n_blocks: int, bl
 
 
 # ----------------------------------------------------------------------------- embeddings
-def data_embeddings(X01, n_components: int = 32, seed: int = 0, max_cells: int = 20_000) -> np.ndarray:
+EMBEDDING_MAX_CELLS = 20_000
+
+
+def embedding_sample_rows(n_cells: int, seed: int = 0, max_cells: int = EMBEDDING_MAX_CELLS) -> np.ndarray:
+    """The cells the data-driven embedding looks at (all, or a seeded sample of ``max_cells``);
+    backed training collects exactly these rows in its streaming pass."""
+    if n_cells <= max_cells:
+        return np.arange(n_cells)
+    return np.sort(np.random.default_rng(seed).choice(n_cells, max_cells, replace=False))
+
+
+def data_embeddings(X01, n_components: int = 32, seed: int = 0, max_cells: int = EMBEDDING_MAX_CELLS) -> np.ndarray:
     """Gene embeddings from the data itself: co-expression structure via a truncated SVD.
 
     Genes are columns of the [0, 1]-scaled expression of (up to ``max_cells``) cells, each
@@ -184,9 +195,8 @@ def data_embeddings(X01, n_components: int = 32, seed: int = 0, max_cells: int =
     from sklearn.decomposition import TruncatedSVD
 
     X = sp.csr_matrix(X01, dtype=np.float32)
-    rng = np.random.default_rng(seed)
     if X.shape[0] > max_cells:
-        X = X[np.sort(rng.choice(X.shape[0], max_cells, replace=False))]
+        X = X[embedding_sample_rows(X.shape[0], seed, max_cells)]
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
     norms[norms == 0] = 1.0
     Xn = sp.csr_matrix(X @ sp.diags(1.0 / norms))

@@ -124,25 +124,42 @@ def main():
 @click.option("--checkpoint-every", type=int, default=10, show_default=True,
               help="Write the training state to OUT.checkpoint every N epochs (0: never).")
 @click.option("--resume", is_flag=True, help="Continue from OUT.checkpoint (same command otherwise).")
+@click.option("--backed", is_flag=True,
+              help="Stream cells from the .h5ad on disk (CSR counts in X) instead of loading it: memory stays flat in the number of cells.")
+@click.option("--chunk-size", type=int, default=None,
+              help="With --backed: rows per sequential read; 8 chunks are shuffled together (default 4096).")
+@click.option("--precision", type=click.Choice(["auto", "32", "bf16"]), default="auto", show_default=True,
+              help="bf16 autocast or full precision; auto = bf16 on CUDA GPUs, 32 on CPU (measured faster).")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
 def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batch_size, lr, flow_lr, weight_decay,
-          warmup_epochs, validation_fraction, patience, no_early_stopping, checkpoint_every, resume, device, overwrite,
-          quiet, **params):
+          warmup_epochs, validation_fraction, patience, no_early_stopping, checkpoint_every, resume, backed, chunk_size,
+          precision, device, overwrite, quiet, **params):
     """Train a SAVE model on DATA (.h5ad with raw counts) and write it to --out.
 
     The training state is checkpointed beside the output (OUT.checkpoint); after an interruption
     the same command with --resume continues and gives the same model as an uninterrupted run.
+
+    Started by torchrun (torchrun --nproc_per_node=N -m pysave train ...), the cells are shared
+    out over the N processes with DistributedDataParallel; only rank 0 logs and writes.
     """
     import shutil
 
-    from .io import check_output_path
-    from .model import SAVE
+    from . import distributed as dist_utils
+    from .io import check_output_path, read_h5ad
+    from .model import SAVE, resolve_device
 
     check_output_path(out, overwrite, inputs=(data,))
-    adata = _read_data(data)
+    if backed and str(data).lower().endswith(".rds"):
+        raise PySaveError("--backed streams an .h5ad file; convert the .rds first (saveR::WriteH5AD) or drop --backed.")
+    if chunk_size is not None and chunk_size < 1:
+        raise PySaveError(f"--chunk-size must be a positive integer, got {chunk_size}.")
+    dist_utils.init_from_env(resolve_device(device))
+    is_main = dist_utils.is_main_process()
+    quiet = quiet or not is_main
+    adata = read_h5ad(data, backed=True) if backed else _read_data(data)
     SAVE.setup_anndata(adata, condition_keys=list(conditions), layer=layer, batch_key=batch_key)
     model = SAVE(adata, verbose=not quiet, **params)
     checkpoint_dir = out.rstrip("/") + ".checkpoint"
@@ -152,9 +169,11 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
                 weight_decay=weight_decay, warmup_epochs=warmup_epochs, validation_fraction=validation_fraction,
                 early_stopping=not no_early_stopping, early_stopping_patience=patience, seed=params["seed"],
                 device=device, progress=not quiet, checkpoint_dir=checkpoint_dir if checkpoint_every else None,
-                checkpoint_every=checkpoint_every, resume=resume)
-    model.save(out, overwrite=overwrite)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+                checkpoint_every=checkpoint_every, resume=resume, precision=precision, chunk_size=chunk_size)
+    if is_main:  # the other ranks hold the same weights; rank 0 alone writes
+        model.save(out, overwrite=overwrite)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    dist_utils.shutdown()
     if not quiet:
         _log(f"wrote model to {out}")
 

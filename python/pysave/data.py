@@ -247,7 +247,13 @@ def fit_scalers(X, library: np.ndarray, scaler_index: np.ndarray, n_rows: int) -
         for b in np.unique(codes):
             rows = np.flatnonzero(codes == b)
             maxima[b] = np.maximum(maxima[b], _column_max(lognorm[rows]))
-    if n_rows > 1:
+    return finish_scalers(maxima)
+
+
+def finish_scalers(maxima: np.ndarray) -> Scalers:
+    """Per-batch column maxima -> scalers: the last row (the [MASK] batch) is the global max."""
+    maxima = np.array(maxima, dtype=np.float32)
+    if maxima.shape[0] > 1:
         maxima[-1] = maxima[:-1].max(axis=0)
     # A gene never expressed (in a batch) gets scale 1 so that 0 stays 0 and nothing divides by 0.
     maxima[maxima <= 0] = 1.0

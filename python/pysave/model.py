@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -25,11 +25,13 @@ import torch
 
 from . import __version__
 from . import data as D
+from . import distributed as dist_utils
 from . import io
-from .blocks import GeneBlocks, build_gene_blocks
+from . import loader
+from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .errors import ModelDirectoryError, PySaveError
 from .flow import SOLVERS, VelocityField, sample_latents
-from .train import fit
+from .train import PRECISIONS, autocast, fit
 from .vae import LIKELIHOODS, BlockAttentionVAE
 
 # What the paper fixes, plus our documented choices for what it leaves open (README "Defaults").
@@ -60,6 +62,7 @@ DEFAULTS = dict(
 
 MIN_FLOW_STEPS = 4000
 MIN_PATIENCE_STEPS = 1000
+MAX_VALIDATION_CELLS = 10_000  # enough for early stopping; keeps a backed run's memory flat
 
 
 def _log(message: str) -> None:
@@ -83,22 +86,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PySaveError(f"device {device!r} was asked for but no CUDA GPU is available; use device='cpu' or 'auto'.")
     return dev
-
-
-@dataclass
-class _Prepared:
-    """One dataset in the model's gene space, ready for the networks."""
-
-    x01: sp.csr_matrix  # [0, 1]-scaled log-normalized expression
-    counts: sp.csr_matrix | None  # raw counts (negative binomial only)
-    codes: np.ndarray  # (n_cells, n_conditions) condition codes, [MASK] = n_categories
-    scaler_index: np.ndarray  # row of the scaler table for each cell
-
-    def rows(self, idx, device):
-        x = torch.from_numpy(self.x01[idx].toarray()).to(device)
-        c = torch.from_numpy(self.codes[idx]).to(device)
-        counts = None if self.counts is None else torch.from_numpy(self.counts[idx].toarray().astype(np.float32)).to(device)
-        return x, c, counts
 
 
 class SAVE:
@@ -147,17 +134,29 @@ class SAVE:
             dup = var[var.duplicated()].unique()[:5].tolist()
             raise PySaveError(f"gene names are not unique (e.g. {dup}); call adata.var_names_make_unique() first.")
         self.genes = var.tolist()
-        X = D.counts_matrix(adata, self.registry["layer"])
-        library = D.check_counts(X, "adata.X" if self.registry["layer"] is None else f"layer {self.registry['layer']!r}")
         codes = D.encode_conditions(adata.obs, self.registry)
         scaler_index = self._scaler_index(codes)
-        self.scalers = D.fit_scalers(X, library, scaler_index, self._n_scaler_rows())
-        x01 = D.preprocess(X, library, self.scalers, scaler_index)
-        counts = sp.csr_matrix(X, dtype=np.float32) if self.params["likelihood"] == "nb" else None
-        self._data = _Prepared(x01, counts, codes, scaler_index)
+        what = "adata.X" if self.registry["layer"] is None else f"layer {self.registry['layer']!r}"
+        keep_counts = self.params["likelihood"] == "nb"
+        if getattr(adata, "isbacked", False):
+            # Out of core: one streaming pass for the statistics; cells are read chunk by chunk later.
+            X = self._backed_matrix(adata)
+            sample = embedding_sample_rows(X.shape[0], self.params["seed"])
+            self._log(f"backed AnnData: computing statistics over {X.shape[0]} cells in one streaming pass")
+            library, self.scalers, x01_sample = loader.backed_statistics(
+                X, None, scaler_index, self._n_scaler_rows(), sample, what, log=self._log)
+            self._data = loader.BackedSource(X, None, library, self.scalers, codes, scaler_index, keep_counts)
+        else:
+            X = D.counts_matrix(adata, self.registry["layer"])
+            library = D.check_counts(X, what)
+            self.scalers = D.fit_scalers(X, library, scaler_index, self._n_scaler_rows())
+            x01 = D.preprocess(X, library, self.scalers, scaler_index)
+            counts = sp.csr_matrix(X, dtype=np.float32) if keep_counts else None
+            self._data = loader.InMemorySource(x01, counts, codes, scaler_index)
+            x01_sample = x01
         self.adata = adata
         self.blocks = build_gene_blocks(
-            self.genes, x01, self.params["gene_embeddings"], self.params["block_size"], self.params["n_blocks"],
+            self.genes, x01_sample, self.params["gene_embeddings"], self.params["block_size"], self.params["n_blocks"],
             seed=self.params["seed"], log=self._log,
         )
         self.latent_mean = torch.zeros(self.params["latent_dim"])
@@ -236,6 +235,8 @@ class SAVE:
         checkpoint_dir: str | None = None,
         checkpoint_every: int = 10,
         resume: bool = False,
+        precision: str = "auto",
+        chunk_size: int | None = None,
     ) -> "SAVE":
         """Train the VAE, then the flow on its latent space.
 
@@ -248,10 +249,17 @@ class SAVE:
         With ``checkpoint_dir``, the full training state is written there every
         ``checkpoint_every`` epochs (safetensors + JSON, no pickle); ``resume=True`` continues
         from it and ends with the same weights as an uninterrupted run with the same seed.
+
+        A model made from a backed AnnData (``anndata.read_h5ad(path, backed="r")``) streams
+        its cells from disk: ``chunk_size`` rows per sequential read (default 4,096), 8 chunks
+        shuffled together per buffer. The validation split holds at most 10,000 cells.
+        Under ``torchrun`` the cells are shared out over the processes and gradients are
+        averaged with DistributedDataParallel; ``batch_size`` is the global batch.
+        ``precision``: ``"32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 on CUDA, 32 on CPU).
         """
         if self._data is None:
             raise PySaveError("this model was loaded without training data; create a new SAVE(adata) to train.")
-        n_cells = self._data.x01.shape[0]
+        n_cells = self._data.n_cells
         if max_epochs is None:
             max_epochs = int(min(400, max(1, round(400 * 20_000 / n_cells))))
         steps = math.ceil(n_cells * (1 - validation_fraction) / batch_size) if batch_size > 0 else 1
@@ -260,6 +268,8 @@ class SAVE:
         for name, value in (("max_epochs", max_epochs), ("flow_epochs", flow_epochs), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise PySaveError(f"{name} must be a positive integer, got {value}.")
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise PySaveError(f"chunk_size must be a positive number of cells, got {chunk_size}.")
         if not 0.0 <= validation_fraction < 1.0:
             raise PySaveError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
         seed = self.params["seed"] if seed is None else int(seed)
@@ -268,7 +278,8 @@ class SAVE:
             "params": self.params, "max_epochs": max_epochs, "flow_epochs": flow_epochs, "batch_size": batch_size,
             "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
             "validation_fraction": validation_fraction, "early_stopping": early_stopping,
-            "early_stopping_patience": early_stopping_patience, "seed": seed,
+            "early_stopping_patience": early_stopping_patience, "seed": seed, "precision": precision,
+            "chunk_size": chunk_size,
         }))
         checkpoint = None
         if resume:
@@ -288,27 +299,43 @@ class SAVE:
         def resumed(stage: str):
             return checkpoint["fit"] if checkpoint is not None and checkpoint["stage"] == stage else None
 
-        dev = resolve_device(device)
+        if precision not in PRECISIONS + ("auto",):
+            raise PySaveError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r}.")
+        dev = dist_utils.init_from_env(resolve_device(device))
+        if precision == "auto":
+            # bf16 where it was measured faster (CUDA); on CPU it was slower (benchmarks/README.md).
+            precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+        world, rank = dist_utils.world_size(), dist_utils.rank()
+        if batch_size % world:
+            raise PySaveError(f"batch_size {batch_size} is the global batch and must be a multiple of the {world} processes.")
+        per_rank = batch_size // world
+        verbose, self.verbose = self.verbose, self.verbose and rank == 0
         self.device = dev
         self.vae.to(dev)
         self.flow.to(dev)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         order = rng.permutation(n_cells)
-        n_val = int(round(validation_fraction * n_cells))
+        n_val = min(int(round(validation_fraction * n_cells)), MAX_VALIDATION_CELLS)
         if n_val < 2 and validation_fraction > 0:
             n_val = 0
             self._log("too few cells for a validation split; training without validation and early stopping")
         val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
         steps = math.ceil(len(train_rows) / batch_size)
         patience = max(early_stopping_patience, math.ceil(MIN_PATIENCE_STEPS / steps)) if early_stopping and n_val else None
-
-        def batches(rows, epoch, make):
-            idx = rows if epoch is None else np.random.default_rng([seed, epoch]).permutation(rows)
-            for start in range(0, len(idx), batch_size):
-                yield make(np.sort(idx[start:start + batch_size]))
-
         data = self._data
+        member = np.zeros(n_cells, dtype=bool)
+        member[train_rows] = True
+        chunk = (chunk_size or loader.DEFAULT_CHUNK_SIZE) if data.backed else chunk_size
+        val_data = data.take(val_rows) if n_val else None  # at most MAX_VALIDATION_CELLS, kept in memory
+        val_lo, val_hi = dist_utils.shard_range(n_val)
+
+        def vae_batches(epoch):
+            return loader.shuffled_batches(data, member, per_rank, seed, epoch, dev, chunk_size=chunk, rank=rank, world=world)
+
+        def vae_val():
+            return loader.contiguous_batches(val_data, per_rank, dev, val_lo, val_hi)
+
         vae_mask = float(self.params["vae_mask_prob"])
         kl_weight = float(self.params["kl_weight"])
 
@@ -317,47 +344,53 @@ class SAVE:
             codes = self.vae.condition_embedding.random_mask(codes, vae_mask if self.vae.training else 0.0, generator)
             return self.vae.loss(x, codes, counts, kl_weight=kl_weight, generator=generator)
 
-        make_vae = lambda idx: data.rows(idx, dev)  # noqa: E731
+        where = f"device {dev}" + (f", {world} processes" if world > 1 else "") + (", backed (streamed from disk)" if data.backed else "")
         self._log(f"training the VAE on {len(train_rows)} cells ({n_val} for validation), {len(self.genes)} genes, "
-                  f"{self.blocks.n_blocks} blocks of {self.blocks.block_size}, device {dev}")
+                  f"{self.blocks.n_blocks} blocks of {self.blocks.block_size}, {where}")
         if checkpoint is not None and checkpoint["stage"] == "flow":
             self.vae.load_state_dict(checkpoint["vae_final"])
             self.vae.eval()
             vae_result = checkpoint["vae_result"]
         else:
             vae_result = fit(
-                self.vae, vae_loss, lambda e: batches(train_rows, e, make_vae),
-                (lambda: batches(val_rows, None, make_vae)) if n_val else None,
+                self.vae, vae_loss, vae_batches, vae_val if n_val else None,
                 max_epochs, steps, lr, weight_decay, warmup_epochs if warmup_epochs is not None else max(1, max_epochs // 4),
-                patience, dev, seed, "VAE", self._log, progress,
+                patience, dev, seed, "VAE", self._log, progress and self.verbose,
                 resume=resumed("vae"), on_checkpoint=saver("vae", {}), checkpoint_every=checkpoint_every,
+                precision=precision,
             )
 
         # Flow stage: standardised posterior samples of the trained encoder, fresh each epoch.
-        mu, logvar = self._encode(data, dev)
-        std = torch.exp(0.5 * logvar)
-        gen = torch.Generator().manual_seed(seed)
-        z = mu + std * torch.randn(mu.shape, generator=gen)
-        self.latent_mean = z[train_rows].mean(0)
-        self.latent_std = z[train_rows].std(0, correction=1 if len(train_rows) > 1 else 0).clamp_min(1e-4)
+        # Each rank encodes its share of the cells once; the latents are then shared by all.
+        lo, hi = dist_utils.shard_range(n_cells)
+        mu, logvar = self._encode(data, dev, start=lo, stop=hi)
+        shares = [(n_cells * (r + 1)) // world - (n_cells * r) // world for r in range(world)]
+        mu = dist_utils.all_gather_rows(mu.to(dev), shares).cpu()
+        std = torch.exp(0.5 * dist_utils.all_gather_rows(logvar.to(dev), shares).cpu())
+        del logvar
+        self.latent_mean, self.latent_std = _latent_moments(mu, std, train_rows, seed)
         codes_all = torch.from_numpy(data.codes)
-        z_val = ((z - self.latent_mean) / self.latent_std)[val_rows]
+        gen = torch.Generator().manual_seed(seed + 1)
+        val_t = torch.from_numpy(val_rows)
+        z_val = (mu[val_t] + std[val_t] * torch.randn(len(val_rows), mu.shape[1], generator=gen) - self.latent_mean) / self.latent_std
         mask_prob = float(self.params["mask_prob"])
+        train_t = torch.from_numpy(train_rows)
 
         def flow_batches(epoch):
             g = torch.Generator().manual_seed(seed * 1000 + max(epoch, 0))
-            zt = mu[train_rows] + std[train_rows] * torch.randn(len(train_rows), mu.shape[1], generator=g)
-            zt = (zt - self.latent_mean) / self.latent_std
-            perm = torch.randperm(len(train_rows), generator=g)
-            c = codes_all[train_rows]
-            for start in range(0, len(perm), batch_size):
-                sel = perm[start:start + batch_size]
-                yield zt[sel].to(dev), c[sel].to(dev)
+            perm = torch.randperm(len(train_t), generator=g)
+            if world > 1:
+                perm = perm[: len(perm) // world * world][rank::world]
+            for start in range(0, len(perm), per_rank):
+                sel = train_t[perm[start:start + per_rank]]
+                z = mu[sel] + std[sel] * torch.randn(len(sel), mu.shape[1], generator=g)
+                yield ((z - self.latent_mean) / self.latent_std).to(dev), codes_all[sel].to(dev)
 
         def flow_val():
-            c = codes_all[val_rows]
-            for start in range(0, len(val_rows), batch_size):
-                yield z_val[start:start + batch_size].to(dev), c[start:start + batch_size].to(dev)
+            c = codes_all[val_t]
+            for start in range(val_lo, val_hi, per_rank):
+                stop = min(start + per_rank, val_hi)
+                yield z_val[start:stop].to(dev), c[start:stop].to(dev)
 
         def flow_loss(batch, generator):
             x1, codes = batch
@@ -367,10 +400,11 @@ class SAVE:
         flow_result = fit(
             self.flow, flow_loss, flow_batches, flow_val if n_val else None, flow_epochs, steps, flow_lr, weight_decay,
             warmup_epochs if warmup_epochs is not None else max(1, flow_epochs // 4), patience, dev, seed + 7, "flow",
-            self._log, progress, resume=resumed("flow"),
+            self._log, progress and self.verbose, resume=resumed("flow"),
             on_checkpoint=saver("flow", {"vae_final": self.vae.state_dict(), "vae_result": vae_result}),
-            checkpoint_every=checkpoint_every,
+            checkpoint_every=checkpoint_every, precision=precision,
         )
+        self.verbose = verbose
         self.history = {f"vae_{k}": v for k, v in vae_result["history"].items()}
         self.history.update({f"flow_{k}": v for k, v in flow_result["history"].items()})
         self.training_summary = {
@@ -378,18 +412,19 @@ class SAVE:
             "n_cells": n_cells, "n_train": int(len(train_rows)), "n_validation": int(n_val),
             "batch_size": batch_size, "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay,
             "max_epochs": max_epochs, "flow_epochs": flow_epochs, "seed": seed, "device": str(dev),
+            "processes": world, "precision": precision, "backed": bool(data.backed),
         }
         self.is_trained = True
         return self
 
     # ------------------------------------------------------------------ internals
     @torch.no_grad()
-    def _encode(self, prep: _Prepared, device=None, batch_size: int = 1024, attention: bool = False):
+    def _encode(self, prep, device=None, batch_size: int = 1024, attention: bool = False, start: int = 0, stop: int | None = None):
+        """Encoder means and log-variances (and attention) of rows start..stop, read in order."""
         dev = device or self.device
         self.vae.eval()
         mus, logvars, attn = [], [], []
-        for start in range(0, prep.x01.shape[0], batch_size):
-            x, codes, _ = prep.rows(np.arange(start, min(start + batch_size, prep.x01.shape[0])), dev)
+        for x, codes, _ in loader.contiguous_batches(prep, batch_size, dev, start, stop):
             if attention:
                 mu, logvar, w = self.vae.encode(x, codes, return_weights=True)
                 # Attention each block receives: mean over heads and query blocks.
@@ -398,8 +433,31 @@ class SAVE:
                 mu, logvar = self.vae.encode(x, codes)
             mus.append(mu.cpu())
             logvars.append(logvar.cpu())
-        out = (torch.cat(mus), torch.cat(logvars))
+        d = self.params["latent_dim"]
+        out = (torch.cat(mus) if mus else torch.zeros(0, d), torch.cat(logvars) if logvars else torch.zeros(0, d))
         return out + (torch.cat(attn),) if attention else out
+
+    def _backed_matrix(self, adata):
+        """The counts of a backed AnnData as a lazily read, row-sliceable matrix."""
+        layer = self.registry["layer"]
+        if layer is None:
+            X = adata.X
+        else:
+            import h5py
+            from anndata.io import sparse_dataset
+
+            layers = adata.file._file.get("layers")
+            if layers is None or layer not in layers:
+                raise PySaveError(f"layer {layer!r} is not in the backed file; name a layer it has, or omit it to use X.")
+            X = sparse_dataset(layers[layer]) if isinstance(layers[layer], h5py.Group) else layers[layer]
+        if X is None:
+            raise PySaveError("the backed AnnData has no X; put raw counts in X or name a counts layer.")
+        if getattr(X, "format", None) == "csc":
+            raise PySaveError(
+                "backed training reads cells (rows) in chunks, but the counts are stored column-wise (CSC), so every "
+                "chunk would read the whole file; rewrite the file with CSR counts (adata.X = adata.X.tocsr(); "
+                "adata.write_h5ad(...)) or train in memory without --backed.")
+        return X
 
     @torch.no_grad()
     def _decode(self, z: torch.Tensor, codes: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -420,7 +478,7 @@ class SAVE:
         if not self.is_trained:
             raise PySaveError("the model is not trained yet; call model.train() (CLI: pysave train) first.")
 
-    def _prepare(self, adata) -> _Prepared:
+    def _prepare(self, adata):
         """Bring an AnnData into the model's gene space (re-mapping genes by name).
 
         ``None``, or the AnnData the model was made or loaded with, gives the data already
@@ -431,22 +489,28 @@ class SAVE:
                 raise PySaveError("no data given; pass an AnnData (the model was loaded without its training data).")
             return self._data
         D.validate_shape(adata)
+        var = [str(v) for v in adata.var_names]
+        columns = None
+        if var != self.genes:
+            columns = D.align_genes(var, self.genes)
+            extra = len(var) - len(self.genes)
+            if extra > 0:
+                self._log(f"ignoring {extra} gene(s) the model was not trained on; genes were matched by name")
+        codes = D.encode_conditions(adata.obs, self.registry, allow_missing=True)
+        scaler_index = self._scaler_index(codes)
+        if getattr(adata, "isbacked", False):
+            X = self._backed_matrix(adata)
+            library = loader.backed_library(X, columns)
+            return loader.BackedSource(X, columns, library, self.scalers, codes, scaler_index, keep_counts=False)
         layer = self.registry["layer"]
         if layer is not None and layer not in adata.layers:
             raise PySaveError(f"the model reads counts from layer {layer!r}, which this AnnData lacks; add it (adata.layers[{layer!r}] = counts).")
         X = D.counts_matrix(adata, layer)
-        var = [str(v) for v in adata.var_names]
-        if var != self.genes:
-            idx = D.align_genes(var, self.genes)
-            X = X[:, idx]
-            extra = len(var) - len(self.genes)
-            if extra > 0:
-                self._log(f"ignoring {extra} gene(s) the model was not trained on; genes were matched by name")
+        if columns is not None:
+            X = X[:, columns]
         library = D.check_counts(X)
-        codes = D.encode_conditions(adata.obs, self.registry, allow_missing=True)
-        scaler_index = self._scaler_index(codes)
         x01 = D.preprocess(X, library, self.scalers, scaler_index)
-        return _Prepared(x01, None, codes, scaler_index)
+        return loader.InMemorySource(x01, None, codes, scaler_index)
 
     def _code_of(self, key: str, value) -> int:
         keys = self.registry["condition_keys"]
@@ -647,7 +711,12 @@ class SAVE:
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str, overwrite: bool = False) -> str:
-        """Write the model directory: config.json + weights.safetensors (no pickle)."""
+        """Write the model directory: config.json + weights.safetensors (no pickle).
+
+        Under torchrun only rank 0 writes; the other ranks hold the same weights and return.
+        """
+        if not dist_utils.is_main_process():
+            return os.fspath(path)
         tensors = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
         tensors.update({f"flow.{k}": v for k, v in self.flow.state_dict().items()})
         tensors["extra.block_index"] = torch.as_tensor(self.blocks.index)
@@ -715,3 +784,20 @@ class SAVE:
         conds = ", ".join(f"{k} ({len(v)})" for k, v in self.registry["categories"].items())
         return (f"SAVE model, {state}: {len(self.genes)} genes in {self.blocks.n_blocks} blocks of "
                 f"{self.blocks.block_size}; conditions: {conds}; likelihood {self.params['likelihood']}")
+
+
+def _latent_moments(mu: torch.Tensor, std: torch.Tensor, rows: np.ndarray, seed: int, batch: int = 65_536):
+    """Mean and std over ``rows`` of one posterior sample per cell, accumulated in float64
+    batch by batch so that no second n_cells x d tensor is made."""
+    g = torch.Generator().manual_seed(seed)
+    total = torch.zeros(mu.shape[1], dtype=torch.float64)
+    squares = torch.zeros(mu.shape[1], dtype=torch.float64)
+    for start in range(0, len(rows), batch):
+        sel = torch.from_numpy(rows[start:start + batch])
+        z = (mu[sel] + std[sel] * torch.randn(len(sel), mu.shape[1], generator=g)).double()
+        total += z.sum(0)
+        squares += (z * z).sum(0)
+    n = max(1, len(rows))
+    mean = total / n
+    var = (squares - n * mean * mean) / max(1, n - 1)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-4)

@@ -3,6 +3,7 @@ early stopping that restores the best weights, loss history, and progress that i
 a terminal and a few plain lines elsewhere (RStudio, knitr, CI logs)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -10,6 +11,28 @@ import time
 from typing import Callable, Iterable
 
 import torch
+
+from . import distributed as dist_utils
+
+PRECISIONS = ("32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on the given device, or a no-op for full precision."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _LossModule(torch.nn.Module):
+    """Lets DDP wrap a loss function: DDP syncs gradients of what runs inside ``forward``."""
+
+    def __init__(self, module: torch.nn.Module, loss_fn):
+        super().__init__()
+        self.module, self.loss_fn = module, loss_fn
+
+    def forward(self, batch, generator):
+        return self.loss_fn(batch, generator)
 
 
 class Progress:
@@ -60,17 +83,32 @@ def fit(
     resume: dict | None = None,
     on_checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
+    precision: str = "32",
 ) -> dict:
     """Train ``module`` for up to ``epochs``; return the history and a summary.
 
     Every ``checkpoint_every`` epochs, ``on_checkpoint`` receives a snapshot (weights, optimizer,
     scheduler, random generator, history, best weights); passing it back as ``resume`` continues
     exactly where it stopped, so the result equals an uninterrupted run.
+
+    Under torchrun (a process group is initialized) the loss runs inside DistributedDataParallel,
+    so gradients are averaged over ranks; ``train_batches`` must then give each rank its own
+    shard with the same number of steps. Metrics are averaged over ranks, so every rank takes
+    the same early-stopping decision, and only rank 0 writes checkpoints and logs.
     """
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    step_module: torch.nn.Module = _LossModule(module, loss_fn)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=True)
+    is_main = rank == 0
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     warmup_steps = max(1, warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
-    generator = torch.Generator(device=device).manual_seed(seed)
+    # Each rank draws its own noise (masks, reparameterisation); rank 0 matches a single process.
+    generator = torch.Generator(device=device).manual_seed(seed + 100_003 * rank)
     history: dict[str, list[float]] = {}
     best = (math.inf, None, 0)  # (val loss, state, epoch)
     n_seen, first_epoch, elapsed = 0, 1, 0.0
@@ -83,7 +121,7 @@ def fit(
         best = (resume["best_loss"], resume["best_state"], resume["best_epoch"])
         n_seen, first_epoch, elapsed = resume["n_seen"], resume["epoch"] + 1, resume["seconds"]
         log(f"{label}: resuming after epoch {resume['epoch']}")
-    bar = Progress(epochs, label, log, progress)
+    bar = Progress(epochs, label, log, progress and is_main)
     start = time.perf_counter() - elapsed
     epoch = first_epoch - 1
     stopped_early = False
@@ -92,7 +130,8 @@ def fit(
         sums: dict[str, float] = {}
         n_batches = 0
         for batch in train_batches(epoch):
-            terms = loss_fn(batch, generator)
+            with autocast(device, precision):
+                terms = step_module(batch, generator)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
@@ -101,19 +140,19 @@ def fit(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
-            n_seen += _batch_size(batch)
-        metrics = {f"train_{k}": v / max(1, n_batches) for k, v in sums.items()}
+            n_seen += _batch_size(batch) * world
+        metrics = _mean_over_ranks(sums, n_batches, "train", device)
         if val_batches is not None:
             module.eval()
             val_gen = torch.Generator(device=device).manual_seed(seed + 1)
             vsums: dict[str, float] = {}
             n_val = 0
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, precision):
                 for batch in val_batches():
                     for k, v in loss_fn(batch, val_gen).items():
                         vsums[k] = vsums.get(k, 0.0) + float(v)
                     n_val += 1
-            metrics.update({f"validation_{k}": v / max(1, n_val) for k, v in vsums.items()})
+            metrics.update(_mean_over_ranks(vsums, n_val, "validation", device))
         for k, v in metrics.items():
             history.setdefault(k, []).append(v)
         bar.update(epoch, {k: v for k, v in metrics.items() if k.endswith("_loss")})
@@ -123,7 +162,7 @@ def fit(
         elif patience is not None and val_batches is not None and epoch - best[2] >= patience:
             stopped_early = True
             break
-        if on_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
+        if is_main and on_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
             on_checkpoint({
                 "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -145,6 +184,13 @@ def fit(
     }
     bar.close(f"done in {seconds:.1f} s, best epoch {best[2]} (loss {best[0]:.4g})" + (", stopped early" if stopped_early else ""))
     return {"history": history, "summary": summary}
+
+
+def _mean_over_ranks(sums: dict, n_batches: int, prefix: str, device) -> dict:
+    """Per-batch means of the loss terms, over the batches of all ranks."""
+    keys = sorted(sums)
+    totals = dist_utils.all_reduce_sum([sums[k] for k in keys] + [float(n_batches)], device)
+    return {f"{prefix}_{k}": totals[i] / max(1.0, totals[-1]) for i, k in enumerate(keys)}
 
 
 def _batch_size(batch) -> int:

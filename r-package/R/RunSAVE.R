@@ -25,7 +25,9 @@
 #' `lr` (1e-4), `flow_lr` (1e-3), `weight_decay` (2.5e-5), `warmup_epochs` (NULL: a quarter),
 #' `validation_fraction` (0.1), `early_stopping` (TRUE), `patience` (20 epochs),
 #' `checkpoint_dir` (NULL: no checkpoints), `checkpoint_every` (10 epochs), `resume` (FALSE:
-#' with TRUE, continue from the checkpoint in `checkpoint_dir`).
+#' with TRUE, continue from the checkpoint in `checkpoint_dir`), `precision` ("auto": bf16
+#' autocast on CUDA GPUs, full precision on CPU; "32" or "bf16" to choose). Atlases larger
+#' than memory: train from the .h5ad file with `pysave train --backed` (see the pysave README).
 #' The defaults are pysave's (see the pysave README, "Defaults, and why").
 #'
 #' @param object A Seurat (v4) or SingleCellExperiment object with raw counts.

@@ -186,7 +186,7 @@ def to_python_values(values):
 # the rest default to None in the engine and are listed by hand.
 INTEGER_ARGS = {k for k, v in DEFAULTS.items() if type(v) is int} | {
     "block_size", "n_blocks", "seed", "max_epochs", "flow_epochs", "batch_size", "warmup_epochs",
-    "early_stopping_patience", "n_steps", "n_cells", "checkpoint_every"}
+    "early_stopping_patience", "n_steps", "n_cells", "checkpoint_every", "chunk_size"}
 
 
 def conditions_table(columns, n_cells):

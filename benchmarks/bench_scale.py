@@ -1,0 +1,244 @@
+"""Scale benchmark (not a test): in-memory vs backed training, 1 vs 2 torchrun processes,
+bf16 vs fp32, and streaming generation, on SYNTHETIC atlases made by make_synthetic_atlas.py.
+
+    .venv/bin/python benchmarks/make_synthetic_atlas.py --n-cells 100000 --out DIR/syn_100k.h5ad  # and 10k, 1M
+    .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision generation]
+
+Every measurement runs in a child process, so peak RSS (ru_maxrss) is that run's own.
+Training throughput: the real training loop (pysave.train.fit fed by pysave.loader, exactly
+what SAVE.train runs) for a fixed number of optimizer steps of batch 256 after the
+preprocessing pass, since a full epoch of 1M cells takes hours on 2 cores. Results go to
+benchmarks/results/scale.json and the table in benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "scale.json")
+FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
+THREADS = 2
+SIZES = {"10k": "syn_10k.h5ad", "100k": "syn_100k.h5ad", "1M": "syn_1M.h5ad"}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_train(path: str, backed: bool, steps: int, precision: str, config: str) -> dict:
+    import anndata as ad
+    import numpy as np
+    import torch
+
+    from pysave import SAVE, loader
+    from pysave.train import fit
+
+    torch.set_num_threads(THREADS)
+    start = time.perf_counter()
+    adata = ad.read_h5ad(path, backed="r" if backed else None)
+    SAVE.setup_anndata(adata, ["clusters", "batch"], batch_key="batch")
+    model = SAVE(adata, verbose=False, **(FAST if config == "fast" else {}))
+    setup_s = time.perf_counter() - start
+    rss_setup = _rss_mb()
+    data, cpu = model._data, torch.device("cpu")
+    member = np.ones(data.n_cells, dtype=bool)
+    chunk = loader.DEFAULT_CHUNK_SIZE if backed else None
+
+    def loss(batch, generator):
+        x, codes, counts = batch
+        codes = model.vae.condition_embedding.random_mask(codes, 0.2, generator)
+        return model.vae.loss(x, codes, counts, kl_weight=0.05, generator=generator)
+
+    batches = lambda epoch: itertools.islice(loader.shuffled_batches(data, member, 256, 0, epoch, cpu, chunk), steps)  # noqa: E731
+    result = fit(model.vae, loss, batches, None, 1, steps, 1e-4, 2.5e-5, 1, None, cpu, 0, "VAE", print,
+                 progress=False, precision=precision)
+    return {"n_cells": data.n_cells, "backed": backed, "precision": precision, "config": config, "steps": steps,
+            "setup_seconds": setup_s, "rss_after_setup_mb": rss_setup,
+            "train_cells_per_second": result["summary"]["cells_per_second"],
+            "train_seconds": result["summary"]["seconds"], "peak_rss_mb": _rss_mb(),
+            "final_train_loss": result["history"]["train_loss"][-1]}
+
+
+def run_child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child"] + args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_cli(cmd: list[str], env: dict | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, peak RSS MB of the largest child, result) of a command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(before, after) / 1024, proc
+
+
+def part_training(data_dir: str, steps: int, sizes: list[str]) -> list[dict]:
+    rows = []
+    for size in sizes:
+        path = os.path.join(data_dir, SIZES[size])
+        for backed in (False, True):
+            r = run_child(["train", path, str(int(backed)), str(steps), "32", "fast"])
+            r.update(size=size, mode="backed" if backed else "in-memory")
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+    return rows
+
+
+def part_precision(data_dir: str, steps: int) -> list[dict]:
+    rows = []
+    path = os.path.join(data_dir, SIZES["10k"])
+    for config in ("paper", "fast"):
+        for precision in ("32", "bf16"):
+            r = run_child(["train", path, "0", str(steps), precision, config])
+            r.update(size="10k", mode="in-memory")
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+    return rows
+
+
+def part_ddp(data_dir: str, epochs: int) -> list[dict]:
+    path = os.path.join(data_dir, SIZES["10k"])
+    net = ["--n-blocks", "16", "--hidden-size", "128", "--condition-dim", "256", "--encoder-layers", "2", "--decoder-layers", "2"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_proc in (1, 2):
+            out = os.path.join(tmp, f"model_{n_proc}")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_proc}",
+                   "-m", "pysave", "train", path, "--condition", "clusters", "--condition", "batch", "--batch-key", "batch",
+                   "--epochs", str(epochs), "--flow-epochs", str(epochs), "--checkpoint-every", "0", "--out", out] + net
+            wall, rss, proc = run_cli(cmd, env={"OMP_NUM_THREADS": str(THREADS // n_proc)})
+            if proc.returncode != 0:
+                rows.append({"processes": n_proc, "error": proc.stderr[-2000:]})
+                continue
+            config = json.load(open(os.path.join(out, "config.json")))
+            t = config["training"]
+            rows.append({"processes": n_proc, "threads_per_process": THREADS // n_proc, "wall_seconds": wall,
+                         "vae_cells_per_second": t["vae"]["cells_per_second"], "flow_cells_per_second": t["flow"]["cells_per_second"],
+                         "vae_validation_loss": config["history"]["vae_validation_loss"],
+                         "flow_validation_loss": config["history"]["flow_validation_loss"], "peak_rss_mb_largest_process": rss})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def part_generation(data_dir: str, n_cells: int, steps: int) -> list[dict]:
+    path = os.path.join(data_dir, SIZES["10k"])
+    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
+        model = os.path.join(tmp, "model")
+        train = [sys.executable, "-m", "pysave", "train", path, "--condition", "clusters", "--epochs", "1", "--flow-epochs", "1",
+                 "--n-blocks", "16", "--hidden-size", "128", "--condition-dim", "256", "--encoder-layers", "2",
+                 "--decoder-layers", "2", "--checkpoint-every", "0", "--quiet", "--out", model]
+        subprocess.run(train, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+        out = os.path.join(tmp, "generated.h5ad")
+        cmd = [sys.executable, "-m", "pysave", "generate", model, "--n", str(n_cells), "--set", "clusters=Ductal",
+               "--steps", str(steps), "--chunk-size", "4096", "--quiet", "--out", out]
+        wall, rss, proc = run_cli(cmd, env={"OMP_NUM_THREADS": str(THREADS)})
+        size = os.path.getsize(out) / 1e9 if os.path.exists(out) else float("nan")
+    row = {"n_cells": n_cells, "euler_steps": steps, "wall_seconds": wall, "cells_per_second": n_cells / wall,
+           "peak_rss_mb": rss, "file_gb": size, "returncode": proc.returncode}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def render_table(results: dict) -> str:
+    """Markdown tables of the results (written between the scale-table markers of README.md)."""
+    out = [f"Measured {results.get('date', '?')} on {results['machine']['cpus']} CPU cores ({THREADS} threads); "
+           "data: SYNTHETIC resampled pancreas cells, 2,000 genes (throughput and memory only).", ""]
+    train = [r for r in results.get("training", []) if "error" not in r]
+    if train:
+        out += ["Training (fast network, batch 256, the real loop for up to %d steps after the statistics pass):" % train[0]["steps"], "",
+                "| cells | mode | statistics pass s | RSS after it MB | VAE train cells/s | backed / in-memory | peak RSS MB |",
+                "|---|---|---|---|---|---|---|"]
+        speed = {(r["size"], r["mode"]): r["train_cells_per_second"] for r in train}
+        for r in train:
+            ratio = speed.get((r["size"], "backed"), float("nan")) / speed.get((r["size"], "in-memory"), float("nan"))
+            out.append(f"| {r['size']} | {r['mode']} | {r['setup_seconds']:.0f} | {r['rss_after_setup_mb']:.0f} | "
+                       f"{r['train_cells_per_second']:.0f} | {ratio:.2f}x | {r['peak_rss_mb']:.0f} |")
+        out.append("")
+    prec = [r for r in results.get("precision", []) if "error" not in r]
+    if prec:
+        out += ["bf16 autocast vs fp32 on the CPU (10k cells, in memory):", "",
+                "| network | precision | VAE train cells/s |", "|---|---|---|"]
+        out += [f"| {r['config']} | {r['precision']} | {r['train_cells_per_second']:.0f} |" for r in prec]
+        out.append("")
+    ddp = [r for r in results.get("ddp", []) if "error" not in r]
+    if ddp:
+        out += ["torchrun on the CPU (gloo), 10k cells, same global batch 256 and seed:", "",
+                "| processes x threads | wall s | VAE cells/s | flow cells/s | VAE validation loss by epoch | flow validation loss by epoch |",
+                "|---|---|---|---|---|---|"]
+        for r in ddp:
+            v = ", ".join(f"{x:.1f}" for x in r["vae_validation_loss"])
+            f = ", ".join(f"{x:.3f}" for x in r["flow_validation_loss"])
+            out.append(f"| {r['processes']} x {r['threads_per_process']} | {r['wall_seconds']:.0f} | {r['vae_cells_per_second']:.0f} | "
+                       f"{r['flow_cells_per_second']:.0f} | {v} | {f} |")
+        out.append("")
+    for r in results.get("generation", []):
+        out += [f"Streaming generation: {r['n_cells']:,} cells with {r['euler_steps']} Euler step(s): {r['wall_seconds']:.0f} s "
+                f"({r['cells_per_second']:.0f} cells/s), peak RSS {r['peak_rss_mb']:.0f} MB, file {r['file_gb']:.1f} GB.", ""]
+    return "\n".join(out)
+
+
+def write_readme(results: dict) -> None:
+    path = os.path.join(HERE, "README.md")
+    text = open(path).read()
+    begin, end = "<!-- scale-table -->", "<!-- /scale-table -->"
+    if begin not in text:
+        return
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    with open(path + ".tmp", "w") as f:
+        f.write(head + begin + "\n" + render_table(results) + "\n" + end + tail)
+    os.replace(path + ".tmp", path)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, kind, path, backed, steps, precision, config = sys.argv
+        print(json.dumps(child_train(path, backed == "1", int(steps), precision, config)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--parts", nargs="+", default=["training", "precision", "ddp", "generation"])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--ddp-epochs", type=int, default=5)
+    parser.add_argument("--generate-cells", type=int, default=1_000_000)
+    parser.add_argument("--generate-steps", type=int, default=1)
+    parser.add_argument("--table-only", action="store_true", help="Only rewrite the README table from results/scale.json.")
+    args = parser.parse_args()
+    if args.table_only:
+        write_readme(json.load(open(RESULTS)))
+        return
+    results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+    results["machine"] = {"cpus": os.cpu_count(), "threads": THREADS, "python": platform.python_version()}
+    results["data"] = "SYNTHETIC: scVelo pancreas cells resampled with replacement (make_synthetic_atlas.py); throughput and memory only"
+    if "training" in args.parts:
+        results["training"] = part_training(args.data_dir, args.steps, args.sizes)
+    if "precision" in args.parts:
+        results["precision"] = part_precision(args.data_dir, 100)
+    if "ddp" in args.parts:
+        results["ddp"] = part_ddp(args.data_dir, args.ddp_epochs)
+    if "generation" in args.parts:
+        results["generation"] = part_generation(args.data_dir, args.generate_cells, args.generate_steps)
+    results["date"] = time.strftime("%Y-%m-%d")
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(RESULTS + ".tmp", RESULTS)
+    write_readme(results)
+
+
+if __name__ == "__main__":
+    main()
