@@ -1,14 +1,16 @@
 """Dual-condition generation benchmark (issue 4, task 1), not a test.
 
-    .venv/bin/python benchmarks/eval_generation.py [--dataset pbmc_3tech] [--seeds 0 1] [--epochs 100]
+    .venv/bin/python benchmarks/eval_generation.py [--dataset pbmc_3tech] [--seeds 0 1] [--epochs 100] [--output sample mean]
 
 For each dataset: an 80/20 split stratified by the condition combination (seeded); pysave trained
 on the 80%, then asked for exactly the test cells' condition combinations; scored with
 pysave.metrics.generation_fidelity per condition combination (groups with >= 2 cells each side)
 against the test cells. Baselines on the same split and space: the noise floor (training cells
 of the group vs its test cells) and a per-group Gaussian fitted in the real PCA space to the
-training cells. Scored output: pysave's generated X (decoder mean of flow-sampled latents).
-Results: benchmarks/results/generation_<dataset>.json and a table in benchmarks/README.md.
+training cells. Scored output: pysave's generated X for each ``--output`` kind ("sample": counts
+drawn around the decoder mean, log1p(CP10k); "mean": the decoder mean), all from the same trained
+model and the same flow latents. ``--model-dir DIR`` keeps the trained models (and reuses them).
+Results: benchmarks/results/generation_<dataset>[_<blocks>].json and a table in benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def stratified_split(obs, keys, seed, test_fraction=0.2):
     return ~test, test
 
 
-def run(dataset, seed, epochs, params, max_genes=2000):
+def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0):
     import anndata as ad
     import scanpy as sc
 
@@ -56,16 +58,30 @@ def run(dataset, seed, epochs, params, max_genes=2000):
         adata = adata[:, hvg.var["highly_variable"].to_numpy()].copy()
     train, test = adata[train_mask].copy(), adata[test_mask].copy()
     t0 = time.perf_counter()
-    pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
-    model = pysave.SAVE(train, seed=seed, verbose=False, **params)
-    model.train(max_epochs=epochs, lr=1e-3, seed=seed, progress=False)
-    train_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    generated = model.generate_like(test.obs[keys], seed=seed)
-    sample_seconds = time.perf_counter() - t0
+    saved = None
+    if model_dir is not None:
+        tag = "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "gene_embeddings")
+        saved = os.path.join(model_dir, f"{dataset}_s{seed}_e{epochs}_{params.get('gene_embeddings', 'data')}_{tag}")
+    if saved is not None and os.path.exists(saved):
+        model = pysave.SAVE.load(saved, verbose=False, device="cpu")
+        train_seconds = model.training_summary.get("wall_seconds", float("nan"))
+    else:
+        pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
+        model = pysave.SAVE(train, seed=seed, verbose=False, **params)
+        model.train(max_epochs=epochs, lr=1e-3, seed=seed, progress=False)
+        train_seconds = time.perf_counter() - t0
+        model.training_summary["wall_seconds"] = train_seconds
+        if saved is not None:
+            model.save(saved)
     test_g = test[:, model.genes].copy()
     train_g = train[:, model.genes].copy()
-    scored = M.generation_fidelity(test_g, generated, keys, floor=train_g, seed=seed)
+    scored_by_output, speed = {}, {}
+    for output in outputs:
+        t0 = time.perf_counter()
+        generated = model.generate_like(test.obs[keys], seed=seed, output=output, guidance=guidance)
+        speed[output] = generated.n_obs / (time.perf_counter() - t0)
+        scored_by_output[output] = M.generation_fidelity(test_g, generated, keys, floor=train_g, seed=seed)
+    scored = scored_by_output[outputs[0]]
     table = scored["per_group"]
     # Per-group Gaussian in the real PCA space, fitted on the training cells of the group.
     space = M.fit_reference_space(test_g, seed=seed)
@@ -87,13 +103,17 @@ def run(dataset, seed, epochs, params, max_genes=2000):
         common = common.intersection(table.index[table["floor_W1"].notna()])
     summary = {
         "dataset": dataset, "seed": seed, "epochs": epochs, "params": params, "groups": int(len(common)),
-        "pysave": {m: float(table.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "mean_r2")},
         "noise_floor": {m: float(table.loc[common, f"floor_{m}"].mean()) for m in ("W1", "W2", "MMD")},
         "gaussian_pca": {m: float(gauss.loc[common, m].mean()) for m in ("W1", "W2", "MMD")},
-        "train_seconds": train_seconds, "sampling_cells_per_s": generated.n_obs / sample_seconds,
-        "protocol": scored["protocol"], "scored_output": generated.uns["pysave"]["output"],
-        "per_group": table.loc[common].reset_index().to_dict(orient="records"),
+        "train_seconds": train_seconds, "protocol": scored["protocol"], "guidance": guidance, "outputs": {},
     }
+    for output, result in scored_by_output.items():
+        t = result["per_group"]
+        summary["outputs"][output] = {
+            "pysave": {m: float(t.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "mean_r2")},
+            "sampling_cells_per_s": speed[output],
+            "per_group": t.loc[common].reset_index().to_dict(orient="records"),
+        }
     return summary
 
 
@@ -104,13 +124,21 @@ def main():
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--paper-size", action="store_true", help="the paper's network instead of the fast one")
     parser.add_argument("--gene-embeddings", default="data", help="data, builtin, random or a file (gene blocks)")
+    parser.add_argument("--output", nargs="+", default=["sample", "mean"], choices=["sample", "mean"],
+                        help="generated output kinds to score (same model, same latents)")
+    parser.add_argument("--model-dir", default=None, help="keep trained models here and reuse them")
+    parser.add_argument("--tag", default="", help="suffix of the result file")
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w")
     args = parser.parse_args()
     params = dict({} if args.paper_size else FAST, gene_embeddings=args.gene_embeddings)
-    tag = "" if args.gene_embeddings == "data" else f"_{os.path.basename(args.gene_embeddings)}"
+    tag = ("" if args.gene_embeddings == "data" else f"_{os.path.basename(args.gene_embeddings)}") + args.tag
     for dataset in args.dataset:
-        runs = [run(dataset, s, args.epochs, params) for s in args.seeds]
+        runs = [run(dataset, s, args.epochs, params, tuple(args.output), args.model_dir, guidance=args.guidance)
+                for s in args.seeds]
         for r in runs:
-            print(json.dumps({k: r[k] for k in ("dataset", "seed", "pysave", "noise_floor", "gaussian_pca", "train_seconds")}), flush=True)
+            print(json.dumps({"dataset": r["dataset"], "seed": r["seed"], "noise_floor": r["noise_floor"],
+                              "gaussian_pca": r["gaussian_pca"], "train_seconds": r["train_seconds"],
+                              **{o: v["pysave"] for o, v in r["outputs"].items()}}), flush=True)
         out = os.path.join(HERE, "results", f"generation_{dataset}{tag}.json")
         with open(out, "w") as fh:
             json.dump({"date": time.strftime("%Y-%m-%d"), "runs": runs}, fh, indent=1)

@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 import click
 
 from .errors import PySaveError
@@ -189,11 +191,15 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--solver", type=click.Choice(["euler", "dopri5"]), default="euler", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Cells generated and written at a time.")
+@click.option("--output-kind", type=click.Choice(["sample", "mean"]), default=None,
+              help="sample (default): counts drawn around the decoder mean (zeros and noise like real cells), as "
+                   "log1p(CP10k); mean: the decoder mean itself. Models saved by older pysave versions can only give mean.")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, device, overwrite, quiet):
+def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, output_kind, device, overwrite,
+             quiet):
     """Generate cells from MODEL_DIR for given conditions (any subset, unseen combinations too)."""
     from .io import check_output_path
 
@@ -206,7 +212,8 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
     table = _read_table(like) if like is not None else model.conditions_table(_parse_sets(sets), n_cells)
     # Streamed to disk chunk by chunk: memory stays flat for millions of cells.
     model.generate_to_h5ad(out, table, guidance=guidance, n_steps=n_steps, solver=solver, seed=seed,
-                           batch_size=chunk_size, overwrite=overwrite, extra_uns={"model_dir": os.path.abspath(model_dir)})
+                           batch_size=chunk_size, overwrite=overwrite, extra_uns={"model_dir": os.path.abspath(model_dir)},
+                           output=output_kind)
     if not quiet:
         _log(f"wrote generated cells to {out}")
 
@@ -216,18 +223,27 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
 @click.argument("data", type=click.Path())
 @click.option("--set", "sets", multiple=True, required=True, help="Target condition KEY=VALUE (VALUE [MASK] removes it).")
 @click.option("--out", required=True, type=click.Path())
+@click.option("--output-kind", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
+              help="mean: decoder mean of each cell's latent; sample: counts drawn around it, as log1p(CP10k).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled output.")
+@click.option("--via", type=click.Choice(["decoder", "flow"]), default="decoder", show_default=True,
+              help="decoder: decode the cell's latent under the target; flow: also move the latent through the flow "
+                   "(back to noise under the cell's conditions, forward under the target).")
+@click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow.")
+@click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def transfer(model_dir, data, sets, out, device, overwrite, quiet):
+def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_steps, device, overwrite, quiet):
     """Encode the cells of DATA and decode them under other conditions (perturbation, batch)."""
     from .io import check_output_path, write_h5ad
 
     check_output_path(out, overwrite, inputs=(data,))
     target = _parse_sets(sets)
     model = _load_model(model_dir, device, quiet)
-    result = model.transfer(_read_data(data), target)
+    result = model.transfer(_read_data(data), target, output=output_kind, seed=seed, via=via, guidance=guidance,
+                            n_steps=n_steps)
     result.uns["pysave"]["model_dir"] = os.path.abspath(model_dir)
     write_h5ad(result, out, overwrite=overwrite, inputs=(data,))
     if not quiet:
@@ -386,51 +402,157 @@ def demo(out, epochs, flow_epochs, seed, device, overwrite):
 
 @main.command()
 @click.argument("real", type=click.Path())
-@click.argument("generated", type=click.Path())
-@click.option("--group", "groups", multiple=True, required=True, help="obs column(s) defining the groups (repeat for a combination).")
-@click.option("--floor", "floor", type=click.Path(), default=None, help="Other real cells (e.g. the training cells) for the noise floor.")
+@click.argument("generated", type=click.Path(), required=False)
+@click.option("--task", type=click.Choice(["generation", "batch", "perturbation"]), default="generation", show_default=True,
+              help="generation: GENERATED vs REAL held-out cells per group; batch: scIB on the embeddings in REAL's obsm "
+                   "(no GENERATED); perturbation: predicted stimulated cells (GENERATED) vs REAL, per cell type.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for metrics.tsv, summary.json and the plots.")
-@click.option("--counts-layer", default=None, help="Layer of REAL holding raw counts (default X).")
-@click.option("--n-hvg", type=int, default=2000, show_default=True)
-@click.option("--n-pcs", type=int, default=30, show_default=True)
+@click.option("--group", "groups", multiple=True, help="[generation] obs column(s) defining the groups (repeat for a combination).")
+@click.option("--floor", "floor", type=click.Path(), default=None, help="[generation] Other real cells (e.g. the training cells) for the noise floor.")
+@click.option("--counts-layer", default=None, help="[generation] Layer of REAL holding raw counts (default X).")
+@click.option("--n-hvg", type=int, default=2000, show_default=True, help="[generation]")
+@click.option("--n-pcs", type=int, default=30, show_default=True, help="[generation]")
+@click.option("--batch-key", default=None, help="[batch] obs column of the batches.")
+@click.option("--label-key", default=None, help="[batch] obs column of the cell labels.")
+@click.option("--embedding", "embeddings", multiple=True, help="[batch] obsm key to score (repeat).")
+@click.option("--layer-embedding", "layer_embeddings", multiple=True,
+              help="[batch] Also score a 50-PC PCA of this layer (e.g. save_corrected from pysave correct; repeat).")
+@click.option("--pre-integrated", default=None, help="[batch] obsm key of the unintegrated embedding (default: PCA of X).")
+@click.option("--condition-key", default="condition", show_default=True, help="[perturbation]")
+@click.option("--control", default="control", show_default=True, help="[perturbation] value of the control condition.")
+@click.option("--stimulated", default="stimulated", show_default=True, help="[perturbation] value of the stimulated condition.")
+@click.option("--cell-type-key", default="cell_type", show_default=True, help="[perturbation] scored per value of this column.")
+@click.option("--n-degs", type=int, default=100, show_default=True, help="[perturbation] top DEGs (Wilcoxon).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--no-umap", is_flag=True, help="Skip the UMAP plot.")
+@click.option("--no-umap", is_flag=True, help="Skip the UMAP plot(s).")
 @common_overwrite
 @common_quiet
 @_friendly
-def evaluate(real, generated, groups, floor, out, counts_layer, n_hvg, n_pcs, seed, no_umap, overwrite, quiet):
-    """Score GENERATED cells against REAL (held-out) cells per group: W1/W2, MMD, mean R^2, noise floor."""
+def evaluate(real, generated, task, out, groups, floor, counts_layer, n_hvg, n_pcs, batch_key, label_key, embeddings,
+             layer_embeddings, pre_integrated, condition_key, control, stimulated, cell_type_key, n_degs, seed, no_umap,
+             overwrite, quiet):
+    """Score cells with the shipped protocols; writes metrics.tsv, summary.json and plots to --out.
+
+    \b
+    generation:    pysave evaluate REAL GENERATED --group cell_type [--floor TRAIN] --out DIR
+    batch:         pysave evaluate DATA --task batch --batch-key batch --label-key cell_type --embedding X_save ... --out DIR
+    perturbation:  pysave evaluate REAL PREDICTED --task perturbation --condition-key condition --out DIR
+    """
+    from . import __version__
     from .io import write_json_atomic, write_text_atomic
-    from .metrics import generation_fidelity, log_normalized
-    from .plotting import metric_bars, real_vs_generated_umap
 
     if os.path.exists(out) and not overwrite:
         raise PySaveError(f"output folder {out!r} already exists; choose another --out or pass --overwrite.")
-    real_a, gen_a = _read_data(real), _read_data(generated)
-    floor_a = _read_data(floor) if floor else None
-    result = generation_fidelity(real_a, gen_a, list(groups), floor=floor_a, n_hvg=n_hvg, n_pcs=n_pcs,
-                                 counts_layer=counts_layer, seed=seed)
+    if task == "batch":
+        if generated is not None:
+            raise PySaveError("--task batch scores the embeddings of one dataset; give DATA only (no GENERATED).")
+        if not batch_key or not label_key or not (embeddings or layer_embeddings):
+            raise PySaveError("--task batch needs --batch-key, --label-key and at least one --embedding (or --layer-embedding).")
+    elif generated is None:
+        raise PySaveError(f"--task {task} needs two files: REAL and GENERATED (predicted) cells.")
+    if task == "generation" and not groups:
+        raise PySaveError("--task generation needs --group (an obs column, e.g. --group cell_type).")
+    real_a = _read_data(real)
+    gen_a = _read_data(generated) if generated else None
+    run = {"generation": _evaluate_generation, "batch": _evaluate_batch, "perturbation": _evaluate_perturbation}[task]
+    files = []
     os.makedirs(out, exist_ok=True)
-    table = result["per_group"]
+    table, summary = run(real_a, gen_a, out, files, locals())
     write_text_atomic(os.path.join(out, "metrics.tsv"), table.to_csv(sep="\t"))
-    summary = {"protocol": result["protocol"], "mean": result["mean"], "real": os.path.abspath(real),
-               "generated": os.path.abspath(generated), "floor": os.path.abspath(floor) if floor else None,
-               "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
+    summary.update({"task": task, "pysave_version": __version__, "real": os.path.abspath(real),
+                    "generated": os.path.abspath(generated) if generated else None})
     write_json_atomic(os.path.join(out, "summary.json"), summary)
+    if not quiet:
+        click.echo(table.round(4).to_string())
+        click.echo("mean: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.get("mean", {}).items()))
+        click.echo(f"wrote metrics.tsv, summary.json, {', '.join(files)} to {out}")
+
+
+def _evaluate_generation(real_a, gen_a, out, files, opts):
+    from .metrics import generation_fidelity, log_normalized
+    from .plotting import metric_bars, real_vs_generated_umap
+
+    groups, seed = list(opts["groups"]), opts["seed"]
+    floor_a = _read_data(opts["floor"]) if opts["floor"] else None
+    result = generation_fidelity(real_a, gen_a, groups, floor=floor_a, n_hvg=opts["n_hvg"], n_pcs=opts["n_pcs"],
+                                 counts_layer=opts["counts_layer"], seed=seed)
+    table = result["per_group"]
     metric_bars(table, os.path.join(out, "metrics.png"))
-    if not no_umap:
+    files.append("metrics.png")
+    if not opts["no_umap"]:
         import anndata as ad
 
         genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
-        r = ad.AnnData(log_normalized(real_a[:, genes]), obs=real_a.obs[list(groups)].copy())
-        g = ad.AnnData(log_normalized(gen_a[:, genes]), obs=gen_a.obs[list(groups)].copy())
+        r = ad.AnnData(log_normalized(real_a[:, genes]), obs=real_a.obs[groups].copy())
+        g = ad.AnnData(log_normalized(gen_a[:, genes]), obs=gen_a.obs[groups].copy())
         r.var_names = g.var_names = genes
         real_vs_generated_umap(r, g, groups[0], os.path.join(out, "umap.png"), seed=seed)
-    if not quiet:
-        click.echo(table.round(4).to_string())
-        means = ", ".join(f"{k}={v:.4g}" for k, v in result["mean"].items())
-        click.echo(f"mean over {len(table)} groups: {means}")
-        click.echo(f"wrote metrics.tsv, summary.json, metrics.png{'' if no_umap else ', umap.png'} to {out}")
+        files.append("umap.png")
+    info = gen_a.uns.get("pysave", {})
+    summary = {"protocol": result["protocol"], "mean": result["mean"],
+               "floor": os.path.abspath(opts["floor"]) if opts["floor"] else None,
+               "scored_output": info.get("output", "unknown"), "scored_output_description": info.get("output_description")}
+    return table, summary
+
+
+def _evaluate_batch(real_a, gen_a, out, files, opts):
+    from .metrics import batch_correction, unintegrated_pca
+    from .plotting import embedding_umaps, grouped_bars
+
+    keys = list(opts["embeddings"])
+    for layer in opts["layer_embeddings"]:
+        if layer not in real_a.layers:
+            raise PySaveError(f"layer {layer!r} is not in the data (layers: {list(real_a.layers.keys())}).")
+        real_a.obsm[f"pca_{layer}"] = unintegrated_pca(real_a, layer=layer, seed=opts["seed"])
+        keys.append(f"pca_{layer}")
+    result = batch_correction(real_a, opts["batch_key"], opts["label_key"], keys, pre_integrated_key=opts["pre_integrated"],
+                              seed=opts["seed"])
+    table = result["table"]
+    grouped_bars(table, ["Bio conservation", "Batch correction", "Total"], os.path.join(out, "scores.png"),
+                 title="scIB scores (raw, not min-max scaled)")
+    files.append("scores.png")
+    if not opts["no_umap"]:
+        embedding_umaps(real_a, keys, opts["batch_key"], opts["label_key"], os.path.join(out, "umap.png"), seed=opts["seed"])
+        files.append("umap.png")
+    mean = {k: float(v) for k, v in table["Total"].items()}
+    return table, {"protocol": result["protocol"], "mean": {f"Total[{k}]": v for k, v in mean.items()},
+                   "scores": table[["Bio conservation", "Batch correction", "Total"]].to_dict(orient="index")}
+
+
+def _evaluate_perturbation(real_a, gen_a, out, files, opts):
+    import anndata as ad
+    import pandas as pd
+
+    from .metrics import log_normalized, perturbation_evaluation
+    from .plotting import grouped_bars, mean_scatter, real_vs_generated_umap
+
+    ct = opts["cell_type_key"]
+    ct = ct if ct and ct in real_a.obs.columns and ct in gen_a.obs.columns else None
+    result = perturbation_evaluation(real_a, gen_a, opts["condition_key"], opts["control"], opts["stimulated"],
+                                     cell_type_key=ct, n_degs=opts["n_degs"], seed=opts["seed"])
+    table = result["per_group"]
+    grouped_bars(table, ["degs_r2", "control_degs_r2", "floor_degs_r2", "all_r2", "control_all_r2", "floor_all_r2"],
+                 os.path.join(out, "scores.png"), title="R^2 (squared Pearson) of per-gene means",
+                 labels=[f"predicted, top {opts['n_degs']} DEGs", "control, DEGs", "noise floor, DEGs", "predicted, all genes",
+                         "control, all genes", "noise floor, all genes"])
+    files.append("scores.png")
+    genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
+    cond = real_a.obs[opts["condition_key"]].astype(str).to_numpy()
+    t_real = real_a.obs[ct].astype(str).to_numpy() if ct else np.full(real_a.n_obs, "all")
+    t_pred = gen_a.obs[ct].astype(str).to_numpy() if ct else np.full(gen_a.n_obs, "all")
+    x_real, x_pred = log_normalized(real_a[:, genes]), log_normalized(gen_a[:, genes])
+    pairs = {t: (x_real[(t_real == t) & (cond == opts["stimulated"])].mean(0), x_pred[t_pred == t].mean(0)) for t in table.index}
+    mean_scatter(pairs, os.path.join(out, "means.png"), xlabel="real stimulated mean", ylabel="predicted mean")
+    files.append("means.png")
+    if not opts["no_umap"]:
+        stim = np.isin(t_real, list(table.index)) & (cond == opts["stimulated"])
+        r = ad.AnnData(x_real[stim], obs=pd.DataFrame({"cell_type": t_real[stim]}))
+        g = ad.AnnData(x_pred[np.isin(t_pred, list(table.index))], obs=pd.DataFrame({"cell_type": t_pred[np.isin(t_pred, list(table.index))]}))
+        r.var_names = g.var_names = genes
+        real_vs_generated_umap(r, g, "cell_type", os.path.join(out, "umap.png"), seed=opts["seed"])
+        files.append("umap.png")
+    return table, {"protocol": result["protocol"], "mean": result["mean"], "degs": result["degs"],
+                   "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
 
 
 if __name__ == "__main__":  # python -m pysave.cli

@@ -297,3 +297,133 @@ def align_genes(adata_var_names, model_genes: list[str]) -> np.ndarray:
             "give data with the genes the model was trained on (same var_names; order and extra genes do not matter)."
         )
     return idx
+
+
+# ----------------------------------------------------------------------------- library sizes
+MIN_GROUP_CELLS = 5
+
+
+def _log_stats(log_library: np.ndarray) -> list[float]:
+    n = len(log_library)
+    if n == 0:
+        return [0.0, 0.0, 0]
+    sd = float(log_library.std(ddof=1)) if n > 1 else 0.0
+    return [float(log_library.mean()), sd, int(n)]
+
+
+def library_statistics(library: np.ndarray, codes: np.ndarray, scaler_index: np.ndarray, n_scaler_rows: int) -> dict:
+    """Log library-size distribution of the training cells, for sampled (count) output.
+
+    Returns a JSON-able dict: ``by_scaler`` holds [mean, sd, n] of log(total counts) for each
+    scaler row (the batches, then a global row; one global row without a batch key), and
+    ``by_combination`` the same for each full condition combination ("code,code,..."), so a
+    generated cell draws its library size from cells of its own batch and cell type when the
+    training data had at least ``MIN_GROUP_CELLS`` of them, and from its batch (or all cells)
+    otherwise.
+    """
+    log_lib = np.log(np.asarray(library, dtype=np.float64))
+    scaler_index = np.asarray(scaler_index)
+    by_scaler = [_log_stats(log_lib[scaler_index == b]) for b in range(n_scaler_rows)]
+    if n_scaler_rows > 1 or not by_scaler[-1][2]:
+        by_scaler[-1] = _log_stats(log_lib)
+    keys = np.array([",".join(map(str, row)) for row in np.asarray(codes)])
+    by_combination = {}
+    for key in np.unique(keys):
+        stats = _log_stats(log_lib[keys == key])
+        if stats[2] >= MIN_GROUP_CELLS:
+            by_combination[str(key)] = stats
+    return {"log_library": "natural log of per-cell total counts: [mean, sd, n_cells]", "min_group_cells": MIN_GROUP_CELLS,
+            "by_scaler": by_scaler, "by_combination": by_combination}
+
+
+def library_parameters(stats: dict, codes: np.ndarray, scaler_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell (mean, sd) of log library size: the cell's combination, else its scaler row."""
+    by_scaler = np.asarray([s[:2] for s in stats["by_scaler"]], dtype=np.float64)
+    mean, sd = by_scaler[np.asarray(scaler_index), 0].copy(), by_scaler[np.asarray(scaler_index), 1].copy()
+    combos = stats["by_combination"]
+    if combos:
+        keys = [",".join(map(str, row)) for row in np.asarray(codes)]
+        for i, key in enumerate(keys):
+            hit = combos.get(key)
+            if hit is not None:
+                mean[i], sd[i] = hit[0], hit[1]
+    return mean, sd
+
+
+class LogMeanInverter:
+    """Poisson rates whose expected log-normalized value is a given mean.
+
+    A decoder trained on log-normalized values outputs E[log1p(s K)] (s = 1e4 / library), not
+    log1p(s E[K]): by Jensen's inequality expm1 of it underestimates the rate, most for genes with
+    many zeros. This finds lambda with E[log1p(s K)] = m for K ~ Poisson(lambda), by lookup in a
+    table over lambda and s: exact sums for lambda <= 60, a second-order delta method above.
+    """
+
+    def __init__(self, n_lambda: int = 512, s_grid=(1e-3, 1e3, 961)):
+        from scipy.special import gammaln
+
+        lam = np.r_[0.0, np.logspace(-4, 6, n_lambda - 1)]
+        self.log_s = np.linspace(np.log(s_grid[0]), np.log(s_grid[1]), int(s_grid[2]))
+        s = np.exp(self.log_s)
+        k = np.arange(0, 241, dtype=np.float64)
+        small = lam <= 60
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_pmf = k[None] * np.log(lam[small])[:, None] - lam[small][:, None] - gammaln(k + 1)[None]
+        log_pmf[0] = np.where(k == 0, 0.0, -np.inf)  # lambda = 0: all mass at 0
+        table = np.empty((len(s), len(lam)))
+        table[:, small] = (np.exp(log_pmf) @ np.log1p(s[:, None] * k[None]).T).T
+        big = lam[~small][None]
+        sl = s[:, None] * big
+        table[:, ~small] = np.log1p(sl) - s[:, None] ** 2 * big / (2 * (1 + sl) ** 2)
+        self.table = np.maximum.accumulate(table, axis=1)
+        self.lam = lam
+
+    def rates(self, log_mean: np.ndarray, library: np.ndarray) -> np.ndarray:
+        """lambda (cells x genes) for target means (log1p(CP10k) units) at the given libraries."""
+        log_mean = np.asarray(log_mean, dtype=np.float64)
+        bins = np.clip(np.rint((np.log(TARGET_SUM / np.asarray(library)) - self.log_s[0]) /
+                               (self.log_s[1] - self.log_s[0])).astype(int), 0, len(self.log_s) - 1)
+        out = np.empty_like(log_mean)
+        for b in np.unique(bins):
+            rows = bins == b
+            out[rows] = np.interp(log_mean[rows], self.table[b], self.lam)
+        return out
+
+
+_INVERTER: LogMeanInverter | None = None
+
+
+def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd: np.ndarray,
+                  lib_rng: np.random.Generator, count_rng: np.random.Generator,
+                  theta: np.ndarray | None = None, gamma_rng: np.random.Generator | None = None,
+                  rates: str = "fraction") -> np.ndarray:
+    """Counts drawn around a decoder mean, returned as log1p(CP10k).
+
+    Library L ~ logNormal(mean, sd). ``rates="fraction"``: expression fractions
+    p = expm1(mean) / sum(expm1(mean)) and rates p L (right when the mean is on the count scale,
+    as the negative binomial decoder's); ``"log_mean"``: the rates whose expected log1p(CP10k)
+    equals the mean (``LogMeanInverter``; right for decoders of log-normalized values).
+    Counts ~ Poisson(rate), or negative binomial with inverse dispersion ``theta`` (Gamma-Poisson,
+    ``gamma_rng`` drawing the Gamma part). Each random stream is consumed row by row in order,
+    so results do not depend on how cells are chunked.
+    """
+    global _INVERTER
+    lib = np.exp(log_lib_mean + log_lib_sd * lib_rng.standard_normal(len(lognorm_mean)))
+    if rates == "log_mean":
+        if _INVERTER is None:
+            _INVERTER = LogMeanInverter()
+        rate = _INVERTER.rates(lognorm_mean, lib)
+    elif rates == "fraction":
+        expr = np.expm1(np.asarray(lognorm_mean, dtype=np.float64)).clip(min=0.0)
+        total = expr.sum(1, keepdims=True)
+        total[total <= 0] = 1.0
+        rate = expr / total * lib[:, None]
+    else:
+        raise ValueError(f"rates must be 'fraction' or 'log_mean', got {rates!r}")
+    if theta is not None:
+        theta = np.asarray(theta, dtype=np.float64)[None, :]
+        rate = gamma_rng.gamma(np.broadcast_to(theta, rate.shape), rate / theta)
+    counts = count_rng.poisson(rate).astype(np.float64)
+    size = counts.sum(1, keepdims=True)
+    size[size <= 0] = 1.0
+    return np.log1p(counts / size * TARGET_SUM).astype(np.float32)

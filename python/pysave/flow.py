@@ -107,3 +107,22 @@ def sample_latents(field: VelocityField, codes: torch.Tensor, guidance: float = 
 
     times = torch.tensor([0.0, 1.0], device=x.device)
     return odeint(velocity, x, times, method="dopri5", rtol=rtol, atol=atol)[-1]
+
+
+@torch.no_grad()
+def transport_latents(field: VelocityField, x: torch.Tensor, source_codes: torch.Tensor, target_codes: torch.Tensor,
+                      guidance: float = 1.0, n_steps: int = 50) -> torch.Tensor:
+    """Move standardised latents from their conditions to others through the flow: integrate the
+    ODE backwards (t = 1 -> 0) under ``source_codes`` to the cells' noise, then forwards under
+    ``target_codes`` (Euler, ``n_steps`` each way). The noise keeps what the flow does not tie to
+    the conditions (the cell's own state); the way back adds what the target conditions change."""
+    dt = 1.0 / n_steps
+    back = guided_velocity(field, source_codes, guidance)
+    for i in range(n_steps):
+        t = torch.full((x.shape[0],), 1.0 - i * dt, device=x.device)
+        x = x - dt * back(t, x)
+    forward = guided_velocity(field, target_codes, guidance)
+    for i in range(n_steps):
+        t = torch.full((x.shape[0],), i * dt, device=x.device)
+        x = x + dt * forward(t, x)
+    return x

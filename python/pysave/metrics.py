@@ -13,6 +13,12 @@ Perturbation (the scGen protocol): Pearson r and R^2 (= r^2, as scGen's ``linreg
 per-gene means over all genes and over the top-100 DEGs (Wilcoxon, stimulated vs control in the
 held-out type, real data), plus sklearn's ``r2_score`` (which can be negative).
 
+Batch correction (scIB through scib-metrics, an optional dependency: ``pip install "pysave[eval]"``):
+``scib_metrics.benchmark.Benchmarker`` with the metric sets passed explicitly (BIO_METRICS,
+BATCH_METRICS: scib-metrics 0.5.10's set, where BRAS replaced silhouette batch), raw scores
+(``min_max_scale=False``), Bio conservation and Batch correction = the mean of their metrics,
+Total = 0.6 Bio + 0.4 Batch.
+
 Every result records its protocol, parameters and seed.
 """
 from __future__ import annotations
@@ -26,6 +32,9 @@ import scipy.sparse as sp
 from .errors import PySaveError
 
 PROTOCOL_VERSION = "1"
+SCIB_METRICS_VERSION = "0.5.10"  # pinned in pyproject's "eval" extra; other versions are refused
+BIO_METRICS = ("isolated_labels", "nmi_ari_cluster_labels_kmeans", "silhouette_label", "clisi_knn")
+BATCH_METRICS = ("bras", "ilisi_knn", "kbet_per_label", "graph_connectivity", "pcr_comparison")
 SIGMAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 MAX_CELLS = 1000
 
@@ -234,3 +243,153 @@ def perturbation_agreement(control, stimulated_real, predicted, n_degs: int = 10
                                        "r2": "squared Pearson r of per-gene means (scGen linregress)",
                                        "r2_score": "sklearn r2_score(real means, predicted means)"}}
     return out
+
+
+# ----------------------------------------------------------------------------- batch correction
+def _scib_metrics():
+    """Import scib-metrics (optional), checking the pinned version."""
+    try:
+        import scib_metrics
+        from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+    except ImportError as err:
+        raise PySaveError(f"batch-correction metrics need scib-metrics {SCIB_METRICS_VERSION} (with jax): "
+                          f'pip install "pysave[eval]" (import failed: {err}).') from err
+    version = getattr(scib_metrics, "__version__", "unknown")
+    if version != SCIB_METRICS_VERSION:
+        raise PySaveError(f"scib-metrics {version} is installed but the protocol is pinned to {SCIB_METRICS_VERSION} "
+                          f'(metric defaults change between versions): pip install "pysave[eval]" or '
+                          f"scib-metrics=={SCIB_METRICS_VERSION}.")
+    return Benchmarker, BioConservation, BatchCorrection, version
+
+
+def unintegrated_pca(adata, n_pcs: int = 50, layer: str | None = None, seed: int = 0) -> np.ndarray:
+    """PCA of log1p(CP10k) expression (the "unintegrated" baseline and scIB's pre-integration
+    embedding for PCR comparison); counts are log-normalized first."""
+    from sklearn.decomposition import PCA
+
+    X = log_normalized(adata, layer)
+    k = int(min(n_pcs, X.shape[0] - 1, X.shape[1]))
+    return PCA(n_components=k, random_state=seed, svd_solver="full").fit_transform(X).astype(np.float32)
+
+
+def batch_correction(adata, batch_key: str, label_key: str, embedding_keys, pre_integrated_key: str | None = None,
+                     bio_metrics=BIO_METRICS, batch_metrics=BATCH_METRICS, n_jobs: int = 1, seed: int = 0) -> dict:
+    """scIB Bio conservation / Batch correction / Total of each embedding in ``obsm``.
+
+    ``embedding_keys``: obsm keys to score (e.g. X_pca, X_harmony, X_scVI, X_save). The
+    pre-integration embedding (for PCR comparison) is ``obsm[pre_integrated_key]``, or a 50-PC
+    PCA of log1p(CP10k) X (``unintegrated_pca``). Returns ``{"table": DataFrame (one row per
+    embedding: every metric, "Bio conservation", "Batch correction", "Total"), "protocol": dict}``.
+    Needs scib-metrics (``pip install "pysave[eval]"``); without it a PySaveError says so.
+    """
+    keys = [embedding_keys] if isinstance(embedding_keys, str) else list(embedding_keys)
+    for key in (batch_key, label_key):
+        if key not in adata.obs.columns:
+            raise PySaveError(f"{key!r} is not a column of obs; available: {list(adata.obs.columns)}.")
+    missing = [k for k in keys + ([pre_integrated_key] if pre_integrated_key else []) if k not in adata.obsm]
+    if missing:
+        raise PySaveError(f"embedding(s) {missing} are not in obsm (available: {list(adata.obsm.keys())}).")
+    if not keys:
+        raise PySaveError("no embedding to score; name at least one obsm key.")
+    if adata.obs[batch_key].nunique() < 2:
+        raise PySaveError(f"obs[{batch_key!r}] has a single batch; batch correction needs at least two.")
+    unknown = sorted(set(bio_metrics) - set(BIO_METRICS) - {"nmi_ari_cluster_labels_leiden"}) + \
+        sorted(set(batch_metrics) - set(BATCH_METRICS))
+    if unknown:
+        raise PySaveError(f"unknown scIB metric(s) {unknown}; bio: {BIO_METRICS}, batch: {BATCH_METRICS}.")
+    Benchmarker, BioConservation, BatchCorrection, version = _scib_metrics()
+    import anndata as ad
+
+    obs = pd.DataFrame({batch_key: adata.obs[batch_key].astype(str).to_numpy(),
+                        label_key: adata.obs[label_key].astype(str).to_numpy()}, index=adata.obs_names.astype(str))
+    work = ad.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=obs)
+    for k in keys:
+        work.obsm[k] = np.asarray(adata.obsm[k], dtype=np.float32)
+    pre = pre_integrated_key or "_pysave_pre_pca"
+    work.obsm[pre] = (np.asarray(adata.obsm[pre_integrated_key], dtype=np.float32) if pre_integrated_key
+                      else unintegrated_pca(adata, seed=seed))
+    # Every field is set, so the set does not change when scib-metrics' defaults do.
+    bio = BioConservation(**{f: f in bio_metrics for f in BioConservation.__dataclass_fields__})
+    batch = BatchCorrection(**{f: f in batch_metrics for f in BatchCorrection.__dataclass_fields__})
+    np.random.seed(seed)
+    bench = Benchmarker(work, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=keys,
+                        pre_integrated_embedding_obsm_key=pre, bio_conservation_metrics=bio,
+                        batch_correction_metrics=batch, n_jobs=n_jobs, progress_bar=False)
+    bench.benchmark()
+    raw = bench.get_results(min_max_scale=False, clean_names=False)
+    types = raw.loc["Metric Type"]
+    scores = raw.drop(index="Metric Type").astype(float)
+    bio_cols = [c for c in scores.columns if types[c] == "Bio conservation"]
+    batch_cols = [c for c in scores.columns if types[c] == "Batch correction"]
+    table = scores[bio_cols + batch_cols].copy()
+    table["Bio conservation"] = table[bio_cols].mean(axis=1)
+    table["Batch correction"] = table[batch_cols].mean(axis=1)
+    table["Total"] = 0.6 * table["Bio conservation"] + 0.4 * table["Batch correction"]
+    table.index.name = "embedding"
+    protocol = {"name": "batch_correction_scib", "version": PROTOCOL_VERSION, "scib_metrics_version": version,
+                "bio_metrics": bio_cols, "batch_metrics": batch_cols, "min_max_scale": False,
+                "total": "0.6 * Bio conservation + 0.4 * Batch correction", "batch_key": batch_key, "label_key": label_key,
+                "pre_integrated": pre_integrated_key or "PCA (50 PCs) of log1p(CP10k) X",
+                "neighbors": "pynndescent (scib-metrics default), k = 15 / 50 / 90", "seed": seed, "n_cells": int(adata.n_obs)}
+    return {"table": table, "protocol": protocol}
+
+
+# ----------------------------------------------------------------------------- perturbation, per cell type
+def perturbation_evaluation(real, predicted, condition_key: str, control: str, stimulated: str,
+                            cell_type_key: str | None = None, n_degs: int = 100, seed: int = 0) -> dict:
+    """The scGen protocol per held-out cell type (``perturbation_agreement`` for each).
+
+    ``real``: real cells of both conditions (counts or log-normalized); ``predicted``: predicted
+    stimulated cells (e.g. ``SAVE.transfer(control_cells, {condition_key: stimulated})``), with
+    ``cell_type_key`` in obs (omit it to score all cells as one group). For each cell type with
+    >= 2 predicted, >= 2 real stimulated and >= 2 control cells: PCC and R^2 (= r^2) of per-gene
+    means over all genes and over the top ``n_degs`` Wilcoxon DEGs, sklearn ``r2_score``, the
+    "control" baseline (predict = the control cells) and the noise floor (one random half of the
+    real stimulated cells against the other half). Returns ``{"per_group", "mean", "protocol", "degs"}``.
+    """
+    if condition_key not in real.obs.columns:
+        raise PySaveError(f"{condition_key!r} is not a column of the real cells' obs; available: {list(real.obs.columns)}.")
+    values = set(real.obs[condition_key].astype(str))
+    for v in (control, stimulated):
+        if v not in values:
+            raise PySaveError(f"{condition_key} = {v!r} has no real cells (values: {sorted(values)}).")
+    if cell_type_key is not None:
+        for name, a in (("real", real), ("predicted", predicted)):
+            if cell_type_key not in a.obs.columns:
+                raise PySaveError(f"{cell_type_key!r} is not a column of the {name} cells' obs; available: {list(a.obs.columns)}.")
+        types_real = real.obs[cell_type_key].astype(str).to_numpy()
+        types_pred = predicted.obs[cell_type_key].astype(str).to_numpy()
+    else:
+        types_real, types_pred = np.full(real.n_obs, "all"), np.full(predicted.n_obs, "all")
+    cond = real.obs[condition_key].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    rows, degs = [], {}
+    k = f"top{n_degs}_degs"
+    for t in sorted(set(types_pred)):
+        ctrl, stim, pred = (types_real == t) & (cond == control), (types_real == t) & (cond == stimulated), types_pred == t
+        if min(ctrl.sum(), stim.sum(), pred.sum()) < 2:
+            continue
+        out = perturbation_agreement(real[ctrl], real[stim], predicted[pred], n_degs=n_degs)
+        stim_idx = rng.permutation(np.flatnonzero(stim))
+        half = len(stim_idx) // 2
+        floor = perturbation_agreement(real[ctrl], real[np.sort(stim_idx[:half])], real[np.sort(stim_idx[half:])], n_degs=n_degs)
+        row = {"group": t, "n_control": int(ctrl.sum()), "n_stimulated": int(stim.sum()), "n_predicted": int(pred.sum())}
+        for name, res in (("all", out["all_genes"]), ("degs", out[k]), ("control_all", out["control_baseline_all"]),
+                          ("control_degs", out[f"control_baseline_top{n_degs}"]), ("floor_all", floor["all_genes"]),
+                          ("floor_degs", floor[k])):
+            row.update({f"{name}_{m}": v for m, v in res.items()})
+        rows.append(row)
+        degs[t] = out["degs"]
+    if not rows:
+        raise PySaveError("no cell type has at least 2 control, 2 real stimulated and 2 predicted cells; check the keys and values.")
+    table = pd.DataFrame(rows).set_index("group")
+    numeric = table.drop(columns=[c for c in table.columns if c.startswith("n_")])
+    protocol = {"name": "perturbation_scgen", "version": PROTOCOL_VERSION, "condition_key": condition_key, "control": control,
+                "stimulated": stimulated, "cell_type_key": cell_type_key, "n_degs": n_degs,
+                "de_test": "wilcoxon (scanpy rank_genes_groups), stimulated vs control, real cells of the type",
+                "pearson_r": "Pearson r of per-gene means (log1p CP10k), predicted vs real stimulated",
+                "r2": "squared Pearson r (scGen's linregress r^2)", "r2_score": "sklearn r2_score(real means, predicted means)",
+                "control_baseline": "the type's real control cells as the prediction",
+                "noise_floor": "one random half of the real stimulated cells vs the other half", "seed": seed,
+                "groups_scored": int(len(table))}
+    return {"per_group": table, "mean": numeric.mean().to_dict(), "protocol": protocol, "degs": degs}

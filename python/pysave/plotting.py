@@ -91,3 +91,73 @@ def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2")) -> None:
     axes[0][0].legend(fontsize=7, loc="lower right")
     _save(fig, path)
     plt.close(fig)
+
+
+def grouped_bars(table, columns, path: str, title: str = "", labels=None) -> None:
+    """Horizontal grouped bars: one group of bars per row of ``table``, one bar per column."""
+    plt = _figure()
+    columns = [c for c in columns if c in table.columns]
+    labels = labels or columns
+    n = len(columns)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * n * len(table) + 1.5)))
+    y = np.arange(len(table))
+    height = 0.8 / max(n, 1)
+    for i, (col, label) in enumerate(zip(columns, labels)):
+        ax.barh(y + (i - (n - 1) / 2) * height, table[col].to_numpy(dtype=float), height=height, label=label,
+                color=plt.cm.tab10(i % 10))
+    ax.set_yticks(y, [str(g) for g in table.index], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best", frameon=False)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def mean_scatter(pairs: dict, path: str, xlabel: str = "real mean", ylabel: str = "predicted mean") -> None:
+    """One panel per group: per-gene means, predicted against real (scGen's regression plot)."""
+    plt = _figure()
+    n = len(pairs)
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (name, (x, y)) in zip(axes.ravel(), pairs.items()):
+        ax.scatter(x, y, s=3, alpha=0.5, color="#1f77b4")
+        lim = [0, float(max(np.max(x), np.max(y))) * 1.05]
+        ax.plot(lim, lim, color="black", lw=0.8)
+        r = np.corrcoef(x, y)[0, 1] if np.std(x) > 0 and np.std(y) > 0 else float("nan")
+        ax.set_title(f"{name}  r^2={r * r:.3f}", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def embedding_umaps(adata, keys, batch_key: str, label_key: str, path: str, seed: int = 0) -> None:
+    """A UMAP of each embedding in obsm, coloured by batch (top row) and by label (bottom row)."""
+    import anndata as ad
+    import scanpy as sc
+
+    plt = _figure()
+    fig, axes = plt.subplots(2, len(keys), figsize=(4 * len(keys), 8), squeeze=False)
+    for j, key in enumerate(keys):
+        tmp = ad.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=adata.obs[[batch_key, label_key]].astype(str))
+        tmp.obsm["emb"] = np.asarray(adata.obsm[key], dtype=np.float32)
+        sc.pp.neighbors(tmp, use_rep="emb", random_state=seed)
+        sc.tl.umap(tmp, random_state=seed)
+        xy = tmp.obsm["X_umap"]
+        for i, col in enumerate((batch_key, label_key)):
+            ax = axes[i][j]
+            values = tmp.obs[col].to_numpy()
+            for c, cat in enumerate(sorted(set(values))):
+                sel = values == cat
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=3, alpha=0.6, label=cat, color=plt.cm.tab20(c % 20))
+            ax.set_title(f"{key} by {col}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == len(keys) - 1:
+                ax.legend(markerscale=3, fontsize=6, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    _save(fig, path)
+    plt.close(fig)

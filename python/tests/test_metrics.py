@@ -93,4 +93,5 @@ def test_evaluate_command(trained, tmp_path, pbmc_full):
     import json
 
     summary = json.load(open(tmp_path / "eval" / "summary.json"))
-    assert summary["protocol"]["name"] == "generation_fidelity" and summary["scored_output"].startswith("decoder mean")
+    assert summary["protocol"]["name"] == "generation_fidelity" and summary["scored_output"] == "sample"
+    assert summary["task"] == "generation" and summary["protocol"]["seed"] == 0

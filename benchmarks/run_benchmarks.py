@@ -1,0 +1,377 @@
+"""Benchmark harness (issue 4): pysave against its peers and trivial baselines, same data, same splits.
+
+    python benchmarks/run_benchmarks.py                                   # everything (hours on 2 cores)
+    python benchmarks/run_benchmarks.py --task perturbation --dataset kang --method pysave scgen_scvi --seeds 0 1
+    python benchmarks/run_benchmarks.py --task batch --dataset pbmc_3tech --seeds 0 1
+    python benchmarks/run_benchmarks.py --table                          # only rebuild the README table
+
+Run it with pysave's interpreter with the "eval" extra (scib-metrics for the batch task):
+``pip install -e ".[eval]"``. Peers (scvi-tools, harmonypy, scanorama) run in subprocesses of
+``--peers-python`` (default benchmarks/peers-venv/bin/python; see benchmarks/README.md), through
+benchmarks/peers.py, on files this script writes: the same cells, genes and seeds as pysave.
+
+Each (task, dataset, method, seed) writes benchmarks/results/bench_<task>_<dataset>_<method>_s<seed>.json;
+the markdown table in benchmarks/README.md (between <!-- bench-table --> markers) is rebuilt from
+every such file: mean +/- standard deviation over seeds, wall time, training cells/s.
+
+Tasks
+- perturbation (Kang, scGen protocol): each cell type in turn is the held-out type: its
+  stimulated cells are removed from training and predicted from its control cells. Methods:
+  pysave (``transfer`` to condition=stimulated, decoder-mean output), scgen_scvi (scGen's latent
+  arithmetic on an scVI model, peers venv), control (predict = the control cells) and the noise
+  floor (half vs half of the real stimulated cells); scored by pysave.metrics.perturbation_evaluation.
+- batch (scIB): unintegrated PCA, Harmony, Scanorama, scVI, pysave latent (``X_save``), pysave
+  corrected expression (PCA of ``correct()``, batch masked); scored by pysave.metrics.batch_correction.
+  pysave conditions on the batch only (no labels: the peers get none either).
+- generation (dual condition; 80/20 stratified split): see eval_generation.py, called from here.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+DATA = os.environ.get("PYSAVE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
+PEERS_PYTHON = os.path.join(HERE, "peers-venv", "bin", "python")
+FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
+
+DATASETS = {
+    "kang": dict(file="kang2018_scgen_valid_pbmc_1975.h5ad", condition_key="condition", cell_type_key="cell_type",
+                 control="control", stimulated="stimulated"),
+    "pbmc_3tech": dict(file="pbmc_3tech_symphony_1200.h5ad", batch_key="batch", label_key="cell_type"),
+    "baron_human": dict(file="baron2016_pancreas_human_came_2142.h5ad", batch_key="batch", label_key="cell_type"),
+    "cellbench": dict(file="cellbench_lung_celllines_5batch.h5ad", batch_key="batch", label_key="cell_line"),
+}
+TASKS = {
+    "perturbation": dict(datasets=["kang"], methods=["pysave_flow", "pysave", "scgen_scvi", "control"]),
+    "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
+                  methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected"]),
+    "generation": dict(datasets=["pbmc_3tech", "baron_human"], methods=["pysave"]),
+}
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load(dataset, n_hvg=2000):
+    """The dataset (raw counts), restricted to the seurat_v3 HVGs when it has more genes."""
+    import anndata as ad
+    import scanpy as sc
+
+    spec = DATASETS[dataset]
+    adata = ad.read_h5ad(os.path.join(DATA, spec["file"]))
+    if dataset == "cellbench" and "demuxlet_cls" in adata.obs.columns:  # demuxlet singlets only
+        adata = adata[adata.obs["demuxlet_cls"].astype(str) == "SNG"].copy()
+    sc.pp.filter_genes(adata, min_cells=3)
+    if adata.n_vars > n_hvg:
+        hvg = adata.copy()
+        sc.pp.highly_variable_genes(hvg, n_top_genes=n_hvg, flavor="seurat_v3")
+        adata = adata[:, hvg.var["highly_variable"].to_numpy()].copy()
+    adata.obs_names = adata.obs_names.astype(str)
+    adata.var_names = adata.var_names.astype(str)
+    return adata
+
+
+def peer(args, *cli):
+    """Run benchmarks/peers.py in the peers' environment; its last stdout line is JSON."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    cmd = ["nice", "-n", "10", args.peers_python, os.path.join(HERE, "peers.py"), *map(str, cli)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"peer failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def train_pysave(adata, keys, batch_key, seed, args, flow=True):
+    import pysave
+
+    pysave.SAVE.setup_anndata(adata, keys, batch_key=batch_key)
+    model = pysave.SAVE(adata, seed=seed, verbose=False, **{**(FAST if args.fast else {}), **json.loads(args.params)})
+    t0 = time.perf_counter()
+    # Transfer, latent and correction use only the VAE: the flow is trained for one epoch then.
+    model.train(max_epochs=args.epochs, flow_epochs=None if flow else 1, lr=1e-3, seed=seed, progress=False)
+    return model, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- perturbation
+_PYSAVE_PERT_MODELS: dict = {}
+
+
+def run_perturbation(dataset, method, seed, args):
+    from pysave import metrics as M
+
+    spec = DATASETS[dataset]
+    ck, tk, ctrl, stim = spec["condition_key"], spec["cell_type_key"], spec["control"], spec["stimulated"]
+    adata = load(dataset)
+    cond, types = adata.obs[ck].astype(str).to_numpy(), adata.obs[tk].astype(str).to_numpy()
+    held_types = args.held_out or sorted(set(types))
+    rows, walls, cells_per_s, degs = [], [], [], {}
+    for t in held_types:
+        held = (types == t) & (cond == stim)
+        train = adata[~held].copy()
+        query = adata[(types == t) & (cond == ctrl)].copy()
+        real = adata[types == t].copy()
+        t0 = time.perf_counter()
+        if method in ("pysave", "pysave_flow"):
+            # One model per (held-out type, seed) serves both: the VAE does not depend on the flow stage.
+            key = (dataset, t, seed, args.epochs, args.params)
+            if key not in _PYSAVE_PERT_MODELS:
+                _PYSAVE_PERT_MODELS[key] = train_pysave(train, [ck, tk], None, seed, args, flow=True)
+                t0 += _PYSAVE_PERT_MODELS[key][1]  # counted once below, for both methods
+            model, train_s = _PYSAVE_PERT_MODELS[key]
+            t0 -= train_s
+            via = dict(via="flow", guidance=args.flow_guidance) if method == "pysave_flow" else dict(via="decoder")
+            pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, **via)
+            cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
+        elif method == "scgen_scvi":
+            with tempfile.TemporaryDirectory() as tmp:
+                train.write_h5ad(os.path.join(tmp, "train.h5ad"))
+                query.write_h5ad(os.path.join(tmp, "query.h5ad"))
+                info = peer(args, "perturbation", "--data", os.path.join(tmp, "train.h5ad"), "--predict",
+                            os.path.join(tmp, "query.h5ad"), "--out", os.path.join(tmp, "pred.h5ad"), "--seed", seed,
+                            "--epochs", args.scvi_epochs, "--condition-key", ck, "--cell-type-key", tk,
+                            "--control", ctrl, "--stimulated", stim)
+                import anndata as ad
+
+                pred = ad.read_h5ad(os.path.join(tmp, "pred.h5ad"))
+            cells_per_s.append(train.n_obs * args.scvi_epochs / info["train_seconds"])
+        elif method == "control":
+            pred = query.copy()
+        else:
+            raise SystemExit(f"unknown perturbation method {method}")
+        walls.append(time.perf_counter() - t0)
+        scored = M.perturbation_evaluation(real, pred, ck, ctrl, stim, tk, n_degs=100, seed=seed)
+        row = scored["per_group"].reset_index().iloc[0].to_dict()
+        rows.append(row)
+        degs[t] = scored["degs"][t]
+        log(f"perturbation {dataset} {method} seed {seed} held-out {t}: R2 DEGs {row['degs_r2']:.3f}, all {row['all_r2']:.3f} "
+            f"(control {row['control_degs_r2']:.3f}/{row['control_all_r2']:.3f}, floor {row['floor_degs_r2']:.3f}/"
+            f"{row['floor_all_r2']:.3f}), {walls[-1]:.0f} s")
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c != "group" and not c.startswith("n_")]
+    return {"metrics": {c: float(table[c].mean()) for c in metric_cols}, "per_group": rows,
+            "wall_seconds": float(np.sum(walls)), "train_cells_per_s": float(np.nanmean(cells_per_s)) if cells_per_s else None,
+            "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "held_out": list(held_types),
+            "scored_output": args.transfer_output if method == "pysave" else method}
+
+
+# ----------------------------------------------------------------------------- batch correction
+_PYSAVE_BATCH_MODELS: dict = {}
+
+
+def run_batch(dataset, method, seed, args):
+    from pysave import metrics as M
+
+    spec = DATASETS[dataset]
+    bk, lk = spec["batch_key"], spec["label_key"]
+    adata = load(dataset)
+    adata.obsm["X_pca"] = M.unintegrated_pca(adata, seed=seed)
+    t0 = time.perf_counter()
+    cells_per_s, extra = None, {}
+    if method == "pca":
+        emb = adata.obsm["X_pca"]
+    elif method in ("harmony", "scanorama", "scvi"):
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "in.h5ad")
+            keep = adata.copy()
+            keep.obs = keep.obs[[bk, lk]].astype(str)
+            keep.write_h5ad(src)
+            info = peer(args, "batch", "--method", method, "--data", src, "--out", os.path.join(tmp, "emb.npy"),
+                        "--batch-key", bk, "--seed", seed, "--epochs", args.scvi_epochs)
+            emb = np.load(os.path.join(tmp, "emb.npy"))
+        extra["version"] = info["version"]
+        if info.get("train_seconds"):
+            cells_per_s = adata.n_obs * args.scvi_epochs / info["train_seconds"]
+    elif method in ("pysave_latent", "pysave_corrected"):
+        # One model serves both outputs: trained once per (dataset, seed) in this process.
+        key = (dataset, seed, args.epochs, args.fast)
+        if key not in _PYSAVE_BATCH_MODELS:
+            _PYSAVE_BATCH_MODELS[key] = train_pysave(adata.copy(), [bk], bk, seed, args, flow=False)
+            t0 += _PYSAVE_BATCH_MODELS[key][1]  # training time is added once below, for both outputs
+        model, train_s = _PYSAVE_BATCH_MODELS[key]
+        extra["train_seconds"] = train_s
+        cells_per_s = model.training_summary["vae"]["cells_per_second"]
+        if method == "pysave_latent":
+            emb = model.get_latent_representation(adata)
+        else:
+            model.correct(adata, layer_added="save_corrected")
+            emb = M.unintegrated_pca(adata, layer="save_corrected", seed=seed)
+    else:
+        raise SystemExit(f"unknown batch method {method}")
+    wall = time.perf_counter() - t0 + extra.get("train_seconds", 0)
+    adata.obsm["X_method"] = np.asarray(emb, dtype=np.float32)
+    scored = M.batch_correction(adata, bk, lk, ["X_method"], pre_integrated_key="X_pca", seed=seed)
+    row = scored["table"].loc["X_method"].to_dict()
+    log(f"batch {dataset} {method} seed {seed}: Bio {row['Bio conservation']:.3f}, Batch {row['Batch correction']:.3f}, "
+        f"Total {row['Total']:.3f}, {wall:.0f} s")
+    return {"metrics": {k: float(v) for k, v in row.items()}, "wall_seconds": wall, "train_cells_per_s": cells_per_s,
+            "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "n_cells": int(adata.n_obs), **extra}
+
+
+# ----------------------------------------------------------------------------- generation
+def run_generation(dataset, method, seed, args):
+    sys.path.insert(0, HERE)
+    import eval_generation
+
+    if method != "pysave":
+        raise SystemExit("generation: only pysave (with its noise floor and Gaussian baselines) is wired here so far")
+    t0 = time.perf_counter()
+    params = {**(FAST if args.fast else {}), **json.loads(args.params)}
+    r = eval_generation.run(dataset, seed, args.epochs, params, outputs=("sample", "mean"), guidance=args.guidance)
+    metrics = {}
+    for out, v in r["outputs"].items():
+        metrics.update({f"{out}_{k}": x for k, x in v["pysave"].items()})
+    metrics.update({f"floor_{k}": x for k, x in r["noise_floor"].items()})
+    metrics.update({f"gaussian_{k}": x for k, x in r["gaussian_pca"].items()})
+    return {"metrics": metrics, "wall_seconds": time.perf_counter() - t0, "train_cells_per_s": None,
+            "protocol": r["protocol"], "guidance": args.guidance}
+
+
+RUNNERS = {"perturbation": run_perturbation, "batch": run_batch, "generation": run_generation}
+
+
+# ----------------------------------------------------------------------------- table
+TABLE_METRICS = {
+    "perturbation": [("degs_r2", "R2 top-100 DEGs"), ("all_r2", "R2 all genes"), ("all_pearson_r", "PCC all genes"),
+                     ("degs_r2_score", "r2_score DEGs (sklearn)"), ("floor_degs_r2", "floor R2 DEGs"), ("floor_all_r2", "floor R2 all")],
+    "batch": [("Bio conservation", "Bio"), ("Batch correction", "Batch"), ("Total", "Total")],
+    "generation": [("sample_W1", "W1 sample"), ("mean_W1", "W1 mean"), ("floor_W1", "W1 floor"), ("gaussian_W1", "W1 Gaussian"),
+                   ("sample_MMD", "MMD sample"), ("mean_MMD", "MMD mean"), ("floor_MMD", "MMD floor"), ("gaussian_MMD", "MMD Gaussian")],
+}
+
+
+def _fmt(values):
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} +/- {np.std(values, ddof=1):.3f}"
+
+
+def _merge_perturbation(files):
+    """Perturbation results of one (dataset, method, seed), possibly run a few held-out types at
+    a time: the per-type rows are pooled (a later file replaces a type) and averaged again."""
+    by_type, merged = {}, None
+    for r in sorted(files, key=lambda r: len(r.get("held_out", []))):
+        for row in r["per_group"]:
+            by_type[row["group"]] = (row, r)
+        merged = dict(r)
+    rows = [v[0] for v in by_type.values()]
+    metric_cols = [c for c in rows[0] if c != "group" and not c.startswith("n_")]
+    merged["metrics"] = {c: float(np.mean([row[c] for row in rows])) for c in metric_cols}
+    walls = {id(v[1]): v[1]["wall_seconds"] / max(1, len(v[1]["per_group"])) for v in by_type.values()}
+    merged["wall_seconds"] = float(sum(walls[id(v[1])] for v in by_type.values()))
+    cps = [v[1].get("train_cells_per_s") for v in by_type.values() if v[1].get("train_cells_per_s")]
+    merged["train_cells_per_s"] = float(np.mean(cps)) if cps else None
+    merged["n_types"] = len(rows)
+    return merged
+
+
+def build_table():
+    raw = {}
+    for path in sorted(glob.glob(os.path.join(RESULTS, "bench_*.json"))):
+        r = json.load(open(path))
+        r["method"] = re.sub(r"_(B|CD\w+|NK|Dendritic|FCGR3A\+Mono|CD14\+Mono)(-[^_]+)*$", "", r["method"])  # old names
+        raw.setdefault((r["task"], r["dataset"], r["method"], r["seed"]), []).append(r)
+    runs = {}
+    for (task, dataset, method, seed), files in raw.items():
+        r = _merge_perturbation(files) if task == "perturbation" else files[-1]
+        runs.setdefault((task, dataset, method), []).append(r)
+    lines = []
+    for task in TASKS:
+        keys = sorted(k for k in runs if k[0] == task)
+        if not keys:
+            continue
+        cols = TABLE_METRICS[task]
+        lines += [f"**{task}**", "", "| dataset | method | seeds | " + " | ".join(c[1] for c in cols) + " | wall s | train cells/s |",
+                  "|" + "---|" * (len(cols) + 5)]
+        for key in keys:
+            rs = runs[key]
+            seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+            if task == "perturbation":
+                seeds += f" ({min(r['n_types'] for r in rs)} types)"
+            cells = [_fmt([r["metrics"].get(m) for r in rs]) for m, _ in cols]
+            wall = f"{np.mean([r['wall_seconds'] for r in rs]):.0f}"
+            cps = [r.get("train_cells_per_s") for r in rs if r.get("train_cells_per_s")]
+            lines.append(f"| {key[1]} | {key[2]} | {seeds} | " + " | ".join(cells) + f" | {wall} | {np.mean(cps):.0f} |"
+                         if cps else f"| {key[1]} | {key[2]} | {seeds} | " + " | ".join(cells) + f" | {wall} | - |")
+        lines.append("")
+    table = "\n".join(lines)
+    readme = os.path.join(HERE, "README.md")
+    text = open(readme).read()
+    block = f"<!-- bench-table -->\n{table}\n<!-- /bench-table -->"
+    if "<!-- bench-table -->" in text:
+        text = re.sub(r"<!-- bench-table -->.*<!-- /bench-table -->", lambda _: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    with open(readme, "w") as fh:
+        fh.write(text)
+    print(table)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--dataset", nargs="+", default=None, help="default: every dataset of the task")
+    p.add_argument("--method", nargs="+", default=None, help="default: every method of the task")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--epochs", type=int, default=60, help="pysave VAE epochs")
+    p.add_argument("--scvi-epochs", type=int, default=200)
+    p.add_argument("--paper-size", dest="fast", action="store_false", help="pysave's paper-sized network (default: fast)")
+    p.add_argument("--held-out", nargs="+", default=None, help="perturbation: only these held-out cell types")
+    p.add_argument("--flow-guidance", type=float, default=2.0, help="perturbation: w of pysave_flow (transfer via='flow')")
+    p.add_argument("--transfer-output", default="mean", choices=["mean", "sample"], help="perturbation: pysave's output")
+    p.add_argument("--threads", type=int, default=2, help="torch threads, here and in the peers")
+    p.add_argument("--params", default="{}", help='pysave parameters over the fast/paper set, JSON (e.g. \'{"kl_weight": 0.5}\')')
+    p.add_argument("--guidance", type=float, default=1.0, help="generation: pysave's guidance weight w")
+    p.add_argument("--tag", default="", help="suffix of the method name in results (for variants, e.g. _kl05)")
+    p.add_argument("--peers-python", default=PEERS_PYTHON)
+    p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")
+    p.add_argument("--table", action="store_true", help="only rebuild the README table from results/bench_*.json")
+    args = p.parse_args()
+    if args.table:
+        return build_table()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(RESULTS, exist_ok=True)
+    for task in args.task:
+        for dataset in args.dataset or TASKS[task]["datasets"]:
+            if dataset not in TASKS[task]["datasets"]:
+                continue
+            for method in args.method or TASKS[task]["methods"]:
+                if method not in TASKS[task]["methods"]:
+                    continue
+                for seed in args.seeds:
+                    held = "" if not args.held_out else "_" + "-".join(args.held_out)
+                    name = method + (args.tag if method.startswith("pysave") else "")
+                    out = os.path.join(RESULTS, f"bench_{task}_{dataset}_{name}{held}_s{seed}.json")
+                    if args.skip_existing and os.path.exists(out):
+                        continue
+                    log(f"{task} / {dataset} / {method} / seed {seed}")
+                    result = RUNNERS[task](dataset, method, seed, args)
+                    result.update({"task": task, "dataset": dataset, "method": name, "seed": seed,
+                                   "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
+                                   "pysave_config": (("fast " + json.dumps(FAST)) if args.fast else "paper") + " " + args.params,
+                                   "pysave_epochs": args.epochs, "scvi_epochs": args.scvi_epochs})
+                    with open(out, "w") as fh:
+                        json.dump(result, fh, indent=1, default=float)
+    build_table()
+
+
+if __name__ == "__main__":
+    main()

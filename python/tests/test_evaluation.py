@@ -1,0 +1,135 @@
+"""Batch-correction (scIB) and perturbation (scGen) protocols, and `pysave evaluate --task ...`."""
+import json
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from pysave import metrics as M
+from pysave.cli import main
+from pysave.errors import PySaveError
+from support import shared_file
+
+
+@pytest.fixture(scope="module")
+def kang():
+    a = ad.read_h5ad(shared_file("kang2018_scgen_valid_pbmc_1975.h5ad"))
+    keep = a.obs["cell_type"].isin(["B", "NK", "CD4T"]).to_numpy()
+    genes = np.argsort(-np.asarray(a.X.sum(0)).ravel())[:1500]
+    return a[keep][:, np.sort(genes)].copy()
+
+
+def _halves(a, seed=0):
+    stim = np.flatnonzero(a.obs["condition"].astype(str).to_numpy() == "stimulated")
+    stim = np.random.default_rng(seed).permutation(stim)
+    mask = np.zeros(a.n_obs, dtype=bool)
+    mask[stim[: len(stim) // 2]] = True
+    return a[~mask].copy(), a[mask].copy()  # real (control + half the stimulated), "predicted" (the other half)
+
+
+def test_perturbation_evaluation_scores_real_cells_near_the_floor_and_control_as_control(kang):
+    real, pred = _halves(kang)
+    good = M.perturbation_evaluation(real, pred, "condition", "control", "stimulated", "cell_type", n_degs=50)
+    table = good["per_group"]
+    assert list(table.index) == ["B", "CD4T", "NK"]
+    assert (table["degs_r2"] > table["control_degs_r2"] + 0.2).all()
+    assert (table["all_r2"] > 0.8).all() and (table["degs_r2"] > 0.8).all()
+    assert np.allclose(table["degs_r2"], table["degs_pearson_r"] ** 2)
+    assert {"all_r2_score", "degs_r2_score", "floor_degs_r2", "n_predicted"} <= set(table.columns)
+    assert good["protocol"]["name"] == "perturbation_scgen" and good["protocol"]["n_degs"] == 50
+    # Predicting "no change" (the control cells) reproduces the control baseline exactly.
+    ctrl = real[real.obs["condition"].astype(str) == "control"].copy()
+    lazy = M.perturbation_evaluation(real, ctrl, "condition", "control", "stimulated", "cell_type", n_degs=50)["per_group"]
+    np.testing.assert_allclose(lazy["degs_r2"], lazy["control_degs_r2"])
+    assert (lazy["degs_r2"] < table["degs_r2"]).all()
+
+
+def test_perturbation_evaluation_errors(kang):
+    real, pred = _halves(kang)
+    with pytest.raises(PySaveError, match="no real cells"):
+        M.perturbation_evaluation(real, pred, "condition", "control", "IFN", "cell_type")
+    with pytest.raises(PySaveError, match="not a column"):
+        M.perturbation_evaluation(real, pred, "stim", "control", "stimulated", "cell_type")
+
+
+def test_batch_correction_without_scib_metrics_says_how_to_install(monkeypatch, pbmc_full):
+    monkeypatch.setitem(sys.modules, "scib_metrics", None)  # import fails as if not installed
+    a = pbmc_full[:100].copy()
+    a.obsm["X_x"] = np.zeros((100, 2))
+    with pytest.raises(PySaveError, match=r'pip install "pysave\[eval\]"'):
+        M.batch_correction(a, "batch", "cell_type", ["X_x"])
+    result = CliRunner().invoke(main, ["evaluate", "x.h5ad", "--task", "batch", "--out", "o"])
+    assert result.exit_code != 0 and "--batch-key" in result.output
+
+
+def test_batch_correction_input_errors(pbmc_full):
+    a = pbmc_full[:100].copy()
+    a.obsm["X_x"] = np.zeros((100, 2))
+    with pytest.raises(PySaveError, match="not in obsm"):
+        M.batch_correction(a, "batch", "cell_type", ["X_missing"])
+    with pytest.raises(PySaveError, match="not a column"):
+        M.batch_correction(a, "donor", "cell_type", ["X_x"])
+    with pytest.raises(PySaveError, match="unknown scIB metric"):
+        M.batch_correction(a, "batch", "cell_type", ["X_x"], batch_metrics=("silhouette_batch",))
+
+
+def _embeddings(pbmc_full):
+    rng = np.random.default_rng(0)
+    a = pbmc_full[rng.choice(pbmc_full.n_obs, 500, replace=False)].copy()
+    labels = pd.get_dummies(a.obs["cell_type"].astype(str)).to_numpy(float)
+    batches = pd.get_dummies(a.obs["batch"].astype(str)).to_numpy(float)
+    a.obsm["X_ideal"] = np.hstack([labels * 5, rng.normal(size=(a.n_obs, 5))])  # labels only
+    a.obsm["X_batchy"] = np.hstack([batches * 5, rng.normal(size=(a.n_obs, 5))])  # batches only
+    return a
+
+
+def test_batch_correction_scib(pbmc_full):
+    pytest.importorskip("scib_metrics")
+    a = _embeddings(pbmc_full)
+    result = M.batch_correction(a, "batch", "cell_type", ["X_ideal", "X_batchy"])
+    table = result["table"]
+    assert table.loc["X_ideal", "Bio conservation"] > table.loc["X_batchy", "Bio conservation"]
+    assert table.loc["X_ideal", "Batch correction"] > table.loc["X_batchy", "Batch correction"]
+    np.testing.assert_allclose(table["Total"], 0.6 * table["Bio conservation"] + 0.4 * table["Batch correction"])
+    protocol = result["protocol"]
+    assert protocol["scib_metrics_version"] == M.SCIB_METRICS_VERSION and protocol["min_max_scale"] is False
+    assert len(protocol["bio_metrics"]) >= 4 and len(protocol["batch_metrics"]) == 5
+
+
+def test_evaluate_batch_command(pbmc_full, tmp_path):
+    pytest.importorskip("scib_metrics")
+    a = _embeddings(pbmc_full)
+    a.write_h5ad(tmp_path / "d.h5ad")
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "d.h5ad"), "--task", "batch", "--batch-key", "batch",
+                                       "--label-key", "cell_type", "--embedding", "X_ideal", "--embedding", "X_batchy",
+                                       "--out", str(tmp_path / "e"), "--no-umap"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "e" / "metrics.tsv", sep="\t", index_col=0)
+    assert table.loc["X_ideal", "Total"] > table.loc["X_batchy", "Total"]
+    summary = json.load(open(tmp_path / "e" / "summary.json"))
+    assert summary["task"] == "batch" and summary["protocol"]["name"] == "batch_correction_scib"
+    assert (tmp_path / "e" / "scores.png").exists()
+
+
+def test_evaluate_perturbation_command(kang, tmp_path):
+    real, pred = _halves(kang)
+    real.write_h5ad(tmp_path / "real.h5ad")
+    pred.write_h5ad(tmp_path / "pred.h5ad")
+    out = tmp_path / "p"
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "real.h5ad"), str(tmp_path / "pred.h5ad"), "--task",
+                                       "perturbation", "--condition-key", "condition", "--n-degs", "30", "--seed", "3",
+                                       "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "metrics.tsv", sep="\t", index_col=0)
+    assert set(table.index) == {"B", "CD4T", "NK"} and (table["degs_r2"] > table["control_degs_r2"]).all()
+    summary = json.load(open(out / "summary.json"))
+    assert summary["protocol"]["name"] == "perturbation_scgen" and summary["protocol"]["seed"] == 3
+    assert summary["protocol"]["n_degs"] == 30 and len(summary["degs"]["B"]) == 30
+    for f in ("scores.png", "means.png", "umap.png"):
+        assert (out / f).exists()
+    # Wrong number of inputs for the task: one clear line.
+    bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "real.h5ad"), "--task", "perturbation", "--out", str(tmp_path / "q")])
+    assert bad.exit_code == 1 and "needs two files" in bad.output

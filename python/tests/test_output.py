@@ -1,0 +1,202 @@
+"""Sampled vs mean generated output (issue 4): library-size statistics, count sampling, provenance."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import pysave
+from pysave import data as D
+from pysave.cli import main
+from pysave.errors import PySaveError
+
+
+def test_library_statistics_per_batch_and_combination():
+    rng = np.random.default_rng(0)
+    codes = np.array([[0, 0]] * 30 + [[0, 1]] * 3 + [[1, 0]] * 20, dtype=np.int64)
+    library = np.exp(np.r_[rng.normal(6, 0.5, 30), rng.normal(9, 0.1, 3), rng.normal(8, 0.3, 20)])
+    stats = D.library_statistics(library, codes, codes[:, 0], n_scaler_rows=3)
+    log_lib = np.log(library)
+    assert stats["by_scaler"][0][:2] == pytest.approx([log_lib[:33].mean(), log_lib[:33].std(ddof=1)])
+    assert stats["by_scaler"][1][:2] == pytest.approx([log_lib[33:].mean(), log_lib[33:].std(ddof=1)])
+    assert stats["by_scaler"][2][:2] == pytest.approx([log_lib.mean(), log_lib.std(ddof=1)])  # global row = [MASK]
+    assert set(stats["by_combination"]) == {"0,0", "1,0"}  # 3 cells are too few for a combination of their own
+    json.dumps(stats)  # goes into config.json as it is
+    query = np.array([[0, 0], [0, 1], [1, 0], [2, 0]])
+    mean, sd = D.library_parameters(stats, query, query[:, 0])
+    assert mean == pytest.approx([log_lib[:30].mean(), log_lib[:33].mean(), log_lib[33:].mean(), log_lib.mean()])
+    # Without a batch key there is one global row.
+    single = D.library_statistics(library, codes[:, 1:], np.zeros(len(codes), dtype=int), n_scaler_rows=1)
+    assert single["by_scaler"][0][:2] == pytest.approx([log_lib.mean(), log_lib.std(ddof=1)])
+
+
+def test_sample_counts_follow_the_mean_and_the_library_size():
+    rng = np.random.default_rng(1)
+    frac = rng.dirichlet(np.full(500, 0.3), size=1)[0]
+    lognorm = np.tile(np.log1p(frac * 1e4), (400, 1)).astype(np.float32)
+
+    def draw(log_lib):
+        n = len(lognorm)
+        return D.sample_counts(lognorm, np.full(n, log_lib), np.full(n, 0.2), np.random.default_rng(2), np.random.default_rng(3))
+
+    shallow, deep = draw(np.log(500)), draw(np.log(50_000))
+    assert shallow.dtype == np.float32 and (shallow >= 0).all()
+    # Fewer counts, more zeros; deep sampling converges to the mean fractions.
+    assert (shallow == 0).mean() > (deep == 0).mean() + 0.2
+    assert np.corrcoef(np.expm1(deep).mean(0), frac)[0, 1] > 0.99
+    assert np.expm1(shallow).sum(1) == pytest.approx(1e4, rel=1e-4)  # each cell is re-normalized to CP10k
+    # Negative binomial with a small theta is noisier than Poisson at the same depth.
+    nb = D.sample_counts(lognorm, np.full(400, np.log(50_000)), np.full(400, 0.2), np.random.default_rng(2),
+                         np.random.default_rng(3), theta=np.full(500, 0.5), gamma_rng=np.random.default_rng(4))
+    assert nb.var(0).mean() > 2 * deep.var(0).mean()
+
+
+def test_log_mean_inverter_recovers_poisson_rates():
+    inv = D.LogMeanInverter()
+    rng = np.random.default_rng(0)
+    for library in (400, 3000, 30000):
+        for lam in (0.02, 0.4, 3.0, 40.0, 500.0):
+            k = rng.poisson(lam, 400_000)
+            target = np.log1p(k * 1e4 / library).mean()
+            got = inv.rates(np.array([[target]]), np.array([library]))[0, 0]
+            assert got == pytest.approx(lam, rel=0.03), (library, lam)
+    # Jensen: the naive rate expm1(mean) * L / 1e4 underestimates sparse genes badly.
+    k = rng.poisson(0.3, 400_000)
+    target = np.log1p(k * 1e4 / 2000).mean()
+    assert np.expm1(target) * 2000 / 1e4 < 0.5 * inv.rates(np.array([[target]]), np.array([2000]))[0, 0]
+
+
+def test_log_mean_sampling_keeps_the_per_gene_log_means():
+    rng = np.random.default_rng(5)
+    lam = rng.gamma(0.4, 3.0, size=800)
+    library = lam.sum()
+    counts = rng.poisson(lam, size=(3000, 800))
+    real = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    target = np.tile(real.mean(0), (3000, 1))
+    n = len(target)
+    args = (np.full(n, np.log(library)), np.zeros(n), np.random.default_rng(1), np.random.default_rng(2))
+    matched = D.sample_counts(target, *args, rates="log_mean")
+    naive = D.sample_counts(target, *args, rates="fraction")
+    err = lambda x: np.abs(x.mean(0) - real.mean(0)).mean()  # noqa: E731
+    assert err(matched) < 0.3 * err(naive)
+    assert abs((matched == 0).mean() - (real == 0).mean()) < 0.02
+
+
+def test_sampled_output_has_zeros_like_real_cells(trained):
+    model, adata = trained["model"], trained["adata"]
+    table = adata.obs[["batch", "cell_type"]]
+    sample = model.generate_like(table, seed=0)  # the default output
+    mean = model.generate_like(table, seed=0, output="mean")
+    assert sample.uns["pysave"]["output"] == "sample" and mean.uns["pysave"]["output"] == "mean"
+    assert np.array_equal(sample.obsm["X_save"], mean.obsm["X_save"])  # same flow latents
+    real = adata.X.toarray()
+    real_zeros = (real == 0).mean()
+    assert abs((sample.X == 0).mean() - real_zeros) < abs((mean.X == 0).mean() - real_zeros)
+    assert abs((sample.X == 0).mean() - real_zeros) < 0.15
+    # Per-gene means still follow the decoder means.
+    assert np.corrcoef(sample.X.mean(0), mean.X.mean(0))[0, 1] > 0.95
+    # Each sampled cell is log1p(CP10k): expm1 sums to 1e4.
+    assert np.expm1(sample.X.astype(np.float64)).sum(1) == pytest.approx(1e4, rel=1e-3)
+
+
+def test_sampled_output_is_deterministic_and_chunk_independent(trained, tmp_path):
+    import anndata as ad
+
+    model = trained["model"]
+    table = pd.DataFrame({"cell_type": ["B", "NK", "T_CD4"], "batch": ["10x_5prime", None, "10x_3prime_v1"], "n_cells": [7, 5, 9]})
+    a = model.generate_like(table, seed=4, batch_size=4096, output="sample")
+    b = model.generate_like(table, seed=4, batch_size=5, output="sample")
+    assert np.array_equal(a.X, b.X)
+    c = model.generate_like(table, seed=5, output="sample")
+    assert not np.array_equal(a.X, c.X)
+    path = model.generate_to_h5ad(str(tmp_path / "s.h5ad"), table, seed=4, batch_size=6, output="sample")
+    disk = ad.read_h5ad(path)
+    assert np.array_equal(disk.X, a.X) and disk.uns["pysave"]["output"] == "sample"
+    with pytest.raises(PySaveError, match="output must be one of"):
+        model.generate_like(table, output="median")
+
+
+def test_library_stats_survive_save_and_load(trained, tmp_path):
+    model = trained["model"]
+    loaded = pysave.SAVE.load(trained["dir"], device="cpu", verbose=False)
+    assert loaded.library_stats == json.loads(json.dumps(model.library_stats))
+    x1 = model.generate({"cell_type": "B", "batch": "10x_5prime"}, n_cells=10, seed=3).X
+    x2 = loaded.generate({"cell_type": "B", "batch": "10x_5prime"}, n_cells=10, seed=3).X
+    assert np.array_equal(x1, x2)
+    # A model directory from before library statistics: mean output works, sampling says what to do.
+    old = tmp_path / "old"
+    model.save(str(old))
+    config = json.loads((old / "config.json").read_text())
+    del config["library_stats"]
+    (old / "config.json").write_text(json.dumps(config))
+    legacy = pysave.SAVE.load(str(old), device="cpu", verbose=False)
+    assert legacy.generate({"cell_type": "B"}, n_cells=2, output="mean").n_obs == 2
+    assert legacy.generate({"cell_type": "B"}, n_cells=2).uns["pysave"]["output"] == "mean"  # the default falls back
+    with pytest.raises(PySaveError, match="output='mean'"):
+        legacy.generate({"cell_type": "B"}, n_cells=2, output="sample")
+
+
+def test_transfer_output_kinds(trained):
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[:20].copy()
+    mean = model.transfer(cells, {"batch": "10x_5prime"})
+    assert mean.uns["pysave"]["output"] == "mean" and (mean.X == 0).mean() < 0.01
+    sample = model.transfer(cells, {"batch": "10x_5prime"}, output="sample", seed=1)
+    assert sample.uns["pysave"]["output"] == "sample" and (sample.X == 0).mean() > 0.2
+    assert np.array_equal(sample.X, model.transfer(cells, {"batch": "10x_5prime"}, output="sample", seed=1).X)
+
+
+def test_cli_output_kind(trained, tmp_path):
+    import anndata as ad
+
+    runner = CliRunner()
+    for kind in ("mean", "sample"):
+        out = tmp_path / f"{kind}.h5ad"
+        result = runner.invoke(main, ["generate", trained["dir"], "--n", "6", "--set", "cell_type=B", "--out", str(out),
+                                      "--output-kind", kind, "--quiet"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert ad.read_h5ad(out).uns["pysave"]["output"] == kind
+    default = tmp_path / "default.h5ad"
+    assert runner.invoke(main, ["generate", trained["dir"], "--n", "6", "--set", "cell_type=B", "--out", str(default),
+                                "--quiet"]).exit_code == 0
+    assert ad.read_h5ad(default).uns["pysave"]["output"] == pysave.model.DEFAULT_OUTPUT
+    bad = runner.invoke(main, ["generate", trained["dir"], "--n", "2", "--out", str(tmp_path / "x.h5ad"), "--output-kind", "x"])
+    assert bad.exit_code != 0 and "--output-kind" in bad.output
+    assert not os.path.exists(tmp_path / "x.h5ad")
+
+
+def test_cli_transfer_output_kind(trained, tmp_path):
+    import anndata as ad
+
+    out = tmp_path / "t.h5ad"
+    result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", "batch=10x_5prime", "--out", str(out),
+                                       "--output-kind", "sample", "--seed", "2", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    got = ad.read_h5ad(out)
+    assert got.uns["pysave"]["output"] == "sample" and got.uns["pysave"]["seed"] == 2
+    assert (got.X == 0).mean() > 0.2
+
+
+def test_transfer_via_flow(trained):
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[adata.obs["batch"].astype(str) == "10x_3prime_v2"][:30].copy()
+    mu = model.get_latent_representation(cells, key_added=None)
+    # To the cells' own batch, the flow goes back to noise and returns to (nearly) where it started.
+    same = model.transfer(cells, {"batch": "10x_3prime_v2"}, via="flow", guidance=1.0, n_steps=100)
+    err = np.linalg.norm(same.obsm["X_save"] - mu, axis=1).mean()
+    assert err < 0.1 * np.linalg.norm(mu - mu.mean(0), axis=1).mean()
+    moved = model.transfer(cells, {"batch": "10x_5prime"}, via="flow")
+    plain = model.transfer(cells, {"batch": "10x_5prime"})
+    assert moved.uns["pysave"]["via"] == "flow" and moved.uns["pysave"]["guidance"] == 2.0
+    assert plain.uns["pysave"]["via"] == "decoder" and np.array_equal(plain.obsm["X_save"], mu)
+    shift = np.linalg.norm(moved.obsm["X_save"] - mu, axis=1).mean()
+    assert shift > 2 * err  # another batch moves the latent
+    assert np.array_equal(moved.X, model.transfer(cells, {"batch": "10x_5prime"}, via="flow").X)  # deterministic
+    with pytest.raises(PySaveError, match="via must be"):
+        model.transfer(cells, {"batch": "10x_5prime"}, via="ode")
+    result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", "batch=10x_5prime", "--via", "flow",
+                                       "--steps", "5", "--out", str(os.path.join(os.path.dirname(trained["data"]), "via.h5ad")),
+                                       "--overwrite", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
