@@ -11,6 +11,7 @@ if [ -z "${SKIP_R:-}" ]; then
   bash scripts/setup_r.sh
 fi
 bash scripts/setup.sh
+export PYSAVE_REQUIRE_EVAL=1  # setup.sh installs the eval extra: the scIB tests must run, not skip
 if [ -z "${SKIP_R:-}" ]; then
   export PYSAVE_REQUIRE_R=1   # the .rds tests must run, not skip
 fi

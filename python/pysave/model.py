@@ -317,7 +317,8 @@ class SAVE:
             raise PySaveError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r}.")
         dev = dist_utils.init_from_env(resolve_device(device))
         if precision == "auto":
-            # bf16 where it was measured faster (CUDA); on CPU it was slower (benchmarks/README.md).
+            # CPU stays fp32: bf16 only pays on CPUs with native bf16 (1.46x at paper size on AVX512-bf16,
+            # no gain at the fast size; benchmarks/README.md), and it changes the numerics users get.
             precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
         world, rank = dist_utils.world_size(), dist_utils.rank()
         if batch_size % world:
