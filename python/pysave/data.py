@@ -242,12 +242,14 @@ class Scalers:
 def fit_scalers(X, library: np.ndarray, scaler_index: np.ndarray, n_rows: int) -> Scalers:
     maxima = np.zeros((n_rows, X.shape[1]), dtype=np.float32)
     for start, stop, block in _iter_rows(X):
-        lognorm = log_normalize(block, library[start:stop])
-        codes = scaler_index[start:stop]
-        for b in np.unique(codes):
-            rows = np.flatnonzero(codes == b)
-            maxima[b] = np.maximum(maxima[b], _column_max(lognorm[rows]))
+        update_maxima(maxima, log_normalize(block, library[start:stop]), scaler_index[start:stop])
     return finish_scalers(maxima)
+
+
+def update_maxima(maxima: np.ndarray, lognorm, scaler_rows: np.ndarray) -> None:
+    """Fold a row block's per-gene maxima into ``maxima[scaler row]``, in place."""
+    for b in np.unique(scaler_rows):
+        maxima[b] = np.maximum(maxima[b], _column_max(lognorm[np.flatnonzero(scaler_rows == b)]))
 
 
 def finish_scalers(maxima: np.ndarray) -> Scalers:

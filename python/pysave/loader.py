@@ -60,10 +60,7 @@ class BackedSource(InMemorySource):
         return self.X.shape[0]
 
     def read(self, start: int, stop: int):
-        block = self.X[start:stop]
-        block = sp.csr_matrix(block, dtype=np.float32)
-        if self.columns is not None:
-            block = block[:, self.columns]
+        block = read_counts(self.X, self.columns, start, stop)
         lognorm = D.log_normalize(block, self.library[start:stop])
         x01 = sp.csr_matrix(D.scale_rows(lognorm, self.scalers.values[self.scaler_index[start:stop]]))
         return x01, (block if self.keep_counts else None)
@@ -84,6 +81,12 @@ class BackedSource(InMemorySource):
         x01 = sp.vstack(xs, format="csr") if xs else sp.csr_matrix((0, width), dtype=np.float32)
         counts = (sp.vstack(cs, format="csr") if cs else sp.csr_matrix((0, width), dtype=np.float32)) if self.keep_counts else None
         return InMemorySource(x01, counts, self.codes[rows], self.scaler_index[rows])
+
+
+def read_counts(X, columns: np.ndarray | None, start: int, stop: int) -> sp.csr_matrix:
+    """Raw counts of rows start..stop of a backed matrix, as float32 CSR in the model's genes."""
+    block = sp.csr_matrix(X[start:stop], dtype=np.float32)
+    return block if columns is None else block[:, columns]
 
 
 def to_tensors(x01, counts, codes: np.ndarray, device: torch.device):
@@ -162,14 +165,9 @@ def backed_statistics(X, columns: np.ndarray | None, scaler_index: np.ndarray, n
     step = max(1, n // 10)
     for start in range(0, n, DEFAULT_CHUNK_SIZE):
         stop = min(start + DEFAULT_CHUNK_SIZE, n)
-        block = sp.csr_matrix(X[start:stop], dtype=np.float32)
-        if columns is not None:
-            block = block[:, columns]
+        block = read_counts(X, columns, start, stop)
         library[start:stop] = D.check_counts(block, what)
-        lognorm = D.log_normalize(block, library[start:stop])
-        codes = scaler_index[start:stop]
-        for b in np.unique(codes):
-            maxima[b] = np.maximum(maxima[b], D._column_max(lognorm[np.flatnonzero(codes == b)]))
+        D.update_maxima(maxima, D.log_normalize(block, library[start:stop]), scaler_index[start:stop])
         local = sample_rows[(sample_rows >= start) & (sample_rows < stop)] - start
         if len(local):
             sampled.append((start + local, block[local]))
@@ -190,8 +188,5 @@ def backed_library(X, columns: np.ndarray | None, what: str = "adata.X") -> np.n
     library = np.zeros(X.shape[0], dtype=np.float64)
     for start in range(0, X.shape[0], DEFAULT_CHUNK_SIZE):
         stop = min(start + DEFAULT_CHUNK_SIZE, X.shape[0])
-        block = sp.csr_matrix(X[start:stop], dtype=np.float32)
-        if columns is not None:
-            block = block[:, columns]
-        library[start:stop] = D.check_counts(block, what)
+        library[start:stop] = D.check_counts(read_counts(X, columns, start, stop), what)
     return library
