@@ -27,6 +27,9 @@ DATA = os.path.join(HERE, "..", "..", "shared", "data")
 DATASETS = {
     "pbmc_3tech": ("pbmc_3tech_symphony_1200.h5ad", ["batch", "cell_type"], "batch"),
     "baron_human": ("baron2016_pancreas_human_came_2142.h5ad", ["batch", "cell_type"], "batch"),
+    # single-condition generation (issue 4, task 2)
+    "scvelo_pancreas": ("scvelo_pancreas_e15_supercell_3696.h5ad", ["clusters"], None),
+    "pbmc4k": ("pbmc4k_soupx_2170.h5ad", ["cell_type"], None),
 }
 FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
 
@@ -42,21 +45,67 @@ def stratified_split(obs, keys, seed, test_fraction=0.2):
     return ~test, test
 
 
-def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0):
+def split(dataset, seed, max_genes=2000):
+    """The 80/20 split (stratified by the condition combination) in the model's gene space: the
+    seurat_v3 HVGs of the training cells. Returns train, test, condition keys, batch key."""
     import anndata as ad
     import scanpy as sc
-
-    import pysave
-    from pysave import metrics as M
 
     file, keys, batch_key = DATASETS[dataset]
     adata = ad.read_h5ad(os.path.join(DATA, file))
     train_mask, test_mask = stratified_split(adata.obs, keys, seed)
-    if adata.n_vars > max_genes:  # the model's gene space: HVGs of the training cells (seurat_v3, counts)
+    if adata.n_vars > max_genes:
         hvg = adata[train_mask].copy()
         sc.pp.highly_variable_genes(hvg, n_top_genes=max_genes, flavor="seurat_v3")
         adata = adata[:, hvg.var["highly_variable"].to_numpy()].copy()
-    train, test = adata[train_mask].copy(), adata[test_mask].copy()
+    return adata[train_mask].copy(), adata[test_mask].copy(), keys, batch_key
+
+
+def score(train, test, keys, seed, generated_by_output: dict) -> dict:
+    """Each generated set against the test cells, with the noise floor (training cells of the
+    group vs its test cells) and a per-group Gaussian fitted in the real PC space to the
+    training cells, on the groups all of them score."""
+    from pysave import metrics as M
+
+    scored_by_output = {out: M.generation_fidelity(test, gen, keys, floor=train, seed=seed)
+                        for out, gen in generated_by_output.items()}
+    table = next(iter(scored_by_output.values()))["per_group"]
+    space = M.fit_reference_space(test, seed=seed)
+    z_train, z_test = space.project(train), space.project(test)
+    g_train = train.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    g_test = test.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    rng = np.random.default_rng(seed)
+    z_gauss, g_gauss = [], []
+    for g in np.unique(g_test):
+        zt = z_train[g_train == g]
+        if len(zt) < 2:
+            continue
+        cov = np.cov(zt.T) + 1e-6 * np.eye(zt.shape[1])
+        z_gauss.append(rng.multivariate_normal(zt.mean(0), cov, size=int((g_test == g).sum())))
+        g_gauss += [g] * int((g_test == g).sum())
+    gauss = M.pc_space_distances(z_test, g_test, np.vstack(z_gauss), np.array(g_gauss), seed)
+    common = table.index.intersection(gauss.index)
+    if "floor_W1" in table.columns:
+        common = common.intersection(table.index[table["floor_W1"].notna()])
+    summary = {
+        "groups": int(len(common)),
+        "noise_floor": {m: float(table.loc[common, f"floor_{m}"].mean()) for m in ("W1", "W2", "MMD")},
+        "gaussian_pca": {m: float(gauss.loc[common, m].mean()) for m in ("W1", "W2", "MMD")},
+        "protocol": next(iter(scored_by_output.values()))["protocol"], "outputs": {},
+    }
+    for output, result in scored_by_output.items():
+        t = result["per_group"]
+        summary["outputs"][output] = {
+            "pysave": {m: float(t.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "mean_r2")},
+            "per_group": t.loc[common].reset_index().to_dict(orient="records"),
+        }
+    return summary
+
+
+def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50):
+    import pysave
+
+    train, test, keys, batch_key = split(dataset, seed, max_genes)
     t0 = time.perf_counter()
     saved = None
     if model_dir is not None:
@@ -73,47 +122,46 @@ def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_
         model.training_summary["wall_seconds"] = train_seconds
         if saved is not None:
             model.save(saved)
-    test_g = test[:, model.genes].copy()
-    train_g = train[:, model.genes].copy()
-    scored_by_output, speed = {}, {}
+    generated, speed = {}, {}
     for output in outputs:
         t0 = time.perf_counter()
-        generated = model.generate_like(test.obs[keys], seed=seed, output=output, guidance=guidance)
-        speed[output] = generated.n_obs / (time.perf_counter() - t0)
-        scored_by_output[output] = M.generation_fidelity(test_g, generated, keys, floor=train_g, seed=seed)
-    scored = scored_by_output[outputs[0]]
-    table = scored["per_group"]
-    # Per-group Gaussian in the real PCA space, fitted on the training cells of the group.
-    space = M.fit_reference_space(test_g, seed=seed)
-    z_train, z_test = space.project(train_g), space.project(test_g)
-    g_train = train_g.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
-    g_test = test_g.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
-    rng = np.random.default_rng(seed)
-    z_gauss, g_gauss = [], []
-    for g in np.unique(g_test):
-        zt = z_train[g_train == g]
-        if len(zt) < 2:
-            continue
-        cov = np.cov(zt.T) + 1e-6 * np.eye(zt.shape[1])
-        z_gauss.append(rng.multivariate_normal(zt.mean(0), cov, size=int((g_test == g).sum())))
-        g_gauss += [g] * int((g_test == g).sum())
-    gauss = M.pc_space_distances(z_test, g_test, np.vstack(z_gauss), np.array(g_gauss), seed)
-    common = table.index.intersection(gauss.index)
-    if "floor_W1" in table.columns:
-        common = common.intersection(table.index[table["floor_W1"].notna()])
-    summary = {
-        "dataset": dataset, "seed": seed, "epochs": epochs, "params": params, "groups": int(len(common)),
-        "noise_floor": {m: float(table.loc[common, f"floor_{m}"].mean()) for m in ("W1", "W2", "MMD")},
-        "gaussian_pca": {m: float(gauss.loc[common, m].mean()) for m in ("W1", "W2", "MMD")},
-        "train_seconds": train_seconds, "protocol": scored["protocol"], "guidance": guidance, "outputs": {},
-    }
-    for output, result in scored_by_output.items():
-        t = result["per_group"]
-        summary["outputs"][output] = {
-            "pysave": {m: float(t.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "mean_r2")},
-            "sampling_cells_per_s": speed[output],
-            "per_group": t.loc[common].reset_index().to_dict(orient="records"),
-        }
+        generated[output] = model.generate_like(test.obs[keys], seed=seed, output=output, guidance=guidance, n_steps=n_steps)
+        speed[output] = generated[output].n_obs / (time.perf_counter() - t0)
+    summary = score(train[:, model.genes].copy(), test[:, model.genes].copy(), keys, seed, generated)
+    for output in outputs:
+        summary["outputs"][output]["sampling_cells_per_s"] = speed[output]
+    summary.update({"dataset": dataset, "seed": seed, "epochs": epochs, "params": params, "train_seconds": train_seconds,
+                    "guidance": guidance, "n_steps": n_steps,
+                    "train_cells_per_s": model.training_summary.get("vae", {}).get("cells_per_second")})
+    return summary
+
+
+def run_scvi(dataset, seed, epochs, peers_python, threads=2, max_genes=2000):
+    """scVI as the generation peer (benchmarks/peers.py generate, in the peers' environment) on
+    the same split, genes and scoring."""
+    import subprocess
+    import tempfile
+
+    import anndata as ad
+
+    train, test, keys, _ = split(dataset, seed, max_genes)
+    with tempfile.TemporaryDirectory() as tmp:
+        train.write_h5ad(os.path.join(tmp, "train.h5ad"))
+        request = ad.AnnData(obs=test.obs[keys].astype(str))
+        request.write_h5ad(os.path.join(tmp, "request.h5ad"))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        cmd = [peers_python, os.path.join(HERE, "peers.py"), "generate", "--data", os.path.join(tmp, "train.h5ad"),
+               "--predict", os.path.join(tmp, "request.h5ad"), "--out", os.path.join(tmp, "gen.h5ad"), "--keys", *keys,
+               "--seed", str(seed), "--epochs", str(epochs)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode:
+            raise RuntimeError(f"scVI generation failed:\n{proc.stderr[-3000:]}")
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        generated = ad.read_h5ad(os.path.join(tmp, "gen.h5ad"))
+    generated.var_names = train.var_names
+    summary = score(train, test, keys, seed, {"sample": generated})
+    summary.update({"dataset": dataset, "seed": seed, "epochs": epochs, "train_seconds": info["train_seconds"],
+                    "version": info["version"], "train_cells_per_s": train.n_obs * epochs / info["train_seconds"]})
     return summary
 
 

@@ -26,13 +26,14 @@ def _log_norm(X):
     return np.log1p(X / lib * 1e4)
 
 
-def _scvi_model(adata, batch_key, seed, epochs, n_latent=10):
+def _scvi_model(adata, batch_key, seed, epochs, n_latent=10, categorical_covariate_keys=None):
     import scvi
 
     scvi.settings.seed = seed
     adata = adata.copy()
     adata.layers["counts"] = adata.X.copy()
-    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=batch_key)
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=batch_key,
+                                  categorical_covariate_keys=categorical_covariate_keys)
     model = scvi.model.SCVI(adata, n_latent=n_latent)
     t0 = time.perf_counter()
     model.train(max_epochs=epochs, accelerator="cpu", devices=1, enable_progress_bar=False, batch_size=256)
@@ -77,6 +78,65 @@ def batch(args):
                       "version": md.version(pkg), "n_cells": int(adata.n_obs)}))
 
 
+def _sample_log_normalized(model, z, library, batch_codes, cat_codes=None, seed=0):
+    """Counts drawn from scVI's likelihood (ZINB) at latents ``z``, as log1p(CP10k)."""
+    import torch
+
+    torch.manual_seed(seed)
+    module = model.module.eval()
+    with torch.no_grad():
+        out = module.generative(torch.as_tensor(z, dtype=torch.float32), torch.log(torch.as_tensor(library, dtype=torch.float32))[:, None],
+                                torch.as_tensor(batch_codes, dtype=torch.long)[:, None],
+                                cat_covs=None if cat_codes is None else torch.as_tensor(cat_codes, dtype=torch.long))
+        counts = out["px"].sample().numpy().astype(np.float64)
+    size = counts.sum(1, keepdims=True)
+    size[size == 0] = 1
+    return np.log1p(counts / size * 1e4).astype(np.float32)
+
+
+def _codes(model, key, values):
+    """scVI's integer codes of ``values`` for a registered categorical field ("batch" or a covariate)."""
+    from scvi import REGISTRY_KEYS
+
+    if key == "batch":
+        cats = list(model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+    else:
+        cats = list(model.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).mappings[key])
+    return np.array([cats.index(v) for v in values])
+
+
+def generate(args):
+    """scVI as a conditional generator: trained with the first condition as its batch and the
+    others as categorical covariates; each requested cell is z ~ N(0, I) (scVI's prior), decoded
+    under its conditions with the library size of a random training cell of the same conditions,
+    counts drawn from the ZINB likelihood, written as log1p(CP10k)."""
+    import anndata as ad
+
+    keys = args.keys
+    train = ad.read_h5ad(args.data)
+    request = ad.read_h5ad(args.predict)
+    for k in keys:
+        train.obs[k] = train.obs[k].astype(str)
+    t0 = time.perf_counter()
+    model, _, train_seconds = _scvi_model(train, keys[0], args.seed, args.epochs, categorical_covariate_keys=keys[1:] or None)
+    rng = np.random.default_rng(args.seed)
+    group = train.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    want = request.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    lib_all = np.asarray(train.X.sum(1)).ravel()
+    library = np.array([rng.choice(lib_all[group == g]) if (group == g).any() else rng.choice(lib_all) for g in want])
+    z = rng.standard_normal((request.n_obs, model.module.n_latent)).astype(np.float32)
+    batch_codes = _codes(model, "batch", request.obs[keys[0]].astype(str))
+    cat_codes = np.stack([_codes(model, k, request.obs[k].astype(str)) for k in keys[1:]], 1) if keys[1:] else None
+    X = _sample_log_normalized(model, z, library, batch_codes, cat_codes, args.seed)
+    out = ad.AnnData(X, obs=request.obs[keys].copy(), var=train.var[[]].copy())
+    out.uns["peer"] = {"method": "scVI prior sample, ZINB counts, log1p(CP10k)"}
+    out.write_h5ad(args.out)
+    import importlib.metadata as md
+
+    print(json.dumps({"wall_seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
+                      "version": md.version("scvi-tools"), "n_cells": int(train.n_obs)}))
+
+
 def perturbation(args):
     """scGen's latent arithmetic on an scVI model (scGen itself is broken on PyPI): train scVI on
     the training cells (no batch covariate), delta = mean over cell types seen in both conditions
@@ -86,11 +146,22 @@ def perturbation(args):
     log-normalized cells (log1p of the decoder's expected CP10k would overstate sparse genes:
     E[log1p(x)] < log1p(E[x])), as scGen's own VAE works on log-normalized values."""
     import anndata as ad
-    import torch
 
     train = ad.read_h5ad(args.data)
     query = ad.read_h5ad(args.predict)
     t0 = time.perf_counter()
+    if args.method == "label":
+        # scVI's own counterfactual: condition as its batch; the control cells' latents decoded under "stimulated".
+        train.obs[args.condition_key] = train.obs[args.condition_key].astype(str)
+        model, _, train_seconds = _scvi_model(train, args.condition_key, args.seed, args.epochs)
+        q = query.copy()
+        q.layers["counts"] = q.X.copy()
+        q.obs[args.condition_key] = args.control
+        zq = model.get_latent_representation(q)
+        lib = np.asarray(q.X.sum(1)).ravel().astype(np.float32)
+        X = _sample_log_normalized(model, zq, lib, _codes(model, "batch", [args.stimulated] * q.n_obs), seed=args.seed)
+        return _write_prediction(args, query, X, {"method": "scVI, condition as batch, control latents decoded as stimulated"},
+                                 t0, train_seconds, train.n_obs)
     model, reg, train_seconds = _scvi_model(train, None, args.seed, args.epochs)
     z = model.get_latent_representation(reg)
     cond = train.obs[args.condition_key].astype(str).to_numpy()
@@ -105,22 +176,21 @@ def perturbation(args):
     q.layers["counts"] = q.X.copy()
     zq = model.get_latent_representation(q)
     lib = np.asarray(q.X.sum(1)).ravel().astype(np.float32)
-    module = model.module.eval()
-    torch.manual_seed(args.seed)
-    with torch.no_grad():
-        zt = torch.from_numpy((zq + delta).astype(np.float32))
-        out = module.generative(zt, torch.from_numpy(np.log(lib))[:, None], torch.zeros(len(zt), 1, dtype=torch.long))
-        counts = out["px"].sample().numpy().astype(np.float64)
-    size = counts.sum(1, keepdims=True)
-    size[size == 0] = 1
-    pred = ad.AnnData(np.log1p(counts / size * 1e4).astype(np.float32), obs=query.obs.copy(), var=query.var.copy())
-    pred.obs[args.condition_key] = args.stimulated
-    pred.uns["peer"] = {"method": "scgen-style latent arithmetic on scVI", "n_types_in_delta": len(deltas)}
-    pred.write_h5ad(args.out)
+    X = _sample_log_normalized(model, zq + delta, lib, np.zeros(q.n_obs, dtype=int), seed=args.seed)
+    return _write_prediction(args, query, X, {"method": "scgen-style latent arithmetic on scVI", "n_types_in_delta": len(deltas)},
+                             t0, train_seconds, train.n_obs)
+
+
+def _write_prediction(args, query, X, info, t0, train_seconds, n_train):
+    import anndata as ad
     import importlib.metadata as md
 
+    pred = ad.AnnData(X, obs=query.obs.copy(), var=query.var.copy())
+    pred.obs[args.condition_key] = args.stimulated
+    pred.uns["peer"] = info
+    pred.write_h5ad(args.out)
     print(json.dumps({"wall_seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
-                      "version": md.version("scvi-tools"), "n_cells": int(train.n_obs)}))
+                      "version": md.version("scvi-tools"), "n_cells": int(n_train)}))
 
 
 def main():
@@ -143,8 +213,17 @@ def main():
     q.add_argument("--stimulated", default="stimulated")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--epochs", type=int, default=200)
+    q.add_argument("--method", default="arithmetic", choices=["arithmetic", "label"],
+                   help="arithmetic: scGen's latent shift; label: scVI with the condition as batch, decoded as stimulated")
+    g = sub.add_parser("generate")
+    g.add_argument("--data", required=True, help="training cells (counts)")
+    g.add_argument("--predict", required=True, help="an h5ad whose obs rows are the cells to generate")
+    g.add_argument("--out", required=True)
+    g.add_argument("--keys", nargs="+", required=True, help="condition columns; the first is scVI's batch")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--epochs", type=int, default=200)
     args = p.parse_args()
-    {"batch": batch, "perturbation": perturbation}[args.task](args)
+    {"batch": batch, "perturbation": perturbation, "generate": generate}[args.task](args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,18 @@ Tasks
 - batch (scIB): unintegrated PCA, Harmony, Scanorama, scVI, pysave latent (``X_save``), pysave
   corrected expression (PCA of ``correct()``, batch masked); scored by pysave.metrics.batch_correction.
   pysave conditions on the batch only (no labels: the peers get none either).
-- generation (dual condition; 80/20 stratified split): see eval_generation.py, called from here.
+- unseen (Kang): each cell type in turn, every stimulated cell of that type is removed from
+  training (the same models as the perturbation task when both run in one process); the
+  (stimulated, type) combination is generated and compared with the held-out real cells by
+  pysave.metrics.generation_fidelity. The held-out cells are split in two random halves: half A
+  is the reference, half B the noise floor, and each method produces as many cells as half B.
+  Methods: pysave (``generate_like`` with both conditions, sampled output, w = --guidance),
+  pysave_cfg (the same model and cells with w = --flow-guidance, default 2), control (copy the
+  type's control cells), scvi (scVI with the condition as its batch: the type's control cells
+  decoded as stimulated, ZINB counts; peers venv).
+- generation (80/20 stratified split): dual condition (pbmc_3tech, baron_human) and single
+  condition (scvelo_pancreas, pbmc4k); methods pysave and scvi (prior samples decoded under the
+  conditions); noise floor and per-group Gaussian baselines in every result. See eval_generation.py.
 """
 from __future__ import annotations
 
@@ -40,7 +51,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
+RESULTS = os.environ.get("PYSAVE_BENCH_RESULTS", os.path.join(HERE, "results"))  # a scratch folder for trial runs
 DATA = os.environ.get("PYSAVE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
 PEERS_PYTHON = os.path.join(HERE, "peers-venv", "bin", "python")
 FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
@@ -54,9 +65,10 @@ DATASETS = {
 }
 TASKS = {
     "perturbation": dict(datasets=["kang"], methods=["pysave_flow", "pysave", "scgen_scvi", "control"]),
+    "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected"]),
-    "generation": dict(datasets=["pbmc_3tech", "baron_human"], methods=["pysave"]),
+    "generation": dict(datasets=["pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k"], methods=["pysave", "scvi"]),
 }
 
 
@@ -108,6 +120,15 @@ def train_pysave(adata, keys, batch_key, seed, args, flow=True):
 _PYSAVE_PERT_MODELS: dict = {}
 
 
+def held_out_model(dataset, cell_type, seed, train, keys, args):
+    """One pysave model per (held-out type, seed), shared by the perturbation methods and the
+    unseen-combination task in one process (they remove the same cells from training)."""
+    key = (dataset, cell_type, seed, args.epochs, args.params)
+    if key not in _PYSAVE_PERT_MODELS:
+        _PYSAVE_PERT_MODELS[key] = train_pysave(train, keys, None, seed, args, flow=True)
+    return _PYSAVE_PERT_MODELS[key]
+
+
 def run_perturbation(dataset, method, seed, args):
     from pysave import metrics as M
 
@@ -124,12 +145,7 @@ def run_perturbation(dataset, method, seed, args):
         real = adata[types == t].copy()
         t0 = time.perf_counter()
         if method in ("pysave", "pysave_flow"):
-            # One model per (held-out type, seed) serves both: the VAE does not depend on the flow stage.
-            key = (dataset, t, seed, args.epochs, args.params)
-            if key not in _PYSAVE_PERT_MODELS:
-                _PYSAVE_PERT_MODELS[key] = train_pysave(train, [ck, tk], None, seed, args, flow=True)
-                t0 += _PYSAVE_PERT_MODELS[key][1]  # counted once below, for both methods
-            model, train_s = _PYSAVE_PERT_MODELS[key]
+            model, train_s = held_out_model(dataset, t, seed, train, [ck, tk], args)
             t0 -= train_s
             via = dict(via="flow", guidance=args.flow_guidance) if method == "pysave_flow" else dict(via="decoder")
             pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, **via)
@@ -166,6 +182,69 @@ def run_perturbation(dataset, method, seed, args):
             "wall_seconds": float(np.sum(walls)), "train_cells_per_s": float(np.nanmean(cells_per_s)) if cells_per_s else None,
             "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "held_out": list(held_types),
             "scored_output": args.transfer_output if method == "pysave" else method}
+
+
+# ----------------------------------------------------------------------------- unseen combinations
+def run_unseen(dataset, method, seed, args):
+    import anndata as ad
+    import pandas as pd
+
+    from pysave import metrics as M
+
+    spec = DATASETS[dataset]
+    ck, tk, ctrl, stim = spec["condition_key"], spec["cell_type_key"], spec["control"], spec["stimulated"]
+    adata = load(dataset)
+    cond, types = adata.obs[ck].astype(str).to_numpy(), adata.obs[tk].astype(str).to_numpy()
+    rows, train_s, cells_per_s, walls = [], [], [], []
+    for t in args.held_out or sorted(set(types)):
+        held = (types == t) & (cond == stim)
+        train = adata[~held].copy()
+        order = np.random.default_rng(seed).permutation(np.flatnonzero(held))
+        reference, floor = adata[order[: len(order) // 2]].copy(), adata[order[len(order) // 2:]].copy()
+        control = adata[(types == t) & (cond == ctrl)].copy()
+        t0 = time.perf_counter()
+        if method in ("pysave", "pysave_cfg"):
+            model, seconds = held_out_model(dataset, t, seed, train, [ck, tk], args)
+            train_s.append(seconds)
+            cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
+            w = args.guidance if method == "pysave" else args.flow_guidance
+            generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w)
+        elif method == "control":
+            pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
+            generated = control[pick].copy()
+        elif method == "scvi":
+            with tempfile.TemporaryDirectory() as tmp:
+                pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
+                query = control[pick].copy()
+                query.obs_names_make_unique()
+                train.write_h5ad(os.path.join(tmp, "train.h5ad"))
+                query.write_h5ad(os.path.join(tmp, "query.h5ad"))
+                info = peer(args, "perturbation", "--method", "label", "--data", os.path.join(tmp, "train.h5ad"), "--predict",
+                            os.path.join(tmp, "query.h5ad"), "--out", os.path.join(tmp, "pred.h5ad"), "--seed", seed,
+                            "--epochs", args.scvi_epochs, "--condition-key", ck, "--cell-type-key", tk,
+                            "--control", ctrl, "--stimulated", stim)
+                generated = ad.read_h5ad(os.path.join(tmp, "pred.h5ad"))
+            train_s.append(info["train_seconds"])
+            cells_per_s.append(train.n_obs * args.scvi_epochs / info["train_seconds"])
+        else:
+            raise SystemExit(f"unknown unseen method {method}")
+        walls.append(time.perf_counter() - t0 + (train_s[-1] if method.startswith("pysave") else 0))
+        generated.obs[ck], generated.obs[tk] = stim, t
+        scored = M.generation_fidelity(reference, generated, [ck, tk], floor=floor, seed=seed)
+        row = scored["per_group"].reset_index().iloc[0].to_dict()
+        row.update(group=t, W1_over_floor=row["W1"] / row["floor_W1"])
+        rows.append(row)
+        log(f"unseen {dataset} {method} seed {seed} ({stim}, {t}): W1 {row['W1']:.2f} (floor {row['floor_W1']:.2f}, "
+            f"{row['W1_over_floor']:.2f}x), MMD {row['MMD']:.3f} (floor {row['floor_MMD']:.3f}), mean r2 {row['mean_r2']:.3f} "
+            f"(floor {row['floor_mean_r2']:.3f})")
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c != "group" and not c.startswith("n_")]
+    return {"metrics": {c: float(table[c].mean()) for c in metric_cols}, "per_group": rows,
+            "wall_seconds": float(np.sum(walls)), "train_cells_per_s": float(np.mean(cells_per_s)) if cells_per_s else None,
+            "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "held_out": [r["group"] for r in rows],
+            "scored_output": "sample" if method.startswith("pysave") else method,
+            "guidance": {"pysave": args.guidance, "pysave_cfg": args.flow_guidance}.get(method),
+            "split": "held-out cells halved at random: half A = reference, half B = noise floor; n generated = |B|"}
 
 
 # ----------------------------------------------------------------------------- batch correction
@@ -226,30 +305,41 @@ def run_generation(dataset, method, seed, args):
     sys.path.insert(0, HERE)
     import eval_generation
 
-    if method != "pysave":
-        raise SystemExit("generation: only pysave (with its noise floor and Gaussian baselines) is wired here so far")
     t0 = time.perf_counter()
     params = {**(FAST if args.fast else {}), **json.loads(args.params)}
-    r = eval_generation.run(dataset, seed, args.epochs, params, outputs=("sample", "mean"), guidance=args.guidance)
+    if method == "scvi":
+        r = eval_generation.run_scvi(dataset, seed, args.scvi_epochs, args.peers_python, args.threads)
+    elif method == "pysave":
+        r = eval_generation.run(dataset, seed, args.epochs, params, outputs=("sample", "mean"), guidance=args.guidance,
+                                n_steps=args.steps)
+    else:
+        raise SystemExit(f"unknown generation method {method}")
     metrics = {}
     for out, v in r["outputs"].items():
         metrics.update({f"{out}_{k}": x for k, x in v["pysave"].items()})
     metrics.update({f"floor_{k}": x for k, x in r["noise_floor"].items()})
     metrics.update({f"gaussian_{k}": x for k, x in r["gaussian_pca"].items()})
-    return {"metrics": metrics, "wall_seconds": time.perf_counter() - t0, "train_cells_per_s": None,
-            "protocol": r["protocol"], "guidance": args.guidance}
+    metrics.update({f"{k}_over_floor": metrics[f"{k}"] / metrics[f"floor_{k.split('_', 1)[1]}"]
+                    for k in ("sample_W1", "sample_MMD") if k in metrics})
+    return {"metrics": metrics, "wall_seconds": time.perf_counter() - t0, "train_cells_per_s": r.get("train_cells_per_s"),
+            "protocol": r["protocol"], "guidance": args.guidance if method == "pysave" else None,
+            "n_steps": args.steps if method == "pysave" else None, "groups": r["groups"],
+            "per_group": {out: v["per_group"] for out, v in r["outputs"].items()}}
 
 
-RUNNERS = {"perturbation": run_perturbation, "batch": run_batch, "generation": run_generation}
+RUNNERS = {"perturbation": run_perturbation, "unseen": run_unseen, "batch": run_batch, "generation": run_generation}
 
 
 # ----------------------------------------------------------------------------- table
 TABLE_METRICS = {
     "perturbation": [("degs_r2", "R2 top-100 DEGs"), ("all_r2", "R2 all genes"), ("all_pearson_r", "PCC all genes"),
                      ("degs_r2_score", "r2_score DEGs (sklearn)"), ("floor_degs_r2", "floor R2 DEGs"), ("floor_all_r2", "floor R2 all")],
+    "unseen": [("W1", "W1"), ("floor_W1", "W1 floor"), ("W1_over_floor", "W1 / floor"), ("MMD", "MMD"), ("floor_MMD", "MMD floor"),
+               ("mean_r2", "per-gene-mean r2"), ("floor_mean_r2", "floor r2")],
     "batch": [("Bio conservation", "Bio"), ("Batch correction", "Batch"), ("Total", "Total")],
-    "generation": [("sample_W1", "W1 sample"), ("mean_W1", "W1 mean"), ("floor_W1", "W1 floor"), ("gaussian_W1", "W1 Gaussian"),
-                   ("sample_MMD", "MMD sample"), ("mean_MMD", "MMD mean"), ("floor_MMD", "MMD floor"), ("gaussian_MMD", "MMD Gaussian")],
+    "generation": [("sample_W1", "W1 sampled"), ("floor_W1", "W1 floor"), ("sample_W1_over_floor", "W1 / floor"),
+                   ("gaussian_W1", "W1 Gaussian"), ("sample_MMD", "MMD sampled"), ("floor_MMD", "MMD floor"),
+                   ("gaussian_MMD", "MMD Gaussian"), ("sample_mean_r2", "mean r2"), ("mean_W1", "W1 decoder mean")],
 }
 
 
@@ -289,7 +379,7 @@ def build_table():
         raw.setdefault((r["task"], r["dataset"], r["method"], r["seed"]), []).append(r)
     runs = {}
     for (task, dataset, method, seed), files in raw.items():
-        r = _merge_perturbation(files) if task == "perturbation" else files[-1]
+        r = _merge_perturbation(files) if task in ("perturbation", "unseen") else files[-1]
         runs.setdefault((task, dataset, method), []).append(r)
     lines = []
     for task in TASKS:
@@ -302,7 +392,7 @@ def build_table():
         for key in keys:
             rs = runs[key]
             seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
-            if task == "perturbation":
+            if task in ("perturbation", "unseen"):
                 seeds += f" ({min(r['n_types'] for r in rs)} types)"
             cells = [_fmt([r["metrics"].get(m) for r in rs]) for m, _ in cols]
             wall = f"{np.mean([r['wall_seconds'] for r in rs]):.0f}"
@@ -312,6 +402,9 @@ def build_table():
         lines.append("")
     table = "\n".join(lines)
     readme = os.path.join(HERE, "README.md")
+    if "PYSAVE_BENCH_RESULTS" in os.environ:  # a trial run: its table goes beside its results, not into the README
+        readme = os.path.join(RESULTS, "table.md")
+        open(readme, "a").close()
     text = open(readme).read()
     block = f"<!-- bench-table -->\n{table}\n<!-- /bench-table -->"
     if "<!-- bench-table -->" in text:
@@ -333,11 +426,13 @@ def main():
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--paper-size", dest="fast", action="store_false", help="pysave's paper-sized network (default: fast)")
     p.add_argument("--held-out", nargs="+", default=None, help="perturbation: only these held-out cell types")
-    p.add_argument("--flow-guidance", type=float, default=2.0, help="perturbation: w of pysave_flow (transfer via='flow')")
+    p.add_argument("--flow-guidance", type=float, default=2.0,
+                   help="w of pysave_flow (perturbation: transfer via='flow') and of pysave_cfg (unseen)")
     p.add_argument("--transfer-output", default="mean", choices=["mean", "sample"], help="perturbation: pysave's output")
     p.add_argument("--threads", type=int, default=2, help="torch threads, here and in the peers")
     p.add_argument("--params", default="{}", help='pysave parameters over the fast/paper set, JSON (e.g. \'{"kl_weight": 0.5}\')')
-    p.add_argument("--guidance", type=float, default=1.0, help="generation: pysave's guidance weight w")
+    p.add_argument("--guidance", type=float, default=1.0, help="generation and unseen: pysave's guidance weight w")
+    p.add_argument("--steps", type=int, default=50, help="generation: pysave's Euler steps")
     p.add_argument("--tag", default="", help="suffix of the method name in results (for variants, e.g. _kl05)")
     p.add_argument("--peers-python", default=PEERS_PYTHON)
     p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")
