@@ -39,6 +39,41 @@
   }
 }
 
+# One of `choices` (match.arg rules: the default vector gives the first, unique prefixes match),
+# or an error naming the function, the argument and the allowed values.
+.choice <- function(value, choices, fun, name) {
+  tryCatch(match.arg(value, choices), error = function(e) {
+    got <- if (is.character(value) && length(value) == 1) sprintf("\"%s\"", value)
+           else sprintf("a %s of length %d", class(value)[1], length(value))
+    stop(sprintf("%s: %s must be one of %s; got %s.", fun, name, paste0("\"", choices, "\"", collapse = " or "), got),
+         call. = FALSE)
+  })
+}
+
+# One finite number; `whole`: a whole number in [lower, .Machine$integer.max].
+.check_number <- function(value, fun, name, whole = FALSE, lower = -Inf) {
+  ok <- is.numeric(value) && length(value) == 1 && !is.na(value) && is.finite(value) && value >= lower &&
+    (!whole || (value == round(value) && value <= .Machine$integer.max))
+  if (!ok) {
+    what <- if (whole) sprintf("a whole number >= %s", format(lower)) else "one finite number"
+    stop(sprintf("%s: %s must be %s; got %s.", fun, name, what,
+                 if (is.atomic(value) && length(value) == 1) format(value) else sprintf("a %s of length %d", class(value)[1], length(value))),
+         call. = FALSE)
+  }
+  if (whole) as.integer(value) else as.numeric(value)
+}
+
+# expression = "sample" needs the training cells' library sizes, which model directories saved by
+# an older pysave lack: say so in R's terms (pysave's own message names its `output` argument).
+.check_can_sample <- function(pymodel, fun) {
+  if (!reticulate::py_has_attr(pymodel, "library_stats")) return(invisible(NULL))
+  if (!isTRUE(.r(.py()$builtins$bool(pymodel$library_stats)))) {
+    stop(sprintf(paste0("%s: this model directory has no library-size statistics (it was saved by an older pysave), ",
+                        "so it cannot sample counts; use expression = \"mean\" or retrain the model."), fun), call. = FALSE)
+  }
+  invisible(NULL)
+}
+
 .as_condition_values <- function(x) {
   v <- as.character(x)
   v[is.na(v)] <- "[MASK]"
@@ -68,6 +103,13 @@
 #' @param solver "euler" or "dopri5".
 #' @param seed Random seed (same seed, same cells).
 #' @param device "auto", "cpu", "cuda", "cuda:N" or "mps".
+#' @param expression The values to return (pysave's `output`, CLI `--output-kind`): "sample"
+#'   (the default: counts sampled around the decoder mean with a library size drawn from the
+#'   training cells of the same conditions, then log1p of counts per 10,000, so cells have
+#'   zeros and count noise like real ones) or "mean" (the decoder mean itself: smooth, no
+#'   zeros). Left at its default, a model directory saved by an older pysave without
+#'   library-size statistics gives "mean" (as pysave does; asking for "sample" from such a model
+#'   is an error). The kind used is recorded in the provenance (`$output`).
 #' @return A Seurat or SingleCellExperiment object of generated cells.
 #' @examples
 #' if (SAVEAvailable()) {
@@ -77,10 +119,18 @@
 #'   table(gen$cell_type)
 #'   plan <- data.frame(cell_type = c("B", "NK"), batch = c("10x_5prime", NA))
 #'   gen2 <- GenerateCells(model, n = 3, conditions = plan, output = "SingleCellExperiment")
+#'   smooth <- GenerateCells(model, n = 5, conditions = list(cell_type = "B"), expression = "mean")
 #' }
 #' @export
 GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), output = NULL, guidance = 1,
-                          steps = 50L, solver = "euler", seed = 0L, device = "auto") {
+                          steps = 50L, solver = "euler", seed = 0L, device = "auto",
+                          expression = c("sample", "mean")) {
+  # Left at its default (or NULL), pysave chooses: "sample", or "mean" for a model that cannot sample.
+  kind <- if (missing(expression) || is.null(expression)) NULL
+          else .choice(expression, c("sample", "mean"), "GenerateCells", "expression")
+  guidance <- .check_number(guidance, "GenerateCells", "guidance")
+  steps <- .check_number(steps, "GenerateCells", "steps", whole = TRUE, lower = 1)
+  seed <- .check_number(seed, "GenerateCells", "seed", whole = TRUE, lower = 0)
   model <- .model_of_object(object, NULL, device, "GenerateCells")
   output <- .output_class(object, output)
   if (!is.numeric(n) || length(n) != 1 || is.na(n) || n < 1 || n != round(n)) {
@@ -115,9 +165,10 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
   names(columns) <- names(table)
   py <- .py()
   pymodel <- .py_model(model$path, device)
+  if (identical(kind, "sample")) .check_can_sample(pymodel, "GenerateCells")
   tab <- .pycall(py$bridge$conditions_table(columns, as.integer(rep_len(counts, max(1, nrow(table))))), "GenerateCells")
-  adata <- .pycall(pymodel$generate_like(tab, guidance = as.numeric(guidance), n_steps = as.integer(steps),
-                                         solver = solver, seed = as.integer(seed)), "GenerateCells")
+  adata <- .pycall(pymodel$generate_like(tab, guidance = guidance, n_steps = steps, solver = solver, seed = seed,
+                                         output = kind), "GenerateCells")
   .result_object(adata, output)
 }
 
@@ -128,7 +179,9 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #' cells to another batch, `list(batch = NA)` removes the batch. Returns a **new** object (the
 #' class of `object`, or `output`) with log-normalized expression (Seurat "data" slot, SCE
 #' "logcounts"), the input's metadata with the changed conditions (the original values in
-#' `<condition>_source`), and the encoder means as reduction "save" (SCE: "SAVE").
+#' `<condition>_source`), the latent that was decoded as reduction "save" (SCE: "SAVE": the
+#' encoder means, or with `via = "flow"` the encoder means moved through the flow), and the
+#' provenance (target, `output`, `via`) in `object@misc$pysave` / `metadata(sce)$pysave`.
 #'
 #' @param object A Seurat or SingleCellExperiment object with raw counts and the model's
 #'   condition columns (a missing column is masked).
@@ -138,6 +191,17 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #' @param output "Seurat" or "SingleCellExperiment" (default: the class of `object`).
 #' @param assay,slot Where the raw counts are (as in [RunSAVE()]).
 #' @param device "auto", "cpu", "cuda", "cuda:N" or "mps".
+#' @param expression The values to return (pysave's `output`, CLI `--output-kind`): "mean" (the
+#'   default: the decoder mean, the best estimate of each cell's expression under the target)
+#'   or "sample" (counts sampled around it with a library size drawn for the target conditions,
+#'   then log1p of counts per 10,000; needs a model saved with library-size statistics).
+#' @param via "decoder" (the default: decode the encoder mean under the target conditions; the
+#'   latent stays) or "flow" (also move the latent: back through the flow to noise under the
+#'   cell's conditions, forward under the target ones, then decode; usually closer to the real
+#'   perturbation response, see pysave's benchmarks). CLI `--via`.
+#' @param guidance Classifier-free guidance weight of the flow (`via = "flow"` only).
+#' @param steps Euler steps each way through the flow (`via = "flow"` only).
+#' @param seed Random seed of the sampled counts (`expression = "sample"` only).
 #' @return A Seurat or SingleCellExperiment object of predicted cells.
 #' @examples
 #' if (SAVEAvailable()) {
@@ -145,10 +209,17 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #'   cells <- ReadH5AD(system.file("extdata", "pbmc_tiny.h5ad", package = "saveR"))
 #'   moved <- TransferCells(cells, model, target = list(batch = "10x_5prime"))
 #'   table(moved$batch_source, moved$batch)
+#'   flowed <- TransferCells(cells, model, target = list(batch = "10x_5prime"), via = "flow", steps = 20)
 #' }
 #' @export
 TransferCells <- function(object, model = NULL, target = list(stim = "STIM"), output = NULL, assay = NULL,
-                          slot = "counts", device = "auto") {
+                          slot = "counts", device = "auto", expression = c("mean", "sample"),
+                          via = c("decoder", "flow"), guidance = 2, steps = 50L, seed = 0L) {
+  expression <- .choice(expression, c("mean", "sample"), "TransferCells", "expression")
+  via <- .choice(via, c("decoder", "flow"), "TransferCells", "via")
+  guidance <- .check_number(guidance, "TransferCells", "guidance")
+  steps <- .check_number(steps, "TransferCells", "steps", whole = TRUE, lower = 1)
+  seed <- .check_number(seed, "TransferCells", "seed", whole = TRUE, lower = 0)
   .check_object(object, "TransferCells")
   model <- .resolve_model(model, object, device, "TransferCells")
   output <- .output_class(object, output)
@@ -164,6 +235,8 @@ TransferCells <- function(object, model = NULL, target = list(stim = "STIM"), ou
   if (.is_seurat(object)) assay <- .seurat_assay(object, assay)
   adata <- .object_to_anndata(object, assay = assay, slot = slot, fun = "TransferCells")
   pymodel <- .py_model(model$path, device)
-  out <- .pycall(pymodel$transfer(adata, reticulate::r_to_py(target)), "TransferCells")
+  if (expression == "sample") .check_can_sample(pymodel, "TransferCells")
+  out <- .pycall(pymodel$transfer(adata, reticulate::r_to_py(target), output = expression, seed = seed, via = via,
+                                  guidance = guidance, n_steps = steps), "TransferCells")
   .result_object(out, output)
 }

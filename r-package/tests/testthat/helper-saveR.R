@@ -42,3 +42,15 @@ pbmc_small_sce <- function() {
 }
 
 tiny_model_dir <- function() shared_file("fixtures", "tiny_model")
+
+# A tiny model trained here on the shared fixture (conditions batch, cell_type), once per test run.
+# Unlike fixtures/tiny_model (saved before pysave kept library-size statistics) it can sample counts.
+sampling_fit <- local({
+  fit <- NULL
+  function() {
+    if (is.null(fit)) {
+      fit <<- run_tiny(ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad")), conditions = c("batch", "cell_type"), seed = 1)
+    }
+    fit
+  }
+})

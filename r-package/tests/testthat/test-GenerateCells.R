@@ -46,3 +46,39 @@ test_that("GenerateCells errors name the problem", {
   expect_error(GenerateCells(tempfile(), n = 3), "does not exist")
   expect_error(GenerateCells(tiny_model_dir(), conditions = list(cell_type = c("B", "NK"))), "pass a data.frame")
 })
+
+test_that("GenerateCells expression = \"sample\" (default) gives sampled counts, \"mean\" the decoder mean", {
+  fit <- sampling_fit()
+  args <- list(fit, n = 40, conditions = list(cell_type = "B"), seed = 2)
+  smp <- do.call(GenerateCells, args)
+  avg <- do.call(GenerateCells, c(args, expression = "mean"))
+  expect_identical(S4Vectors::metadata(smp)$pysave$output, "sample")
+  expect_identical(S4Vectors::metadata(avg)$pysave$output, "mean")
+  xs <- as.matrix(SummarizedExperiment::assay(smp, "logcounts"))
+  xm <- as.matrix(SummarizedExperiment::assay(avg, "logcounts"))
+  expect_identical(dim(xs), dim(xm))
+  # sampled cells have zeros and count noise; the decoder mean is smooth (no exact zeros)
+  expect_identical(sum(xm == 0), 0L)
+  expect_gt(mean(xs == 0), 0.02)
+  expect_gt(max(abs(xs - xm)), 0.1)
+  # the output kind only changes the last step: the same latents
+  expect_equal(SingleCellExperiment::reducedDim(smp, "SAVE"), SingleCellExperiment::reducedDim(avg, "SAVE"))
+  # the default is "sample"; explicit "sample" is the same, and the same seed gives the same cells
+  expect_identical(as.matrix(SummarizedExperiment::assay(do.call(GenerateCells, c(args, expression = "sample")), "logcounts")), xs)
+})
+
+test_that("GenerateCells on a model without library-size statistics: default falls back to mean, sample errors", {
+  gen <- GenerateCells(tiny_model_dir(), n = 3, conditions = list(cell_type = "B"), output = "SingleCellExperiment")
+  expect_identical(S4Vectors::metadata(gen)$pysave$output, "mean")
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, conditions = list(cell_type = "B"), expression = "sample"),
+               "GenerateCells: this model directory has no library-size statistics.*use expression = \"mean\"")
+})
+
+test_that("GenerateCells rejects bad expression / guidance / steps / seed with the function's name", {
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, expression = "median"),
+               "GenerateCells: expression must be one of \"sample\" or \"mean\"; got \"median\"", fixed = TRUE)
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, expression = c("mean", "sample")), "GenerateCells: expression must be one of")
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, steps = 0), "GenerateCells: steps must be a whole number >= 1; got 0")
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, seed = 1.5), "GenerateCells: seed must be a whole number >= 0")
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, guidance = "2"), "GenerateCells: guidance must be one finite number")
+})

@@ -23,3 +23,64 @@ test_that("TransferCells errors name the problem", {
   expect_error(TransferCells("x", tiny_model_dir()), "needs a Seurat \\(v4\\) or SingleCellExperiment")
   expect_error(TransferCells(sce, tiny_model_dir(), target = "10x_5prime"), "named list")
 })
+
+test_that("TransferCells via = \"flow\" moves the latent and gives other values than via = \"decoder\"", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  target <- list(batch = "10x_5prime")
+  dec <- TransferCells(sce, tiny_model_dir(), target = target)
+  flow <- TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = 10)
+  expect_identical(S4Vectors::metadata(dec)$pysave$via, "decoder")
+  expect_identical(S4Vectors::metadata(dec)$pysave$output, "mean")
+  info <- S4Vectors::metadata(flow)$pysave
+  expect_identical(info$via, "flow")
+  expect_identical(info$n_steps, 10L)
+  expect_identical(info$guidance, 2)
+  expect_identical(info$output, "mean")
+  xd <- as.matrix(SummarizedExperiment::assay(dec, "logcounts"))
+  xf <- as.matrix(SummarizedExperiment::assay(flow, "logcounts"))
+  expect_identical(dim(xf), dim(xd))
+  expect_true(all(is.finite(xf)))
+  expect_gt(max(abs(xf - xd)), 0.05)
+  expect_gt(max(abs(SingleCellExperiment::reducedDim(flow, "SAVE") - SingleCellExperiment::reducedDim(dec, "SAVE"))), 0.01)
+  expect_true(all(flow$batch == "10x_5prime"))
+  # guidance is passed on (it changes the transport) and the flow is deterministic
+  other <- TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = 10, guidance = 1)
+  expect_identical(S4Vectors::metadata(other)$pysave$guidance, 1)
+  expect_gt(max(abs(as.matrix(SummarizedExperiment::assay(other, "logcounts")) - xf)), 1e-4)
+  again <- TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = 10)
+  expect_equal(as.matrix(SummarizedExperiment::assay(again, "logcounts")), xf, tolerance = 1e-6)
+})
+
+test_that("TransferCells expression = \"sample\" samples counts (seeded) from a model that can", {
+  fit <- sampling_fit()
+  target <- list(batch = "10x_5prime")
+  avg <- TransferCells(fit, target = target)
+  smp <- TransferCells(fit, target = target, expression = "sample", seed = 4)
+  expect_identical(S4Vectors::metadata(smp)$pysave$output, "sample")
+  expect_identical(S4Vectors::metadata(smp)$pysave$seed, 4L)
+  xs <- as.matrix(SummarizedExperiment::assay(smp, "logcounts"))
+  xm <- as.matrix(SummarizedExperiment::assay(avg, "logcounts"))
+  expect_identical(sum(xm == 0), 0L)
+  expect_gt(sum(xs == 0), sum(xm == 0))
+  expect_identical(as.matrix(SummarizedExperiment::assay(
+    TransferCells(fit, target = target, expression = "sample", seed = 4), "logcounts")), xs)
+  expect_false(identical(as.matrix(SummarizedExperiment::assay(
+    TransferCells(fit, target = target, expression = "sample", seed = 5), "logcounts")), xs))
+})
+
+test_that("TransferCells rejects bad expression / via / guidance / steps / seed with the function's name", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  target <- list(batch = "10x_5prime")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "flux"),
+               "TransferCells: via must be one of \"decoder\" or \"flow\"; got \"flux\"", fixed = TRUE)
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = NA), "TransferCells: via must be one of")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "counts"),
+               "TransferCells: expression must be one of \"mean\" or \"sample\"; got \"counts\"", fixed = TRUE)
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "sample"),
+               "TransferCells: this model directory has no library-size statistics.*use expression = \"mean\"")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = -1),
+               "TransferCells: steps must be a whole number >= 1; got -1")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, guidance = NA_real_),
+               "TransferCells: guidance must be one finite number")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, seed = -3), "TransferCells: seed must be a whole number >= 0")
+})

@@ -50,3 +50,32 @@ test_that("RunSAVE's engine arguments are exactly pysave's", {
   # chunk_size only applies to backed (on-disk) AnnData, which an R object never is.
   expect_setequal(c(unname(saveR:::.TRAIN_ARGS), "seed", "device", "progress", "chunk_size", "self"), unlist(train_formals))
 })
+
+test_that("GenerateCells' and TransferCells' defaults are pysave's (generate_like / transfer)", {
+  saveR:::.py()
+  py_defaults <- function(method) reticulate::py_eval(sprintf(paste0(
+    "{k: p.default for k, p in __import__('inspect').signature(__import__('pysave').SAVE.%s).parameters.items() ",
+    "if p.default is not __import__('inspect').Parameter.empty}"), method))
+  pymodel <- reticulate::import("pysave.model")
+  r_default <- function(fun, arg) {
+    value <- eval(formals(fun)[[arg]])
+    if (is.character(value)) value[1] else value  # match.arg: the first choice
+  }
+  # R argument = pysave argument
+  gen <- py_defaults("generate_like")
+  map <- c(guidance = "guidance", steps = "n_steps", solver = "solver", seed = "seed")
+  for (a in names(map)) {
+    expect_identical(r_default(GenerateCells, a), gen[[map[[a]]]], label = paste("GenerateCells", a))
+  }
+  # generate_like's output default is None: "sample" (DEFAULT_OUTPUT) where the model can sample
+  expect_true("output" %in% names(gen) && is.null(gen[["output"]]))
+  expect_identical(r_default(GenerateCells, "expression"), pymodel$DEFAULT_OUTPUT)
+  expect_setequal(eval(formals(GenerateCells)$expression), unlist(pymodel$OUTPUT_KINDS))
+  tr <- py_defaults("transfer")
+  map <- c(expression = "output", via = "via", guidance = "guidance", steps = "n_steps", seed = "seed")
+  for (a in names(map)) {
+    expect_identical(r_default(TransferCells, a), tr[[map[[a]]]], label = paste("TransferCells", a))
+  }
+  expect_setequal(eval(formals(TransferCells)$expression), unlist(pymodel$OUTPUT_KINDS))
+  expect_setequal(eval(formals(TransferCells)$via), c("decoder", "flow"))
+})
