@@ -177,11 +177,12 @@ def main():
     parser.add_argument("--model-dir", default=None, help="keep trained models here and reuse them")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance weight w")
+    parser.add_argument("--steps", type=int, default=50, help="Euler steps of the flow ODE")
     args = parser.parse_args()
     params = dict({} if args.paper_size else FAST, gene_embeddings=args.gene_embeddings)
     tag = ("" if args.gene_embeddings == "data" else f"_{os.path.basename(args.gene_embeddings)}") + args.tag
     for dataset in args.dataset:
-        runs = [run(dataset, s, args.epochs, params, tuple(args.output), args.model_dir, guidance=args.guidance)
+        runs = [run(dataset, s, args.epochs, params, tuple(args.output), args.model_dir, guidance=args.guidance, n_steps=args.steps)
                 for s in args.seeds]
         for r in runs:
             print(json.dumps({"dataset": r["dataset"], "seed": r["seed"], "noise_floor": r["noise_floor"],

@@ -98,7 +98,7 @@ def load(dataset, n_hvg=2000):
 def peer(args, *cli):
     """Run benchmarks/peers.py in the peers' environment; its last stdout line is JSON."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = ["nice", "-n", "10", args.peers_python, os.path.join(HERE, "peers.py"), *map(str, cli)]
+    cmd = [args.peers_python, os.path.join(HERE, "peers.py"), *map(str, cli)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"peer failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
@@ -129,6 +129,12 @@ def held_out_model(dataset, cell_type, seed, train, keys, args):
     return _PYSAVE_PERT_MODELS[key]
 
 
+def flow_guidance(method, args):
+    """w of a pysave_flow method: --flow-guidance, or the number in its name (pysave_flow_w3 -> 3)."""
+    m = re.fullmatch(r"pysave_flow_w([0-9.]+)", method)
+    return float(m.group(1)) if m else args.flow_guidance
+
+
 def run_perturbation(dataset, method, seed, args):
     from pysave import metrics as M
 
@@ -144,10 +150,11 @@ def run_perturbation(dataset, method, seed, args):
         query = adata[(types == t) & (cond == ctrl)].copy()
         real = adata[types == t].copy()
         t0 = time.perf_counter()
-        if method in ("pysave", "pysave_flow"):
+        if method == "pysave" or method.startswith("pysave_flow"):
             model, train_s = held_out_model(dataset, t, seed, train, [ck, tk], args)
             t0 -= train_s
-            via = dict(via="flow", guidance=args.flow_guidance) if method == "pysave_flow" else dict(via="decoder")
+            via = (dict(via="flow", guidance=flow_guidance(method, args)) if method.startswith("pysave_flow")
+                   else dict(via="decoder"))
             pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, **via)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
         elif method == "scgen_scvi":
@@ -181,7 +188,8 @@ def run_perturbation(dataset, method, seed, args):
     return {"metrics": {c: float(table[c].mean()) for c in metric_cols}, "per_group": rows,
             "wall_seconds": float(np.sum(walls)), "train_cells_per_s": float(np.nanmean(cells_per_s)) if cells_per_s else None,
             "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "held_out": list(held_types),
-            "scored_output": args.transfer_output if method == "pysave" else method}
+            "scored_output": args.transfer_output if method == "pysave" else method,
+            "guidance": flow_guidance(method, args) if method.startswith("pysave_flow") else None}
 
 
 # ----------------------------------------------------------------------------- unseen combinations
@@ -338,7 +346,7 @@ TABLE_METRICS = {
                ("mean_r2", "per-gene-mean r2"), ("floor_mean_r2", "floor r2")],
     "batch": [("Bio conservation", "Bio"), ("Batch correction", "Batch"), ("Total", "Total")],
     "generation": [("sample_W1", "W1 sampled"), ("floor_W1", "W1 floor"), ("sample_W1_over_floor", "W1 / floor"),
-                   ("gaussian_W1", "W1 Gaussian"), ("sample_MMD", "MMD sampled"), ("floor_MMD", "MMD floor"),
+                   ("gaussian_W1", "W1 Gaussian"), ("sample_MMD", "MMD sampled"), ("floor_MMD", "MMD floor"), ("sample_MMD_over_floor", "MMD / floor"),
                    ("gaussian_MMD", "MMD Gaussian"), ("sample_mean_r2", "mean r2"), ("mean_W1", "W1 decoder mean")],
 }
 
@@ -368,7 +376,53 @@ def _merge_perturbation(files):
     cps = [v[1].get("train_cells_per_s") for v in by_type.values() if v[1].get("train_cells_per_s")]
     merged["train_cells_per_s"] = float(np.mean(cps)) if cps else None
     merged["n_types"] = len(rows)
+    merged["per_group"] = rows
     return merged
+
+
+PER_TYPE = {"perturbation": (("degs_r2", "all_r2"), ("floor_degs_r2", "floor_all_r2"), "R2 top-100 DEGs / R2 all genes"),
+            "unseen": (("W1_over_floor", "mean_r2"), (None, "floor_mean_r2"), "W1 / floor W1 , per-gene-mean r2")}
+
+
+def per_type_table(task, runs):
+    """Per held-out cell type: each method's two main metrics, mean over its seeds."""
+    (a, b), (fa, fb), what = PER_TYPE[task]
+    cells, floors, types = {}, {}, set()
+    for (_, dataset, method), rs in runs.items():
+        by_type = {}
+        for r in rs:
+            for row in r["per_group"]:
+                by_type.setdefault(row["group"], []).append(row)
+        for t, rows in by_type.items():
+            types.add(t)
+            cells[(method, t)] = f"{np.mean([x[a] for x in rows]):.3f} / {np.mean([x[b] for x in rows]):.3f} ({len(rows)})"
+            floors.setdefault(t, f"{np.mean([x[fa] for x in rows]):.3f} / " if fa else "1 / ")
+            floors[t] = floors[t].split(" / ")[0] + f" / {np.mean([x[fb] for x in rows]):.3f}"
+    methods = sorted({m for _, _, m in runs})
+    out = [f"Per held-out type ({what}; in brackets: the number of seeds):", "",
+           "| held-out type | " + " | ".join(methods) + " | noise floor |", "|" + "---|" * (len(methods) + 2)]
+    for t in sorted(types):
+        out.append(f"| {t} | " + " | ".join(cells.get((m, t), "-") for m in methods) + f" | {floors[t]} |")
+    return out + [""]
+
+
+PLOT_METRICS = {
+    "perturbation": ["degs_r2", "all_r2"], "unseen": ["W1_over_floor", "mean_r2"], "batch": ["Bio conservation", "Batch correction", "Total"],
+    "generation": ["sample_W1_over_floor", "sample_MMD_over_floor", "sample_mean_r2"],
+}
+
+
+def plot_task(task, runs):
+    """results/bench_<task>.png: the table's main metrics as bars (mean over seeds), one row per
+    (dataset, method): what readers look at before the numbers."""
+    import pandas as pd
+
+    from pysave import plotting
+
+    cols = PLOT_METRICS[task]
+    rows = {f"{d} / {m}": {c: np.nanmean([r["metrics"].get(c, np.nan) for r in rs]) for c in cols} for (_, d, m), rs in runs.items()}
+    labels = [dict(TABLE_METRICS[task]).get(c, c) for c in cols]
+    plotting.grouped_bars(pd.DataFrame(rows).T, cols, os.path.join(RESULTS, f"bench_{task}.png"), title=task, labels=labels)
 
 
 def build_table():
@@ -400,6 +454,9 @@ def build_table():
             lines.append(f"| {key[1]} | {key[2]} | {seeds} | " + " | ".join(cells) + f" | {wall} | {np.mean(cps):.0f} |"
                          if cps else f"| {key[1]} | {key[2]} | {seeds} | " + " | ".join(cells) + f" | {wall} | - |")
         lines.append("")
+        if task in PER_TYPE:
+            lines += per_type_table(task, {k: runs[k] for k in keys})
+        plot_task(task, {k: runs[k] for k in keys})
     table = "\n".join(lines)
     readme = os.path.join(HERE, "README.md")
     if "PYSAVE_BENCH_RESULTS" in os.environ:  # a trial run: its table goes beside its results, not into the README
@@ -449,7 +506,7 @@ def main():
             if dataset not in TASKS[task]["datasets"]:
                 continue
             for method in args.method or TASKS[task]["methods"]:
-                if method not in TASKS[task]["methods"]:
+                if method not in TASKS[task]["methods"] and not (task == "perturbation" and re.fullmatch(r"pysave_flow_w[0-9.]+", method)):
                     continue
                 for seed in args.seeds:
                     held = "" if not args.held_out else "_" + "-".join(args.held_out)

@@ -186,7 +186,8 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--set", "sets", multiple=True, help="Condition KEY=VALUE (repeat); conditions not set are masked.")
 @click.option("--like", "like", type=click.Path(), default=None, help="CSV/TSV/h5ad table: one row per cell, or with an n_cells column.")
 @click.option("--out", required=True, type=click.Path(), help="Output .h5ad.")
-@click.option("--guidance", type=float, default=1.0, show_default=True, help="Classifier-free guidance weight w.")
+@click.option("--guidance", type=float, default=2.0, show_default=True,
+              help="Classifier-free guidance weight w (1 = the plain conditional model).")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps.")
 @click.option("--solver", type=click.Choice(["euler", "dopri5"]), default="euler", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -226,9 +227,10 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
 @click.option("--output-kind", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
               help="mean: decoder mean of each cell's latent; sample: counts drawn around it, as log1p(CP10k).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled output.")
-@click.option("--via", type=click.Choice(["decoder", "flow"]), default="decoder", show_default=True,
-              help="decoder: decode the cell's latent under the target; flow: also move the latent through the flow "
-                   "(back to noise under the cell's conditions, forward under the target).")
+@click.option("--via", type=click.Choice(["flow", "decoder"]), default="flow", show_default=True,
+              help="flow: move the cell's latent through the flow (back to noise under its conditions, forward under "
+                   "the target), then decode; decoder: decode the cell's latent under the target (faster, less accurate "
+                   "for perturbations).")
 @click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow.")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
 @common_device

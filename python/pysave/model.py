@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,16 @@ OUTPUT_DESCRIPTIONS = {
               "mean; negative binomial with the learned dispersion for likelihood='nb'), library size drawn from the "
               "training cells of the same conditions, then log1p(CP10k)",
 }
+
+# Classifier-free guidance weight of generation. Sampled output, 80/20 splits, seed 0: W1 to the
+# held-out cells 13.12 -> 12.54 (pbmc_3tech) and 15.82 -> 14.09 (Baron) from w = 1 to w = 2, MMD
+# lower too; w = 3 and 4 worse than 2 (benchmarks/README.md). w != 1 costs a second pass per step.
+DEFAULT_GUIDANCE = 2.0
+
+# transfer(): move the latent through the flow by default. Kang, each of the 7 cell types held out in
+# turn (benchmarks/README.md): R^2 on the top-100 DEGs 0.87 via the flow, 0.61 via the decoder alone.
+DEFAULT_TRANSFER_VIA = "flow"
+TRANSFER_VIAS = ("flow", "decoder")
 
 MIN_FLOW_STEPS = 4000
 MIN_PATIENCE_STEPS = 1000
@@ -584,6 +595,10 @@ class SAVE:
             raise PySaveError(f"solver must be one of {SOLVERS}, got {solver!r}.")
         if int(n_steps) < 1:
             raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
+        if float(guidance) != 1.0 and float(self.params["mask_prob"]) == 0.0:
+            # Guidance mixes in the unconditional field, which only condition masking trains.
+            warnings.warn(f"this model was trained with mask_prob=0, so its unconditional field is untrained and "
+                          f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).", stacklevel=3)
         table = pd.DataFrame(obs_table).reset_index(drop=True)
         if "n_cells" in table.columns:
             counts = pd.to_numeric(table.pop("n_cells"), errors="coerce")
@@ -660,12 +675,13 @@ class SAVE:
                                               "solver": solver, "output": output,
                                               "output_description": OUTPUT_DESCRIPTIONS[output] + "; latents sampled by the flow"})
 
-    def generate_like(self, obs_table: pd.DataFrame, guidance: float = 1.0, n_steps: int = 50, solver: str = "euler",
+    def generate_like(self, obs_table: pd.DataFrame, guidance: float = DEFAULT_GUIDANCE, n_steps: int = 50, solver: str = "euler",
                       seed: int = 0, batch_size: int = 4096, output: str | None = None):
         """Generate one cell per row of ``obs_table`` (or ``n_cells`` per row if it has that column).
 
         Condition columns that are absent or missing are masked. ``guidance`` is the
-        classifier-free guidance weight w (1 = the plain conditional model); ``solver`` is
+        classifier-free guidance weight w (1 = the plain conditional model; the default 2 pushes
+        samples towards their conditions and was closer to real cells); ``solver`` is
         ``"euler"`` (``n_steps`` fixed steps) or ``"dopri5"`` (adaptive, torchdiffeq).
         ``output`` is ``"sample"`` (counts drawn around the decoder mean with a library size
         from the training cells of the same conditions, as log1p(CP10k): cells with zeros and
@@ -685,7 +701,7 @@ class SAVE:
         out.obsm["X_save"] = Z
         return out
 
-    def generate_to_h5ad(self, path: str, obs_table: pd.DataFrame, guidance: float = 1.0, n_steps: int = 50,
+    def generate_to_h5ad(self, path: str, obs_table: pd.DataFrame, guidance: float = DEFAULT_GUIDANCE, n_steps: int = 50,
                          solver: str = "euler", seed: int = 0, batch_size: int = 4096, overwrite: bool = False,
                          extra_uns: dict | None = None, output: str | None = None) -> str:
         """Like :meth:`generate_like`, but cells go to ``path`` chunk by chunk: memory stays
@@ -701,7 +717,7 @@ class SAVE:
             return out.finish(self._generated_obs(codes, table), uns)
 
     def transfer(self, adata, target: dict, batch_size: int = 1024, output: str = "mean", seed: int = 0,
-                 via: str = "decoder", guidance: float = 2.0, n_steps: int = 50):
+                 via: str = DEFAULT_TRANSFER_VIA, guidance: float = 2.0, n_steps: int = 50):
         """Encode cells under their own conditions and decode them under ``target``.
 
         Perturbation prediction (``{"condition": "stimulated"}``) and batch transfer
@@ -711,19 +727,19 @@ class SAVE:
         the target), or counts sampled around it (``"sample"``, library size drawn for the
         target conditions; ``seed`` seeds it).
 
-        ``via="decoder"`` decodes the encoder mean under the target conditions (the latent stays);
-        ``via="flow"`` also moves the latent: back through the flow to noise under the cell's
-        conditions, forward under the target ones (``guidance`` w, ``n_steps`` Euler steps each
-        way), then decodes under the target. The flow learned how each condition shifts the
-        latent distribution, which the decoder alone applies only in part (Kang, B cells held out:
-        R^2 on the top-100 DEGs 0.77 via the decoder, 0.87 via the flow at w = 1, 0.89 at w = 2; CD4T:
-        0.67 via the decoder, 0.89 via the flow at w = 2;
-        benchmarks/README.md). ``guidance`` and ``n_steps`` only matter for ``via="flow"``.
+        ``via="flow"`` (the default) moves the latent too: back through the flow to noise under
+        the cell's conditions, forward under the target ones (``guidance`` w, ``n_steps`` Euler
+        steps each way), then decodes under the target. ``via="decoder"`` decodes the encoder mean
+        under the target conditions (the latent stays; ~200x less compute). The flow learned how
+        each condition shifts the latent distribution, which the decoder alone applies only in
+        part: on Kang with each cell type's stimulated cells held out, R^2 on the top-100 DEGs is
+        about 0.87 via the flow and 0.61 via the decoder (benchmarks/README.md). ``guidance`` and
+        ``n_steps`` only matter for ``via="flow"``. :meth:`correct` uses the decoder.
         """
         self._require_trained()
         output = self._check_output(output)
-        if via not in ("decoder", "flow"):
-            raise PySaveError(f"via must be 'decoder' or 'flow', got {via!r}.")
+        if via not in TRANSFER_VIAS:
+            raise PySaveError(f"via must be 'flow' or 'decoder', got {via!r}.")
         if int(n_steps) < 1:
             raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
         if not target:
@@ -756,8 +772,8 @@ class SAVE:
         via_info = {"via": via, **({"guidance": float(guidance), "n_steps": int(n_steps)} if via == "flow" else {})}
         out = self._output(X, obs, "transferred", {"target": {k: str(v) for k, v in target.items()}, "output": output,
                                                    "output_description": OUTPUT_DESCRIPTIONS[output] + (
-                                                       " of the encoder mean" if via == "decoder" else
-                                                       " of the encoder mean moved through the flow"), **via_info,
+                                                       "; decoded from the encoder mean" if via == "decoder" else
+                                                       "; decoded from the encoder mean moved through the flow"), **via_info,
                                                    **({"seed": int(seed)} if output == "sample" else {})})
         out.obsm["X_save"] = z.numpy()
         return out
@@ -781,7 +797,8 @@ class SAVE:
         if key is None:
             raise PySaveError("no batch key: register one with setup_anndata(..., batch_key=) or pass batch_key=.")
         adata = self.adata if adata is None else adata
-        out = self.transfer(adata, {key: reference}, batch_size=batch_size)
+        # The decoder path: measured for integration (scIB); the flow path is not, there.
+        out = self.transfer(adata, {key: reference}, batch_size=batch_size, via="decoder")
         if layer_added and adata is not None:
             adata.layers[layer_added] = out.X
         return out.X

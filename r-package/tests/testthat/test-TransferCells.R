@@ -27,8 +27,8 @@ test_that("TransferCells errors name the problem", {
 test_that("TransferCells via = \"flow\" moves the latent and gives other values than via = \"decoder\"", {
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   target <- list(batch = "10x_5prime")
-  dec <- TransferCells(sce, tiny_model_dir(), target = target)
-  flow <- TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = 10)
+  dec <- TransferCells(sce, tiny_model_dir(), target = target, via = "decoder")
+  flow <- TransferCells(sce, tiny_model_dir(), target = target, steps = 10)  # the flow is the default
   expect_identical(S4Vectors::metadata(dec)$pysave$via, "decoder")
   expect_identical(S4Vectors::metadata(dec)$pysave$output, "mean")
   info <- S4Vectors::metadata(flow)$pysave
@@ -72,7 +72,7 @@ test_that("TransferCells rejects bad expression / via / guidance / steps / seed 
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   target <- list(batch = "10x_5prime")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "flux"),
-               "TransferCells: via must be one of \"decoder\" or \"flow\"; got \"flux\"", fixed = TRUE)
+               "TransferCells: via must be one of \"flow\" or \"decoder\"; got \"flux\"", fixed = TRUE)
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = NA), "TransferCells: via must be one of")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "counts"),
                "TransferCells: expression must be one of \"mean\" or \"sample\"; got \"counts\"", fixed = TRUE)
