@@ -29,7 +29,8 @@ Tasks
   pysave.metrics.generation_fidelity. The held-out cells are split in two random halves: half A
   is the reference, half B the noise floor, and each method produces as many cells as half B.
   Methods: pysave (``generate_like`` with both conditions, sampled output, w = --guidance),
-  pysave_cfg (the same model and cells with w = --flow-guidance, default 2), control (copy the
+  pysave_cfg (the same model and cells with w = --flow-guidance, default 2), pysave_transfer (the
+  type's control cells moved by ``transfer(via="flow")``, sampled output: the input scvi gets), control (copy the
   type's control cells), scvi (scVI with the condition as its batch: the type's control cells
   decoded as stimulated, ZINB counts; peers venv).
 - generation (80/20 stratified split): dual condition (pbmc_3tech, baron_human) and single
@@ -65,7 +66,7 @@ DATASETS = {
 }
 TASKS = {
     "perturbation": dict(datasets=["kang"], methods=["pysave_flow", "pysave", "scgen_scvi", "control"]),
-    "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "control", "scvi"]),
+    "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_transfer", "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected"]),
     "generation": dict(datasets=["pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k"], methods=["pysave", "scvi"]),
@@ -211,12 +212,18 @@ def run_unseen(dataset, method, seed, args):
         reference, floor = adata[order[: len(order) // 2]].copy(), adata[order[len(order) // 2:]].copy()
         control = adata[(types == t) & (cond == ctrl)].copy()
         t0 = time.perf_counter()
-        if method in ("pysave", "pysave_cfg"):
+        if method in ("pysave", "pysave_cfg", "pysave_transfer"):
             model, seconds = held_out_model(dataset, t, seed, train, [ck, tk], args)
             train_s.append(seconds)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
-            w = args.guidance if method == "pysave" else args.flow_guidance
-            generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w)
+            if method == "pysave_transfer":  # the input the scvi peer gets: the type's control cells, moved
+                pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
+                query = control[pick].copy()
+                query.obs_names_make_unique()
+                generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="flow", guidance=args.flow_guidance)
+            else:
+                w = args.guidance if method == "pysave" else args.flow_guidance
+                generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w)
         elif method == "control":
             pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
             generated = control[pick].copy()
@@ -251,7 +258,7 @@ def run_unseen(dataset, method, seed, args):
             "wall_seconds": float(np.sum(walls)), "train_cells_per_s": float(np.mean(cells_per_s)) if cells_per_s else None,
             "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "held_out": [r["group"] for r in rows],
             "scored_output": "sample" if method.startswith("pysave") else method,
-            "guidance": {"pysave": args.guidance, "pysave_cfg": args.flow_guidance}.get(method),
+            "guidance": {"pysave": args.guidance, "pysave_cfg": args.flow_guidance, "pysave_transfer": args.flow_guidance}.get(method),
             "split": "held-out cells halved at random: half A = reference, half B = noise floor; n generated = |B|"}
 
 
