@@ -442,6 +442,13 @@ def build_table():
     for (task, dataset, method, seed), files in raw.items():
         r = _merge_perturbation(files) if task in ("perturbation", "unseen") else files[-1]
         runs.setdefault((task, dataset, method), []).append(r)
+    for key, rs in runs.items():  # held-out types: a method's seeds are averaged over the types all of them ran
+        if key[0] in ("perturbation", "unseen") and len(rs) > 1:
+            common = set.intersection(*({row["group"] for row in r["per_group"]} for r in rs))
+            for r in rs:
+                rows = [row for row in r["per_group"] if row["group"] in common]
+                r["metrics"] = {c: float(np.mean([row[c] for row in rows])) for c in r["metrics"] if c in rows[0]}
+                r["n_types"] = len(common)
     lines = []
     for task in TASKS:
         keys = sorted(k for k in runs if k[0] == task)
