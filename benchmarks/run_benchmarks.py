@@ -130,6 +130,16 @@ def held_out_model(dataset, cell_type, seed, train, keys, args):
     return _PYSAVE_PERT_MODELS[key]
 
 
+def per_type_result(rows, walls, cells_per_s) -> dict:
+    """A held-out-type task's result: metrics averaged over the types, the per-type rows, timings."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c != "group" and not c.startswith("n_")]
+    return {"metrics": {c: float(table[c].mean()) for c in metric_cols}, "per_group": rows, "wall_seconds": float(np.sum(walls)),
+            "train_cells_per_s": float(np.nanmean(cells_per_s)) if cells_per_s else None}
+
+
 def flow_guidance(method, args):
     """w of a pysave_flow method: --flow-guidance, or the number in its name (pysave_flow_w3 -> 3)."""
     m = re.fullmatch(r"pysave_flow_w([0-9.]+)", method)
@@ -182,21 +192,14 @@ def run_perturbation(dataset, method, seed, args):
         log(f"perturbation {dataset} {method} seed {seed} held-out {t}: R2 DEGs {row['degs_r2']:.3f}, all {row['all_r2']:.3f} "
             f"(control {row['control_degs_r2']:.3f}/{row['control_all_r2']:.3f}, floor {row['floor_degs_r2']:.3f}/"
             f"{row['floor_all_r2']:.3f}), {walls[-1]:.0f} s")
-    import pandas as pd
-
-    table = pd.DataFrame(rows)
-    metric_cols = [c for c in table.columns if c != "group" and not c.startswith("n_")]
-    return {"metrics": {c: float(table[c].mean()) for c in metric_cols}, "per_group": rows,
-            "wall_seconds": float(np.sum(walls)), "train_cells_per_s": float(np.nanmean(cells_per_s)) if cells_per_s else None,
-            "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "held_out": list(held_types),
-            "scored_output": args.transfer_output if method == "pysave" else method,
+    return {**per_type_result(rows, walls, cells_per_s), "protocol": scored["protocol"], "n_genes": int(adata.n_vars),
+            "held_out": list(held_types), "scored_output": args.transfer_output if method == "pysave" else method,
             "guidance": flow_guidance(method, args) if method.startswith("pysave_flow") else None}
 
 
 # ----------------------------------------------------------------------------- unseen combinations
 def run_unseen(dataset, method, seed, args):
     import anndata as ad
-    import pandas as pd
 
     from pysave import metrics as M
 
@@ -252,11 +255,8 @@ def run_unseen(dataset, method, seed, args):
         log(f"unseen {dataset} {method} seed {seed} ({stim}, {t}): W1 {row['W1']:.2f} (floor {row['floor_W1']:.2f}, "
             f"{row['W1_over_floor']:.2f}x), MMD {row['MMD']:.3f} (floor {row['floor_MMD']:.3f}), mean r2 {row['mean_r2']:.3f} "
             f"(floor {row['floor_mean_r2']:.3f})")
-    table = pd.DataFrame(rows)
-    metric_cols = [c for c in table.columns if c != "group" and not c.startswith("n_")]
-    return {"metrics": {c: float(table[c].mean()) for c in metric_cols}, "per_group": rows,
-            "wall_seconds": float(np.sum(walls)), "train_cells_per_s": float(np.mean(cells_per_s)) if cells_per_s else None,
-            "protocol": scored["protocol"], "n_genes": int(adata.n_vars), "held_out": [r["group"] for r in rows],
+    return {**per_type_result(rows, walls, cells_per_s), "protocol": scored["protocol"], "n_genes": int(adata.n_vars),
+            "held_out": [r["group"] for r in rows],
             "scored_output": "sample" if method.startswith("pysave") else method,
             "guidance": {"pysave": args.guidance, "pysave_cfg": args.flow_guidance, "pysave_transfer": args.flow_guidance}.get(method),
             "split": "held-out cells halved at random: half A = reference, half B = noise floor; n generated = |B|"}
