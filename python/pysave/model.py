@@ -80,7 +80,7 @@ OUTPUT_DESCRIPTIONS = {
 DEFAULT_GUIDANCE = 2.0
 
 # transfer(): move the latent through the flow by default. Kang, each of the 7 cell types held out in
-# turn (benchmarks/README.md): R^2 on the top-100 DEGs 0.87 via the flow, 0.61 via the decoder alone.
+# turn (benchmarks/README.md): R^2 on the top-100 DEGs 0.86 via the flow, 0.64 via the decoder alone (2 seeds).
 DEFAULT_TRANSFER_VIA = "flow"
 TRANSFER_VIAS = ("flow", "decoder")
 
@@ -733,7 +733,7 @@ class SAVE:
         under the target conditions (the latent stays; ~200x less compute). The flow learned how
         each condition shifts the latent distribution, which the decoder alone applies only in
         part: on Kang with each cell type's stimulated cells held out, R^2 on the top-100 DEGs is
-        about 0.87 via the flow and 0.61 via the decoder (benchmarks/README.md). ``guidance`` and
+        about 0.86 via the flow and 0.64 via the decoder (benchmarks/README.md). ``guidance`` and
         ``n_steps`` only matter for ``via="flow"``. :meth:`correct` uses the decoder.
         """
         self._require_trained()

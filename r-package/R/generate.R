@@ -199,7 +199,7 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #'   then log1p of counts per 10,000; needs a model saved with library-size statistics).
 #' @param via "flow" (the default: move the latent back through the flow to noise under the
 #'   cell's conditions, forward under the target ones, then decode; closer to the real
-#'   perturbation response: on Kang IFN-beta, R^2 on the top-100 DEGs about 0.87 against 0.61,
+#'   perturbation response: on Kang IFN-beta, R^2 on the top-100 DEGs about 0.86 against 0.64,
 #'   see pysave's benchmarks) or "decoder" (decode the encoder mean under the target
 #'   conditions; the latent stays; much faster). CLI `--via`.
 #' @param guidance Classifier-free guidance weight of the flow (`via = "flow"` only).
