@@ -136,10 +136,9 @@ def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_
     return summary
 
 
-def run_scvi(dataset, seed, epochs, peers_python, threads=2, max_genes=2000):
-    """scVI as the generation peer (benchmarks/peers.py generate, in the peers' environment) on
-    the same split, genes and scoring."""
-    import subprocess
+def run_scvi(dataset, seed, epochs, call_peer, max_genes=2000):
+    """scVI as the generation peer on the same split, genes and scoring. ``call_peer(*cli)`` runs
+    benchmarks/peers.py in the peers' environment and returns its JSON line (run_benchmarks.peer)."""
     import tempfile
 
     import anndata as ad
@@ -149,14 +148,8 @@ def run_scvi(dataset, seed, epochs, peers_python, threads=2, max_genes=2000):
         train.write_h5ad(os.path.join(tmp, "train.h5ad"))
         request = ad.AnnData(obs=test.obs[keys].astype(str))
         request.write_h5ad(os.path.join(tmp, "request.h5ad"))
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        cmd = [peers_python, os.path.join(HERE, "peers.py"), "generate", "--data", os.path.join(tmp, "train.h5ad"),
-               "--predict", os.path.join(tmp, "request.h5ad"), "--out", os.path.join(tmp, "gen.h5ad"), "--keys", *keys,
-               "--seed", str(seed), "--epochs", str(epochs)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode:
-            raise RuntimeError(f"scVI generation failed:\n{proc.stderr[-3000:]}")
-        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        info = call_peer("generate", "--data", os.path.join(tmp, "train.h5ad"), "--predict", os.path.join(tmp, "request.h5ad"),
+                         "--out", os.path.join(tmp, "gen.h5ad"), "--keys", *keys, "--seed", seed, "--epochs", epochs)
         generated = ad.read_h5ad(os.path.join(tmp, "gen.h5ad"))
     generated.var_names = train.var_names
     summary = score(train, test, keys, seed, {"sample": generated})

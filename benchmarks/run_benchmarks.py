@@ -213,28 +213,25 @@ def run_unseen(dataset, method, seed, args):
         train = adata[~held].copy()
         order = np.random.default_rng(seed).permutation(np.flatnonzero(held))
         reference, floor = adata[order[: len(order) // 2]].copy(), adata[order[len(order) // 2:]].copy()
-        control = adata[(types == t) & (cond == ctrl)].copy()
+        control = adata[(types == t) & (cond == ctrl)]
+        # The input of the methods that start from cells: |B| of the type's control cells.
+        pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
+        query = control[pick].copy()
+        query.obs_names_make_unique()
         t0 = time.perf_counter()
         if method in ("pysave", "pysave_cfg", "pysave_transfer"):
             model, seconds = held_out_model(dataset, t, seed, train, [ck, tk], args)
             train_s.append(seconds)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
-            if method == "pysave_transfer":  # the input the scvi peer gets: the type's control cells, moved
-                pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
-                query = control[pick].copy()
-                query.obs_names_make_unique()
+            if method == "pysave_transfer":  # the input the scvi peer gets, moved by transfer
                 generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="flow", guidance=args.flow_guidance)
             else:
                 w = args.guidance if method == "pysave" else args.flow_guidance
                 generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w)
         elif method == "control":
-            pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
-            generated = control[pick].copy()
+            generated = query.copy()
         elif method == "scvi":
             with tempfile.TemporaryDirectory() as tmp:
-                pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
-                query = control[pick].copy()
-                query.obs_names_make_unique()
                 train.write_h5ad(os.path.join(tmp, "train.h5ad"))
                 query.write_h5ad(os.path.join(tmp, "query.h5ad"))
                 info = peer(args, "perturbation", "--method", "label", "--data", os.path.join(tmp, "train.h5ad"), "--predict",
@@ -323,7 +320,7 @@ def run_generation(dataset, method, seed, args):
     t0 = time.perf_counter()
     params = {**(FAST if args.fast else {}), **json.loads(args.params)}
     if method == "scvi":
-        r = eval_generation.run_scvi(dataset, seed, args.scvi_epochs, args.peers_python, args.threads)
+        r = eval_generation.run_scvi(dataset, seed, args.scvi_epochs, lambda *cli: peer(args, *cli))
     elif method == "pysave":
         r = eval_generation.run(dataset, seed, args.epochs, params, outputs=("sample", "mean"), guidance=args.guidance,
                                 n_steps=args.steps)

@@ -32,7 +32,7 @@ from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .errors import ModelDirectoryError, PySaveError
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
-from .train import PRECISIONS, autocast, fit
+from .train import PRECISIONS, fit
 from .vae import LIKELIHOODS, BlockAttentionVAE
 
 # What the paper fixes, plus our documented choices for what it leaves open (README "Defaults").
@@ -593,12 +593,7 @@ class SAVE:
         self._require_trained()
         if solver not in SOLVERS:
             raise PySaveError(f"solver must be one of {SOLVERS}, got {solver!r}.")
-        if int(n_steps) < 1:
-            raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
-        if float(guidance) != 1.0 and float(self.params["mask_prob"]) == 0.0:
-            # Guidance mixes in the unconditional field, which only condition masking trains.
-            warnings.warn(f"this model was trained with mask_prob=0, so its unconditional field is untrained and "
-                          f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).", stacklevel=3)
+        self._check_flow_options(guidance, n_steps)
         table = pd.DataFrame(obs_table).reset_index(drop=True)
         if "n_cells" in table.columns:
             counts = pd.to_numeric(table.pop("n_cells"), errors="coerce")
@@ -611,6 +606,15 @@ class SAVE:
         if not known & set(table.columns) and len(table.columns):
             raise PySaveError(f"none of the table's columns {list(table.columns)} is a condition of this model ({sorted(known)}).")
         return table, D.encode_conditions(table, self.registry, allow_missing=True)
+
+    def _check_flow_options(self, guidance: float, n_steps: int) -> None:
+        """Checks shared by everything that integrates the flow (generation, transfer via the flow)."""
+        if int(n_steps) < 1:
+            raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
+        if float(guidance) != 1.0 and float(self.params["mask_prob"]) == 0.0:
+            # Guidance mixes in the unconditional field, which only condition masking trains.
+            warnings.warn(f"this model was trained with mask_prob=0, so its unconditional field is untrained and "
+                          f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).", stacklevel=4)
 
     def _check_output(self, output: str | None) -> str:
         """The output kind to produce. ``None`` is the default: "sample", or "mean" for a model
@@ -740,8 +744,8 @@ class SAVE:
         output = self._check_output(output)
         if via not in TRANSFER_VIAS:
             raise PySaveError(f"via must be 'flow' or 'decoder', got {via!r}.")
-        if int(n_steps) < 1:
-            raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
+        # n_steps is checked for either path (as before); guidance only matters for the flow.
+        self._check_flow_options(guidance if via == "flow" else 1.0, n_steps)
         if not target:
             raise PySaveError("no target conditions given; e.g. target={'condition': 'stimulated'}.")
         target_codes = {k: self._code_of(k, v) for k, v in target.items()}

@@ -201,3 +201,25 @@ def test_transfer_via_flow(trained):
                                        "--steps", "5", "--out", str(os.path.join(os.path.dirname(trained["data"]), "via.h5ad")),
                                        "--overwrite", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
+    import warnings
+
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[:5].copy()
+    saved = model.params["mask_prob"]
+    model.params["mask_prob"] = 0.0  # as if trained without condition masking
+    try:
+        with pytest.warns(UserWarning, match="mask_prob=0.*guidance=2"):
+            model.generate({"cell_type": "B"}, n_cells=3)  # the default w = 2
+        with pytest.warns(UserWarning, match="mask_prob=0"):
+            model.transfer(cells, {"batch": "10x_5prime"}, n_steps=2)  # via the flow, w = 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)
+            model.transfer(cells, {"batch": "10x_5prime"}, via="decoder")
+    finally:
+        model.params["mask_prob"] = saved
+    with pytest.raises(PySaveError, match="n_steps must be at least 1"):
+        model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", n_steps=0)
