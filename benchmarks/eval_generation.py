@@ -102,7 +102,8 @@ def score(train, test, keys, seed, generated_by_output: dict) -> dict:
     return summary
 
 
-def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50):
+def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50,
+        solver="euler"):
     import pysave
 
     train, test, keys, batch_key = split(dataset, seed, max_genes)
@@ -125,13 +126,14 @@ def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_
     generated, speed = {}, {}
     for output in outputs:
         t0 = time.perf_counter()
-        generated[output] = model.generate_like(test.obs[keys], seed=seed, output=output, guidance=guidance, n_steps=n_steps)
+        generated[output] = model.generate_like(test.obs[keys], seed=seed, output=output, guidance=guidance, n_steps=n_steps,
+                                                solver=solver)
         speed[output] = generated[output].n_obs / (time.perf_counter() - t0)
     summary = score(train[:, model.genes].copy(), test[:, model.genes].copy(), keys, seed, generated)
     for output in outputs:
         summary["outputs"][output]["sampling_cells_per_s"] = speed[output]
     summary.update({"dataset": dataset, "seed": seed, "epochs": epochs, "params": params, "train_seconds": train_seconds,
-                    "guidance": guidance, "n_steps": n_steps,
+                    "guidance": guidance, "n_steps": n_steps, "solver": solver,
                     "train_cells_per_s": model.training_summary.get("vae", {}).get("cells_per_second")})
     return summary
 

@@ -323,7 +323,7 @@ def run_generation(dataset, method, seed, args):
         r = eval_generation.run_scvi(dataset, seed, args.scvi_epochs, lambda *cli: peer(args, *cli))
     elif method == "pysave":
         r = eval_generation.run(dataset, seed, args.epochs, params, outputs=("sample", "mean"), guidance=args.guidance,
-                                n_steps=args.steps)
+                                n_steps=args.steps, solver=args.solver, model_dir=args.model_dir)
     else:
         raise SystemExit(f"unknown generation method {method}")
     metrics = {}
@@ -335,7 +335,8 @@ def run_generation(dataset, method, seed, args):
                     for k in ("sample_W1", "sample_MMD") if k in metrics})
     return {"metrics": metrics, "wall_seconds": time.perf_counter() - t0, "train_cells_per_s": r.get("train_cells_per_s"),
             "protocol": r["protocol"], "guidance": args.guidance if method == "pysave" else None,
-            "n_steps": args.steps if method == "pysave" else None, "groups": r["groups"],
+            "n_steps": args.steps if method == "pysave" else None, "solver": args.solver if method == "pysave" else None,
+            "sampling_cells_per_s": r["outputs"]["sample"].get("sampling_cells_per_s"), "groups": r["groups"],
             "per_group": {out: v["per_group"] for out, v in r["outputs"].items()}}
 
 
@@ -500,7 +501,10 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="torch threads, here and in the peers")
     p.add_argument("--params", default="{}", help='pysave parameters over the fast/paper set, JSON (e.g. \'{"kl_weight": 0.5}\')')
     p.add_argument("--guidance", type=float, default=1.0, help="generation and unseen: pysave's guidance weight w")
-    p.add_argument("--steps", type=int, default=50, help="generation: pysave's Euler steps")
+    p.add_argument("--steps", type=int, default=50, help="generation: pysave's ODE steps")
+    p.add_argument("--solver", default="euler", help="generation: pysave's ODE solver (euler, midpoint, rk4, dopri5)")
+    p.add_argument("--model-dir", default=None,
+                   help="generation: keep trained pysave models here and reuse them (sweeps of guidance, steps, solver)")
     p.add_argument("--tag", default="", help="suffix of the method name in results (for variants, e.g. _kl05)")
     p.add_argument("--peers-python", default=PEERS_PYTHON)
     p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")

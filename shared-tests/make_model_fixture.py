@@ -1,6 +1,7 @@
 """Train the tiny shared model fixture and write what both suites must reproduce from it.
 
-    .venv/bin/python shared-tests/make_model_fixture.py
+    .venv/bin/python shared-tests/make_model_fixture.py                        # retrain and rewrite all
+    .venv/bin/python shared-tests/make_model_fixture.py --expectations-only    # same model, new outputs
 
 Writes fixtures/tiny_model/ (a pysave model directory, ~100 KB) trained on fixtures/pbmc_tiny.h5ad,
 and expectations/tiny_model.json: the latent (encoder means) of every fixture cell and a fixed-seed
@@ -11,6 +12,7 @@ Re-run only when the engine's outputs change on purpose, and commit the results.
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 
@@ -42,17 +44,26 @@ def expected_outputs(model, adata) -> dict:
     }
 
 
-def main():
-    adata = read_h5ad(os.path.join(FIXTURES, "pbmc_tiny.h5ad"))
-    pysave.SAVE.setup_anndata(adata, condition_keys=["batch", "cell_type"], batch_key="batch")
-    model = pysave.SAVE(adata, verbose=False, **TINY)
-    model.train(**TRAIN)
-    path = os.path.join(FIXTURES, "tiny_model")
-    model.save(path, overwrite=True)
+def write_expectations(path: str) -> None:
     model = pysave.SAVE.load(path, device="cpu", verbose=False)  # expectations come from the saved model
     data = read_h5ad(os.path.join(FIXTURES, "pbmc_tiny.h5ad"))
     with open(os.path.join(HERE, "expectations", "tiny_model.json"), "w") as fh:
         json.dump(expected_outputs(model, data), fh, indent=0)
+
+
+def main():
+    path = os.path.join(FIXTURES, "tiny_model")
+    if "--expectations-only" in sys.argv:
+        # After a change of generation defaults: same saved model, new expected outputs.
+        write_expectations(path)
+        print("wrote expectations/tiny_model.json from the saved fixtures/tiny_model")
+        return
+    adata = read_h5ad(os.path.join(FIXTURES, "pbmc_tiny.h5ad"))
+    pysave.SAVE.setup_anndata(adata, condition_keys=["batch", "cell_type"], batch_key="batch")
+    model = pysave.SAVE(adata, verbose=False, **TINY)
+    model.train(**TRAIN)
+    model.save(path, overwrite=True)
+    write_expectations(path)
     os.makedirs(EXTDATA, exist_ok=True)
     shutil.copy(os.path.join(FIXTURES, "pbmc_tiny.h5ad"), EXTDATA)
     shutil.rmtree(os.path.join(EXTDATA, "tiny_model"), ignore_errors=True)

@@ -188,8 +188,12 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--out", required=True, type=click.Path(), help="Output .h5ad.")
 @click.option("--guidance", type=float, default=2.0, show_default=True,
               help="Classifier-free guidance weight w (1 = the plain conditional model).")
-@click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps.")
-@click.option("--solver", type=click.Choice(["euler", "dopri5"]), default="euler", show_default=True)
+@click.option("--steps", "n_steps", type=int, default=10, show_default=True,
+              help="ODE steps of a fixed-grid solver (network passes: x1 euler, x2 midpoint, x4 rk4).")
+# The choices are flow.SOLVERS written out and the defaults model.DEFAULT_STEPS / DEFAULT_SOLVER
+# (a test keeps them equal): --help must not import torch.
+@click.option("--solver", type=click.Choice(["euler", "midpoint", "rk4", "dopri5"]), default="midpoint", show_default=True,
+              help="euler, midpoint or rk4 take --steps fixed steps; dopri5 is adaptive and ignores --steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Cells generated and written at a time.")
 @click.option("--output-kind", type=click.Choice(["sample", "mean"]), default=None,

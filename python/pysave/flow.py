@@ -12,7 +12,10 @@ from torch import nn
 
 from .layers import AdaLNTransformer, ConditionEmbedding, timestep_embedding
 
-SOLVERS = ("euler", "dopri5")
+# Fixed-grid solvers take ``n_steps`` steps: Euler costs one network pass per step, midpoint two,
+# rk4 four (torchdiffeq's 3/8 rule). dopri5 is adaptive (rtol/atol) and ignores ``n_steps``.
+SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
+PASSES_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
 
 
 class LinearPath:
@@ -105,8 +108,12 @@ def sample_latents(field: VelocityField, codes: torch.Tensor, guidance: float = 
         return x
     from torchdiffeq import odeint
 
-    times = torch.tensor([0.0, 1.0], device=x.device)
-    return odeint(velocity, x, times, method="dopri5", rtol=rtol, atol=atol)[-1]
+    if solver == "dopri5":
+        times = torch.tensor([0.0, 1.0], device=x.device)
+        return odeint(velocity, x, times, method="dopri5", rtol=rtol, atol=atol)[-1]
+    # Fixed grid: with no step_size, torchdiffeq steps exactly between the given times.
+    grid = torch.linspace(0.0, 1.0, n_steps + 1, device=x.device)
+    return odeint(velocity, x, grid, method=solver)[-1]
 
 
 @torch.no_grad()

@@ -132,3 +132,14 @@ def test_demo_writes_its_folder(tmp_path):
     assert len(combos) == 27  # every batch x cell-type combination, unseen ones included
     assert "mean-expression correlation" in (out / "summary.txt").read_text()
     user_error(CliRunner().invoke(main, ["demo", "--out", str(out)]), "already exists")
+
+
+def test_cli_solver_choices_and_defaults_are_pysave_s():
+    # The CLI writes them out so that --help does not import torch.
+    from pysave.flow import SOLVERS
+    from pysave.model import DEFAULT_GUIDANCE, DEFAULT_SOLVER, DEFAULT_STEPS
+
+    params = {p.name: p for p in main.commands["generate"].params}
+    assert tuple(params["solver"].type.choices) == SOLVERS
+    assert (params["solver"].default, params["n_steps"].default, params["guidance"].default) == (
+        DEFAULT_SOLVER, DEFAULT_STEPS, DEFAULT_GUIDANCE)

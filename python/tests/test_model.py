@@ -73,12 +73,13 @@ def test_generate_errors(trained):
     with pytest.raises(PySaveError, match="n_cells must be at least 1"):
         model.generate({"cell_type": "B"}, n_cells=0)
     with pytest.raises(PySaveError, match="solver must be one of"):
-        model.generate({"cell_type": "B"}, n_cells=2, solver="rk4")
+        model.generate({"cell_type": "B"}, n_cells=2, solver="heun")
 
 
-def test_dopri5_solver_runs(trained):
-    out = trained["model"].generate({"cell_type": "NK"}, n_cells=4, solver="dopri5")
-    assert out.uns["pysave"]["solver"] == "dopri5" and np.isfinite(out.X).all()
+@pytest.mark.parametrize("solver", ["dopri5", "midpoint", "rk4"])
+def test_other_solvers_run_and_are_recorded(trained, solver):
+    out = trained["model"].generate({"cell_type": "NK"}, n_cells=4, solver=solver, n_steps=5)
+    assert out.uns["pysave"]["solver"] == solver and np.isfinite(out.X).all()
 
 
 def test_transfer_changes_only_the_target(trained):

@@ -100,8 +100,10 @@
 #'   for a model).
 #' @param guidance Classifier-free guidance weight (1 = the plain conditional model; the default
 #'   2 was closer to real cells in pysave's benchmarks).
-#' @param steps ODE steps (Euler).
-#' @param solver "euler" or "dopri5".
+#' @param steps ODE steps of a fixed-grid solver (network passes per step: 1 euler, 2 midpoint,
+#'   4 rk4). The default, 10 midpoint steps, scored like 50 Euler steps in pysave's benchmarks at
+#'   2.5x less compute.
+#' @param solver "euler", "midpoint", "rk4" (fixed steps) or "dopri5" (adaptive, ignores `steps`).
 #' @param seed Random seed (same seed, same cells).
 #' @param device "auto", "cpu", "cuda", "cuda:N" or "mps".
 #' @param expression The values to return (pysave's `output`, CLI `--output-kind`): "sample"
@@ -124,13 +126,14 @@
 #' }
 #' @export
 GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), output = NULL, guidance = 2,
-                          steps = 50L, solver = "euler", seed = 0L, device = "auto",
+                          steps = 10L, solver = "midpoint", seed = 0L, device = "auto",
                           expression = c("sample", "mean")) {
   # Left at its default (or NULL), pysave chooses: "sample", or "mean" for a model that cannot sample.
   kind <- if (missing(expression) || is.null(expression)) NULL
           else .choice(expression, c("sample", "mean"), "GenerateCells", "expression")
   guidance <- .check_number(guidance, "GenerateCells", "guidance")
   steps <- .check_number(steps, "GenerateCells", "steps", whole = TRUE, lower = 1)
+  solver <- .choice(solver, c("euler", "midpoint", "rk4", "dopri5"), "GenerateCells", "solver")  # = pysave.flow.SOLVERS (tested)
   seed <- .check_number(seed, "GenerateCells", "seed", whole = TRUE, lower = 0)
   model <- .model_of_object(object, NULL, device, "GenerateCells")
   output <- .output_class(object, output)

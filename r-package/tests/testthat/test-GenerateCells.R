@@ -81,4 +81,17 @@ test_that("GenerateCells rejects bad expression / guidance / steps / seed with t
   expect_error(GenerateCells(tiny_model_dir(), n = 3, steps = 0), "GenerateCells: steps must be a whole number >= 1; got 0")
   expect_error(GenerateCells(tiny_model_dir(), n = 3, seed = 1.5), "GenerateCells: seed must be a whole number >= 0")
   expect_error(GenerateCells(tiny_model_dir(), n = 3, guidance = "2"), "GenerateCells: guidance must be one finite number")
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, solver = "heun"),
+               "GenerateCells: solver must be one of \"euler\" or \"midpoint\" or \"rk4\" or \"dopri5\"; got \"heun\"", fixed = TRUE)
+})
+
+test_that("GenerateCells passes every pysave solver through and records it", {
+  solvers <- reticulate::import("pysave.flow")$SOLVERS
+  expect_identical(unlist(solvers), c("euler", "midpoint", "rk4", "dopri5"))
+  for (solver in c("midpoint", "rk4")) {
+    gen <- GenerateCells(tiny_model_dir(), n = 3, conditions = list(cell_type = "B"), steps = 4, solver = solver,
+                         output = "SingleCellExperiment")
+    expect_identical(S4Vectors::metadata(gen)$pysave$solver, solver)
+    expect_true(all(is.finite(as.matrix(SummarizedExperiment::assay(gen, "logcounts")))))
+  }
 })
