@@ -68,7 +68,8 @@ TASKS = {
     "perturbation": dict(datasets=["kang"], methods=["pysave_flow", "pysave", "scgen_scvi", "control"]),
     "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_transfer", "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
-                  methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected"]),
+                  methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected",
+                           "pysave_flow_latent", "pysave_flow_corrected"]),
     "generation": dict(datasets=["pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k"], methods=["pysave", "scvi"]),
 }
 
@@ -286,20 +287,30 @@ def run_batch(dataset, method, seed, args):
         extra["version"] = info["version"]
         if info.get("train_seconds"):
             cells_per_s = adata.n_obs * args.scvi_epochs / info["train_seconds"]
-    elif method in ("pysave_latent", "pysave_corrected"):
-        # One model serves both outputs: trained once per (dataset, seed) in this process.
-        key = (dataset, seed, args.epochs, args.fast)
+    elif method in ("pysave_latent", "pysave_corrected", "pysave_flow_latent", "pysave_flow_corrected"):
+        # One model serves the outputs: trained once per (dataset, seed) in this process; the
+        # flow methods need a trained flow (the others train it for one epoch only).
+        flow = method.startswith("pysave_flow")
+        key = (dataset, seed, args.epochs, args.fast, args.params, flow)
         if key not in _PYSAVE_BATCH_MODELS:
-            _PYSAVE_BATCH_MODELS[key] = train_pysave(adata.copy(), [bk], bk, seed, args, flow=False)
+            _PYSAVE_BATCH_MODELS[key] = train_pysave(adata.copy(), [bk], bk, seed, args, flow=flow)
             t0 += _PYSAVE_BATCH_MODELS[key][1]  # training time is added once below, for both outputs
         model, train_s = _PYSAVE_BATCH_MODELS[key]
         extra["train_seconds"] = train_s
         cells_per_s = model.training_summary["vae"]["cells_per_second"]
         if method == "pysave_latent":
             emb = model.get_latent_representation(adata)
-        else:
+        elif method == "pysave_corrected":
             model.correct(adata, layer_added="save_corrected")
             emb = M.unintegrated_pca(adata, layer="save_corrected", seed=seed)
+        else:
+            # correct(via="flow"): the latent moved through the flow with the batch masked, and
+            # the expression decoded from it.
+            model.correct(adata, layer_added="save_corrected", via="flow", latent_key_added="X_save_corrected")
+            if method == "pysave_flow_latent":
+                emb = adata.obsm["X_save_corrected"]
+            else:
+                emb = M.unintegrated_pca(adata, layer="save_corrected", seed=seed)
     else:
         raise SystemExit(f"unknown batch method {method}")
     wall = time.perf_counter() - t0 + extra.get("train_seconds", 0)

@@ -285,22 +285,28 @@ def embed(model_dir, data, out, key_added, device, overwrite, quiet):
 @click.option("--batch-key", default=None, help="Condition to remove (default: the model's batch key).")
 @click.option("--reference", default=None, help="Decode every cell as this batch (default: batch masked).")
 @click.option("--layer-added", default="save_corrected", show_default=True)
+# default = model.DEFAULT_CORRECT_VIA (a test keeps them equal)
+@click.option("--via", type=click.Choice(["decoder", "flow"]), default="decoder", show_default=True,
+              help="decoder: decode each cell's latent under the new batch; flow: first move the latent through the "
+                   "flow with the batch masked (better batch mixing; also writes the moved latent to obsm['X_save_corrected']).")
+@click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def correct(model_dir, data, out, batch_key, reference, layer_added, device, overwrite, quiet):
+def correct(model_dir, data, out, batch_key, reference, layer_added, via, n_steps, device, overwrite, quiet):
     """Batch-corrected log-normalized expression of DATA, written to a layer."""
     from .io import check_output_path, write_h5ad
 
     check_output_path(out, overwrite, inputs=(data,))
     model = _load_model(model_dir, device, quiet)
     adata = _read_data(data)
-    model.correct(adata, batch_key=batch_key, reference=reference, layer_added=layer_added)
+    model.correct(adata, batch_key=batch_key, reference=reference, layer_added=layer_added, via=via, n_steps=n_steps)
     model.get_latent_representation(adata)
     write_h5ad(adata, out, overwrite=overwrite, inputs=(data,))
     if not quiet:
-        _log(f"wrote corrected expression to layer {layer_added!r} of {out}")
+        _log(f"wrote corrected expression to layer {layer_added!r} of {out}" +
+             (" and the moved latent to obsm['X_save_corrected']" if via == "flow" else ""))
 
 
 @main.command()

@@ -81,6 +81,8 @@ DEFAULT_GUIDANCE = 2.0
 # Generation's ODE: 10 midpoint steps (20 network passes) scored like 50 Euler steps (W1 and MMD
 # within seed noise on pbmc_3tech x 2 seeds and Baron) at 2.5x fewer passes (benchmarks/README.md).
 DEFAULT_SOLVER = "midpoint"
+# Batch correction through the flow (see correct()); scored on scIB in benchmarks/README.md.
+DEFAULT_CORRECT_VIA = "decoder"
 DEFAULT_STEPS = 10
 
 # transfer(): move the latent through the flow by default. Kang, each of the 7 cell types held out in
@@ -799,18 +801,33 @@ class SAVE:
         return latent
 
     def correct(self, adata=None, batch_key: str | None = None, reference: str | None = None,
-                layer_added: str | None = "save_corrected", batch_size: int = 1024) -> np.ndarray:
-        """Batch-corrected log-normalized expression: decode with the batch masked (default) or
-        set to ``reference``; written to ``layers[layer_added]`` and returned."""
+                layer_added: str | None = "save_corrected", batch_size: int = 1024, via: str = DEFAULT_CORRECT_VIA,
+                latent_key_added: str | None = "X_save_corrected", n_steps: int = 50) -> np.ndarray:
+        """Batch-corrected log-normalized expression, with the batch masked (default) or set to
+        ``reference``; written to ``layers[layer_added]`` and returned.
+
+        ``via="decoder"`` decodes each cell's encoder mean under the new batch: the latent stays.
+        ``via="flow"`` first moves the latent through the flow, back to noise under the cell's
+        batch and forwards with the batch masked (or set), ``n_steps`` Euler steps each way and
+        no guidance, so each batch's latent distribution is carried onto the batch-free one. The
+        moved latent is a batch-corrected embedding and goes to ``obsm[latent_key_added]``. On
+        the scIB benchmarks the flow path mixes batches much better (benchmarks/README.md); it
+        costs 2 x ``n_steps`` flow passes per cell.
+        """
         self._require_trained()
+        if via not in TRANSFER_VIAS:
+            raise PySaveError(f"via must be 'flow' or 'decoder', got {via!r}.")
         key = batch_key or self.registry.get("batch_key")
         if key is None:
             raise PySaveError("no batch key: register one with setup_anndata(..., batch_key=) or pass batch_key=.")
         adata = self.adata if adata is None else adata
-        # The decoder path: measured for integration (scIB); the flow path is not, there.
-        out = self.transfer(adata, {key: reference}, batch_size=batch_size, via="decoder")
-        if layer_added and adata is not None:
-            adata.layers[layer_added] = out.X
+        # guidance 1: the batch-masked field itself (w != 1 would push the other conditions too).
+        out = self.transfer(adata, {key: reference}, batch_size=batch_size, via=via, guidance=1.0, n_steps=n_steps)
+        if adata is not None:
+            if layer_added:
+                adata.layers[layer_added] = out.X
+            if via == "flow" and latent_key_added:
+                adata.obsm[latent_key_added] = out.obsm["X_save"]
         return out.X
 
     def attention_by(self, adata=None, key: str | None = None, batch_size: int = 512) -> pd.DataFrame:

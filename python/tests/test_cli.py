@@ -73,6 +73,11 @@ def test_transfer_embed_correct_attention(trained, tmp_path):
     assert run("correct", trained["dir"], data, "--out", tmp_path / "c.h5ad", "--quiet").exit_code == 0
     c = ad.read_h5ad(tmp_path / "c.h5ad")
     assert c.layers["save_corrected"].shape == (400, 300) and "X_save" in c.obsm
+    r = run("correct", trained["dir"], data, "--via", "flow", "--steps", 5, "--out", tmp_path / "cf.h5ad", "--quiet")
+    assert r.exit_code == 0, r.output
+    cf = ad.read_h5ad(tmp_path / "cf.h5ad")
+    assert cf.obsm["X_save_corrected"].shape == (400, 32)
+    assert not np.allclose(cf.layers["save_corrected"], c.layers["save_corrected"])
     r = run("attention", trained["dir"], data, "--by", "cell_type", "--out", tmp_path / "a.tsv", "--plot", tmp_path / "a.png", "--quiet")
     assert r.exit_code == 0, r.output
     table = pd.read_csv(tmp_path / "a.tsv", sep="\t", index_col=0)
@@ -143,3 +148,7 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
     assert tuple(params["solver"].type.choices) == SOLVERS
     assert (params["solver"].default, params["n_steps"].default, params["guidance"].default) == (
         DEFAULT_SOLVER, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    from pysave.model import DEFAULT_CORRECT_VIA, TRANSFER_VIAS
+
+    via = next(p for p in main.commands["correct"].params if p.name == "via")
+    assert via.default == DEFAULT_CORRECT_VIA and set(via.type.choices) == set(TRANSFER_VIAS)

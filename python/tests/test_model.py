@@ -109,6 +109,27 @@ def test_latent_correct_attention(trained):
     np.testing.assert_allclose(attn.sum(1), 1.0, rtol=1e-4)  # attention over blocks sums to 1
 
 
+def test_correct_via_flow_moves_the_latent(trained):
+    # How well it mixes batches is measured on real data (benchmarks/README.md, scIB), not here:
+    # the tiny fixture's flow is barely trained.
+    model, adata = trained["model"], trained["adata"].copy()
+    z = model.get_latent_representation(adata)
+    x_dec = model.correct(adata, via="decoder", layer_added="dec")
+    assert "X_save_corrected" not in adata.obsm  # the decoder path keeps the latent
+    x_flow = model.correct(adata, via="flow", layer_added="flow", n_steps=10)
+    moved = adata.obsm["X_save_corrected"]
+    assert moved.shape == z.shape and not np.allclose(moved, z) and not np.allclose(x_flow, x_dec)
+    np.testing.assert_array_equal(adata.layers["flow"], x_flow)
+    # = the transfer with the batch masked through the flow, without guidance; deterministic
+    t = model.transfer(adata, {"batch": None}, via="flow", guidance=1.0, n_steps=10)
+    np.testing.assert_allclose(t.obsm["X_save"], moved, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.correct(adata.copy(), via="flow", n_steps=10), x_flow)
+    to_ref = model.correct(adata, via="flow", reference="10x_5prime", layer_added=None, n_steps=10)
+    assert not np.allclose(to_ref, x_flow)
+    with pytest.raises(PySaveError, match="via must be"):
+        model.correct(adata, via="harmony")
+
+
 def test_genes_are_matched_by_name(trained):
     model, adata = trained["model"], trained["adata"]
     shuffled = adata[:, np.random.default_rng(0).permutation(adata.n_vars)].copy()

@@ -40,7 +40,12 @@
 #' @param out_dir Where to save the trained model (default: a new folder in `tempdir()`, which
 #'   disappears with the R session; name a folder to keep it).
 #' @param reduction_name,reduction_key Name and key of the new reduction (SCE: the reducedDim name).
-#' @param corrected Also add batch-corrected expression (needs `batch_key` or a model with one).
+#' @param corrected Also add batch-corrected expression (needs `batch_key` or a model with one):
+#'   `TRUE` (pysave's default path, "decoder"), `"decoder"` (each cell's latent decoded with the
+#'   batch masked) or `"flow"` (the latent first moved through the flow with the batch masked;
+#'   batches mix much better in pysave's scIB benchmarks, at 100 flow passes per cell). With
+#'   `"flow"` the moved latent is added as a second reduction, `"<reduction_name>_corrected"`
+#'   (e.g. `RunUMAP(obj, reduction = "save_corrected", dims = 1:128)`).
 #' @param reference Batch to correct towards (default: the batch is masked).
 #' @param max_epochs VAE epochs (NULL: min(400, 400 x 20,000 / cells)).
 #' @param batch_size Minibatch size (256).
@@ -88,6 +93,12 @@ RunSAVE.Seurat <- function(object, conditions = c("batch", "celltype"), batch_ke
   if (!is.null(res$corrected)) {
     object[["SAVE"]] <- SeuratObject::CreateAssayObject(data = res$corrected)
   }
+  if (!is.null(res$moved)) {
+    key <- paste0(sub("_$", "", reduction_key), "C_")
+    colnames(res$moved) <- paste0(key, seq_len(ncol(res$moved)))
+    object[[paste0(reduction_name, "_corrected")]] <- SeuratObject::CreateDimReducObject(
+      embeddings = res$moved, key = key, assay = assay, misc = list(model_dir = res$info$model_dir))
+  }
   object@tools$RunSAVE <- res$info
   object
 }
@@ -112,6 +123,10 @@ RunSAVE.SingleCellExperiment <- function(object, conditions = c("batch", "cellty
     } else {
       SingleCellExperiment::altExp(object, "SAVE") <- SingleCellExperiment::SingleCellExperiment(list(save_corrected = cm))
     }
+  }
+  if (!is.null(res$moved)) {
+    colnames(res$moved) <- paste0("SAVE_corrected_", seq_len(ncol(res$moved)))
+    SingleCellExperiment::reducedDim(object, paste0(reduction_name, "_corrected")) <- res$moved
   }
   S4Vectors::metadata(object)$SAVE <- res$info
   object
@@ -173,17 +188,32 @@ RunSAVE.SingleCellExperiment <- function(object, conditions = c("batch", "cellty
   latent <- as.matrix(latent)
   rownames(latent) <- .chr(adata$obs_names$tolist())
   cm <- NULL
-  if (isTRUE(corrected)) {
+  moved <- NULL
+  via <- .correction_via(corrected)
+  if (!is.null(via)) {
     if (is.null(batch_key) && is.null(info_model$batch_key)) {
       stop("RunSAVE: corrected = TRUE needs a batch: pass batch_key = (one of the conditions).", call. = FALSE)
     }
-    X <- .r(.pycall(pymodel$correct(adata, batch_key = batch_key, reference = reference, layer_added = NULL), "RunSAVE (correction)"))
+    X <- .r(.pycall(pymodel$correct(adata, batch_key = batch_key, reference = reference, layer_added = NULL, via = via,
+                                    latent_key_added = "X_save_corrected"), "RunSAVE (correction)"))
     cm <- t(as.matrix(X))
     dimnames(cm) <- list(info_model$genes, rownames(latent))
+    if (via == "flow") {
+      moved <- as.matrix(.r(adata$obsm$get("X_save_corrected")))
+      rownames(moved) <- rownames(latent)
+    }
   }
   info <- list(model_dir = info_model$path, conditions = info_model$conditions, batch_key = info_model$batch_key,
                categories = info_model$categories, training = info_model$training, params = info_model$params,
                trained_here = is.null(model), seconds = round(proc.time()[["elapsed"]] - t0, 2),
                date = format(Sys.time(), "%Y-%m-%d %H:%M:%S"))
-  list(latent = latent, corrected = cm, info = info)
+  list(latent = latent, corrected = cm, moved = moved, info = info)
+}
+
+# corrected = FALSE / TRUE (pysave's default path) / "decoder" / "flow" -> NULL or the path.
+.correction_via <- function(corrected) {
+  if (isFALSE(corrected)) return(NULL)
+  if (isTRUE(corrected)) return(.r(.py()$pysave$model$DEFAULT_CORRECT_VIA))
+  if (is.character(corrected) && length(corrected) == 1 && corrected %in% c("decoder", "flow")) return(corrected)
+  stop("RunSAVE: corrected must be FALSE, TRUE, \"decoder\" or \"flow\".", call. = FALSE)
 }

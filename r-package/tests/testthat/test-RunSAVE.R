@@ -50,6 +50,30 @@ test_that("RunSAVE with an existing model works on the shared fixture", {
   expect_error(RunSAVE(odd, model = tiny_model_dir(), verbose = FALSE), "unknown value.*10x_v9.*for condition 'batch'")
 })
 
+test_that("RunSAVE(corrected = \"flow\") adds the corrected expression and the moved latent as a reduction", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  dec <- RunSAVE(sce, model = LoadSAVE(tiny_model_dir()), corrected = "decoder", verbose = FALSE)
+  flow <- RunSAVE(sce, model = LoadSAVE(tiny_model_dir()), corrected = "flow", verbose = FALSE)
+  expect_false("SAVE_corrected" %in% SingleCellExperiment::reducedDimNames(dec))
+  moved <- SingleCellExperiment::reducedDim(flow, "SAVE_corrected")
+  expect_identical(dim(moved), c(60L, 16L))
+  expect_identical(rownames(moved), colnames(sce))
+  expect_false(isTRUE(all.equal(unname(moved), unname(SingleCellExperiment::reducedDim(flow, "SAVE")))))
+  xd <- as.matrix(SummarizedExperiment::assay(dec, "save_corrected"))
+  xf <- as.matrix(SummarizedExperiment::assay(flow, "save_corrected"))
+  expect_identical(dim(xf), dim(xd))
+  expect_gt(max(abs(xf - xd)), 1e-3)
+  # TRUE is pysave's default path
+  def <- RunSAVE(sce, model = LoadSAVE(tiny_model_dir()), corrected = TRUE, verbose = FALSE)
+  expect_equal(as.matrix(SummarizedExperiment::assay(def, "save_corrected")), xd)
+  expect_error(RunSAVE(sce, model = tiny_model_dir(), corrected = "harmony", verbose = FALSE),
+               "RunSAVE: corrected must be FALSE, TRUE, \"decoder\" or \"flow\"", fixed = TRUE)
+  s <- run_tiny(pbmc_small_seurat(), conditions = "groups", batch_key = "groups", corrected = "flow")
+  expect_true(all(c("save", "save_corrected") %in% SeuratObject::Reductions(s)))
+  expect_identical(SeuratObject::Key(s[["save_corrected"]]), "SAVEC_")
+  expect_identical(dim(SeuratObject::Embeddings(s, "save_corrected")), c(80L, 16L))
+})
+
 test_that("RunSAVE refuses bad input with messages that say the fix", {
   s <- pbmc_small_seurat()
   expect_error(run_tiny(s, conditions = c("groups", "celltype")), "'celltype' not found in the cell metadata; available columns: orig.ident")
