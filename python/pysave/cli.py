@@ -288,7 +288,8 @@ def embed(model_dir, data, out, key_added, device, overwrite, quiet):
 # default = model.DEFAULT_CORRECT_VIA (a test keeps them equal)
 @click.option("--via", type=click.Choice(["decoder", "flow"]), default="decoder", show_default=True,
               help="decoder: decode each cell's latent under the new batch; flow: first move the latent through the "
-                   "flow with the batch masked (better batch mixing; also writes the moved latent to obsm['X_save_corrected']).")
+                   "flow with the batch masked (mixes batches better, but also cell types when batches differ in "
+                   "composition and cell type is not a condition; writes the moved latent to obsm['X_save_corrected']).")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
 @common_device
 @common_overwrite

@@ -810,9 +810,13 @@ class SAVE:
         ``via="flow"`` first moves the latent through the flow, back to noise under the cell's
         batch and forwards with the batch masked (or set), ``n_steps`` Euler steps each way and
         no guidance, so each batch's latent distribution is carried onto the batch-free one. The
-        moved latent is a batch-corrected embedding and goes to ``obsm[latent_key_added]``. On
-        the scIB benchmarks the flow path mixes batches much better (benchmarks/README.md); it
-        costs 2 x ``n_steps`` flow passes per cell.
+        moved latent is a batch-corrected embedding and goes to ``obsm[latent_key_added]``. It
+        costs 2 x ``n_steps`` flow passes per cell. It mixes batches much better, but it carries
+        each batch's *whole* latent distribution onto the batch-free one: when batches differ in
+        cell-type composition and the model is not conditioned on cell type, it mixes cell types
+        too (scIB, benchmarks/README.md: pbmc_3tech Total 0.65 -> 0.72; CellBench, whose batches
+        hold different cell lines, Bio 0.90 -> 0.63). Condition the model on the cell type when
+        labels exist, or keep the decoder path (the default).
         """
         self._require_trained()
         if via not in TRANSFER_VIAS:

@@ -42,8 +42,9 @@
 #' @param reduction_name,reduction_key Name and key of the new reduction (SCE: the reducedDim name).
 #' @param corrected Also add batch-corrected expression (needs `batch_key` or a model with one):
 #'   `TRUE` (pysave's default path, "decoder"), `"decoder"` (each cell's latent decoded with the
-#'   batch masked) or `"flow"` (the latent first moved through the flow with the batch masked;
-#'   batches mix much better in pysave's scIB benchmarks, at 100 flow passes per cell). With
+#'   batch masked) or `"flow"` (the latent first moved through the flow with the batch masked,
+#'   at 100 flow passes per cell: batches mix much better, but when batches differ in cell-type
+#'   composition and cell type is not a condition, cell types get mixed too). With
 #'   `"flow"` the moved latent is added as a second reduction, `"<reduction_name>_corrected"`
 #'   (e.g. `RunUMAP(obj, reduction = "save_corrected", dims = 1:128)`).
 #' @param reference Batch to correct towards (default: the batch is masked).
