@@ -5,12 +5,12 @@
 Takes models saved by ``run_benchmarks.py --model-dir`` (trained on the 80/20 split of
 ``eval_generation.split``) and scores, against the same held-out cells and with the same protocol,
 three sets of sampled cells (output="sample") for the test cells' conditions:
-- ``flow``: the model's generation (latents from the flow, w = 1, 50 Euler steps);
+- ``flow``: the model's generation (latents from the flow, w = 1, the default ODE solver and steps);
 - ``posterior``: a perfect flow. Latents drawn from the aggregate posterior of the *training*
   cells of the same condition combination (a random training cell's mu + sigma * eps), decoded.
   What is left of the gap here is the VAE's (decoder and the posterior's spread);
-- ``posterior_mean``: the same training cells' encoder means, decoded (no sigma * eps): a
-  perfect flow over the means, which is what the flow learns with ``flow_latent="mean"``;
+- ``posterior_mean``: the same training cells' encoder means, decoded (no sigma * eps): what a
+  perfect flow trained on the means instead of posterior samples would give;
 - ``reconstruction``: the held-out cells themselves, encoded and decoded (the encoder mean).
   The VAE's reconstruction of unseen cells; no sampling of latents at all.
 flow minus posterior is the flow's share of the gap; posterior minus the floor the VAE's.
@@ -48,8 +48,7 @@ def decompose(model_dir: str, dataset: str, seed: int, guidance: float = 2.0) ->
     mu, logvar = model._encode(prep_train)
     prep_test = model._prepare(test)
     rng = np.random.default_rng(seed)
-    train_groups = train.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
-    test_groups = test.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+    train_groups, test_groups = eval_generation.groups(train, keys), eval_generation.groups(test, keys)
     pick = np.array([rng.choice(np.flatnonzero(train_groups == g)) if (train_groups == g).any() else -1
                      for g in test_groups])
     keep = pick >= 0
@@ -83,22 +82,11 @@ def floor_sized(model, train, test, keys, seed, guidance) -> dict:
     compared at equal size (the floor itself is unchanged)."""
     from pysave import metrics as M
 
+    import eval_generation
+
     gen = model.generate_like(train.obs[keys], seed=seed, output="sample", guidance=guidance)
     scored = M.generation_fidelity(test, gen, keys, floor=train, seed=seed)["per_group"]
-    space = M.fit_reference_space(test, seed=seed)
-    z_train, z_test = space.project(train), space.project(test)
-    g_train = train.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
-    g_test = test.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
-    rng = np.random.default_rng(seed)
-    z_gauss, g_gauss = [], []
-    for g in np.unique(g_test):
-        zt = z_train[g_train == g]
-        if len(zt) < 2:
-            continue
-        cov = np.cov(zt.T) + 1e-6 * np.eye(zt.shape[1])
-        z_gauss.append(rng.multivariate_normal(zt.mean(0), cov, size=len(zt)))
-        g_gauss += [g] * len(zt)
-    gauss = M.pc_space_distances(z_test, g_test, np.vstack(z_gauss), np.array(g_gauss), seed)
+    gauss = eval_generation.gaussian_baseline(train, test, keys, seed, size="train")
     common = scored.index[scored["floor_W1"].notna()].intersection(gauss.index)
     return {"guidance": guidance, "groups": int(len(common)),
             "floor": {m: float(scored.loc[common, f"floor_{m}"].mean()) for m in ("W1", "MMD")},

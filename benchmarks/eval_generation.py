@@ -61,6 +61,33 @@ def split(dataset, seed, max_genes=2000):
     return adata[train_mask].copy(), adata[test_mask].copy(), keys, batch_key
 
 
+def groups(adata, keys) -> np.ndarray:
+    """Each cell's condition combination, as "value | value"."""
+    return adata.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
+
+
+def gaussian_baseline(train, test, keys, seed, size="test"):
+    """Per-group distances to the test cells of a Gaussian fitted, in the test cells' PC space,
+    to the training cells of each group; ``size``: as many points as the group's test cells
+    ("test", the protocol) or as its training cells ("train", the floor's size)."""
+    from pysave import metrics as M
+
+    space = M.fit_reference_space(test, seed=seed)
+    z_train, z_test = space.project(train), space.project(test)
+    g_train, g_test = groups(train, keys), groups(test, keys)
+    rng = np.random.default_rng(seed)
+    z_gauss, g_gauss = [], []
+    for g in np.unique(g_test):
+        zt = z_train[g_train == g]
+        if len(zt) < 2:
+            continue
+        n = int((g_test == g).sum()) if size == "test" else len(zt)
+        cov = np.cov(zt.T) + 1e-6 * np.eye(zt.shape[1])
+        z_gauss.append(rng.multivariate_normal(zt.mean(0), cov, size=n))
+        g_gauss += [g] * n
+    return M.pc_space_distances(z_test, g_test, np.vstack(z_gauss), np.array(g_gauss), seed)
+
+
 def score(train, test, keys, seed, generated_by_output: dict) -> dict:
     """Each generated set against the test cells, with the noise floor (training cells of the
     group vs its test cells) and a per-group Gaussian fitted in the real PC space to the
@@ -70,20 +97,7 @@ def score(train, test, keys, seed, generated_by_output: dict) -> dict:
     scored_by_output = {out: M.generation_fidelity(test, gen, keys, floor=train, seed=seed)
                         for out, gen in generated_by_output.items()}
     table = next(iter(scored_by_output.values()))["per_group"]
-    space = M.fit_reference_space(test, seed=seed)
-    z_train, z_test = space.project(train), space.project(test)
-    g_train = train.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
-    g_test = test.obs[keys].astype(str).agg(" | ".join, axis=1).to_numpy()
-    rng = np.random.default_rng(seed)
-    z_gauss, g_gauss = [], []
-    for g in np.unique(g_test):
-        zt = z_train[g_train == g]
-        if len(zt) < 2:
-            continue
-        cov = np.cov(zt.T) + 1e-6 * np.eye(zt.shape[1])
-        z_gauss.append(rng.multivariate_normal(zt.mean(0), cov, size=int((g_test == g).sum())))
-        g_gauss += [g] * int((g_test == g).sum())
-    gauss = M.pc_space_distances(z_test, g_test, np.vstack(z_gauss), np.array(g_gauss), seed)
+    gauss = gaussian_baseline(train, test, keys, seed, size="test")
     common = table.index.intersection(gauss.index)
     if "floor_W1" in table.columns:
         common = common.intersection(table.index[table["floor_W1"].notna()])

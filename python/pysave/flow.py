@@ -15,7 +15,6 @@ from .layers import AdaLNTransformer, ConditionEmbedding, timestep_embedding
 # Fixed-grid solvers take ``n_steps`` steps: Euler costs one network pass per step, midpoint two,
 # rk4 four (torchdiffeq's 3/8 rule). dopri5 is adaptive (rtol/atol) and ignores ``n_steps``.
 SOLVERS = ("euler", "midpoint", "rk4", "dopri5")
-PASSES_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
 
 
 class LinearPath:
