@@ -127,7 +127,22 @@ def held_out_model(dataset, cell_type, seed, train, keys, args):
     unseen-combination task in one process (they remove the same cells from training)."""
     key = (dataset, cell_type, seed, args.epochs, args.params)
     if key not in _PYSAVE_PERT_MODELS:
-        _PYSAVE_PERT_MODELS[key] = train_pysave(train, keys, None, seed, args, flow=True)
+        saved = None
+        if args.model_dir:  # kept on disk too, so sweeps of the transfer's options reuse one model per type
+            tag = "_".join(f"{k}{v}" for k, v in sorted(json.loads(args.params).items()))
+            safe = re.sub(r"[^A-Za-z0-9.+-]", "-", cell_type)
+            saved = os.path.join(args.model_dir, f"{dataset}_heldout_{safe}_s{seed}_e{args.epochs}_"
+                                 f"{'fast' if args.fast else 'paper'}{'_' + tag if tag else ''}")
+        if saved and os.path.exists(saved):
+            import pysave
+
+            model = pysave.SAVE.load(saved, verbose=False, device="cpu")
+            _PYSAVE_PERT_MODELS[key] = model, model.training_summary.get("wall_seconds", float("nan"))
+        else:
+            model, train_s = _PYSAVE_PERT_MODELS[key] = train_pysave(train, keys, None, seed, args, flow=True)
+            if saved:
+                model.training_summary["wall_seconds"] = train_s
+                model.save(saved)
     return _PYSAVE_PERT_MODELS[key]
 
 
@@ -515,7 +530,7 @@ def main():
     p.add_argument("--steps", type=int, default=50, help="generation: pysave's ODE steps")
     p.add_argument("--solver", default="euler", help="generation: pysave's ODE solver (euler, midpoint, rk4, dopri5)")
     p.add_argument("--model-dir", default=None,
-                   help="generation: keep trained pysave models here and reuse them (sweeps of guidance, steps, solver)")
+                   help="generation and perturbation/unseen: keep trained pysave models here and reuse them (sweeps of guidance, steps, solver)")
     p.add_argument("--tag", default="", help="suffix of the method name in results (for variants, e.g. _kl05)")
     p.add_argument("--peers-python", default=PEERS_PYTHON)
     p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")

@@ -1,0 +1,143 @@
+"""Would overdispersed counts close the generation gap? (benchmark diagnostic, not a test)
+
+    .venv/bin/python benchmarks/try_overdispersion.py --model-dir DIR --dataset pbmc_3tech --seed 0
+
+Generated cells have less within-group spread than real ones (benchmarks/README.md). pysave draws
+Poisson counts around the decoder mean; this tries negative-binomial counts instead, with a
+per-gene inverse dispersion theta fitted by maximum likelihood on training cells (up to 3,000)
+reconstructed by the model, and NB rates whose expected log1p(CP10k) equals the decoder mean
+(the Poisson inverter's table averaged over Gamma quantiles). Both sets share the same decoded
+means (a model saved by ``run_benchmarks.py --model-dir``, product sampling defaults at w = 2) and
+are scored with the generation protocol. Writes results/overdispersion_<dataset>_s<seed>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+THETAS = np.r_[np.logspace(-1.5, 2.5, 17), np.inf]  # inf: Poisson
+QUANTILES = 64
+
+
+def nb_tables(inverter):
+    """E[log1p(sK)] for K ~ NB(mu, theta) on the inverter's (s, lambda) grid, one table per theta."""
+    from scipy.stats import gamma
+
+    tables = []
+    for theta in THETAS:
+        if np.isinf(theta):
+            tables.append(inverter.table)
+            continue
+        x = gamma.ppf((np.arange(QUANTILES) + 0.5) / QUANTILES, theta) / theta  # Gamma(theta, 1/theta) quantiles
+        table = np.empty_like(inverter.table)
+        for b in range(table.shape[0]):
+            table[b] = np.interp(inverter.lam[:, None] * x[None], inverter.lam, inverter.table[b]).mean(1)
+        tables.append(np.maximum.accumulate(table, axis=1))
+    return tables
+
+
+def invert(tables, inverter, log_mean, library, theta_index):
+    """NB means (cells x genes) whose expected log1p(CP10k) is ``log_mean``; gene j uses THETAS[theta_index[j]]."""
+    from pysave import data as D
+
+    step = inverter.log_s[1] - inverter.log_s[0]
+    bins = np.clip(np.rint((np.log(D.TARGET_SUM / library) - inverter.log_s[0]) / step).astype(int), 0, len(inverter.log_s) - 1)
+    out = np.empty(log_mean.shape)
+    for t in np.unique(theta_index):
+        cols = theta_index == t
+        for b in np.unique(bins):
+            rows = bins == b
+            out[np.ix_(rows, cols)] = np.interp(log_mean[np.ix_(rows, cols)], tables[t][b], inverter.lam)
+    return out
+
+
+def fit_theta(model, train, tables, inverter, seed, n_cells=3000):
+    """Per-gene theta (index into THETAS) maximising the NB likelihood of the training counts
+    around the model's reconstructions (encoder mean, own conditions)."""
+    from scipy.special import gammaln
+
+    rng = np.random.default_rng(seed)
+    cells = train[np.sort(rng.choice(train.n_obs, min(n_cells, train.n_obs), replace=False))].copy()
+    prep = model._prepare(cells)
+    mu_z, _ = model._encode(prep)
+    log_mean = model._decode(mu_z, prep.codes).astype(np.float64)
+    K = np.asarray(cells.X.todense() if hasattr(cells.X, "todense") else cells.X, dtype=np.float64)
+    library = K.sum(1)
+    loglik = np.empty((len(THETAS), K.shape[1]))
+    for i, theta in enumerate(THETAS):
+        mu = invert(tables, inverter, log_mean, library, np.full(K.shape[1], i)).clip(1e-8)
+        if np.isinf(theta):
+            ll = K * np.log(mu) - mu
+        else:
+            ll = gammaln(K + theta) - gammaln(theta) + theta * np.log(theta / (theta + mu)) + K * np.log(mu / (theta + mu))
+        loglik[i] = ll.sum(0)
+    return loglik.argmax(0)
+
+
+def run(model_dir, dataset, seed, guidance=2.0) -> dict:
+    import anndata as ad
+
+    import pysave
+    from pysave import data as D
+    sys.path.insert(0, HERE)
+    import eval_generation
+
+    train, test, keys, _ = eval_generation.split(dataset, seed)
+    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
+    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
+    inverter = D.LogMeanInverter()
+    tables = nb_tables(inverter)
+    theta_index = fit_theta(model, train, tables, inverter, seed)
+
+    log_mean = np.asarray(model.generate_like(test.obs[keys], seed=seed, output="mean", guidance=guidance).X, dtype=np.float64)
+    codes = model._prepare(test).codes
+    lib_mean, lib_sd = D.library_parameters(model.library_stats, codes, model._scaler_index(codes))
+
+    def sampled(kind):
+        rng = np.random.default_rng([seed, 7])
+        library = np.exp(lib_mean + lib_sd * rng.standard_normal(len(log_mean)))
+        if kind == "poisson":
+            rate = inverter.rates(log_mean, library)
+        else:
+            rate = invert(tables, inverter, log_mean, library, theta_index)
+            theta = THETAS[theta_index]
+            finite = np.isfinite(theta)
+            shape = np.broadcast_to(theta[finite], rate[:, finite].shape)
+            rate[:, finite] = rng.gamma(shape, rate[:, finite] / shape)
+        counts = rng.poisson(rate).astype(np.float64)
+        size = np.maximum(counts.sum(1, keepdims=True), 1.0)
+        X = np.log1p(counts / size * D.TARGET_SUM).astype(np.float32)
+        return ad.AnnData(X=X, obs=test.obs.copy(), var=test.var[[]].copy(),
+                          uns={"pysave": {"X": "log1p(CP10k)", "output": "sample"}})
+
+    summary = eval_generation.score(train, test, keys, seed, {k: sampled(k) for k in ("poisson", "negative_binomial")})
+    finite = np.isfinite(THETAS[theta_index])
+    return {"model_dir": model_dir, "dataset": dataset, "seed": seed, "guidance": guidance,
+            "floor": summary["noise_floor"], "gaussian": summary["gaussian_pca"],
+            **{k: v["pysave"] for k, v in summary["outputs"].items()},
+            "genes_poisson": int((~finite).sum()), "theta_median_overdispersed": float(np.median(THETAS[theta_index][finite]))}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--dataset", default="pbmc_3tech")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=2.0)
+    args = p.parse_args()
+    r = run(args.model_dir, args.dataset, args.seed, args.guidance)
+    with open(os.path.join(HERE, "results", f"overdispersion_{args.dataset}_s{args.seed}.json"), "w") as fh:
+        json.dump(r, fh, indent=1)
+    print(f"{args.dataset} s{args.seed}: floor {r['floor']['W1']:.3f} / {r['floor']['MMD']:.3f}, Gaussian "
+          f"{r['gaussian']['W1']:.3f} / {r['gaussian']['MMD']:.3f}, Poisson {r['poisson']['W1']:.3f} / {r['poisson']['MMD']:.3f}, "
+          f"NB {r['negative_binomial']['W1']:.3f} / {r['negative_binomial']['MMD']:.3f} "
+          f"({r['genes_poisson']} genes kept Poisson)")
+
+
+if __name__ == "__main__":
+    main()
