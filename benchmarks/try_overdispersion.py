@@ -24,39 +24,39 @@ THETAS = np.r_[np.logspace(-1.5, 2.5, 17), np.inf]  # inf: Poisson
 QUANTILES = 64
 
 
-def nb_tables(inverter):
-    """E[log1p(sK)] for K ~ NB(mu, theta) on the inverter's (s, lambda) grid, one table per theta."""
+def nb_inverters(poisson):
+    """One inverter per theta: pysave's Poisson ``LogMeanInverter`` with its table of
+    E[log1p(sK)] replaced by the one for K ~ NB(mu, theta) (the Poisson table averaged over
+    Gamma(theta, 1/theta) quantiles of the rate)."""
+    import copy
+
     from scipy.stats import gamma
 
-    tables = []
+    inverters = []
     for theta in THETAS:
         if np.isinf(theta):
-            tables.append(inverter.table)
+            inverters.append(poisson)
             continue
-        x = gamma.ppf((np.arange(QUANTILES) + 0.5) / QUANTILES, theta) / theta  # Gamma(theta, 1/theta) quantiles
-        table = np.empty_like(inverter.table)
+        x = gamma.ppf((np.arange(QUANTILES) + 0.5) / QUANTILES, theta) / theta
+        table = np.empty_like(poisson.table)
         for b in range(table.shape[0]):
-            table[b] = np.interp(inverter.lam[:, None] * x[None], inverter.lam, inverter.table[b]).mean(1)
-        tables.append(np.maximum.accumulate(table, axis=1))
-    return tables
+            table[b] = np.interp(poisson.lam[:, None] * x[None], poisson.lam, poisson.table[b]).mean(1)
+        nb = copy.copy(poisson)
+        nb.table = np.maximum.accumulate(table, axis=1)
+        inverters.append(nb)
+    return inverters
 
 
-def invert(tables, inverter, log_mean, library, theta_index):
+def invert(inverters, log_mean, library, theta_index):
     """NB means (cells x genes) whose expected log1p(CP10k) is ``log_mean``; gene j uses THETAS[theta_index[j]]."""
-    from pysave import data as D
-
-    step = inverter.log_s[1] - inverter.log_s[0]
-    bins = np.clip(np.rint((np.log(D.TARGET_SUM / library) - inverter.log_s[0]) / step).astype(int), 0, len(inverter.log_s) - 1)
     out = np.empty(log_mean.shape)
     for t in np.unique(theta_index):
         cols = theta_index == t
-        for b in np.unique(bins):
-            rows = bins == b
-            out[np.ix_(rows, cols)] = np.interp(log_mean[np.ix_(rows, cols)], tables[t][b], inverter.lam)
+        out[:, cols] = inverters[t].rates(log_mean[:, cols], library)
     return out
 
 
-def fit_theta(model, train, tables, inverter, seed, n_cells=3000):
+def fit_theta(model, train, inverters, seed, n_cells=3000):
     """Per-gene theta (index into THETAS) maximising the NB likelihood of the training counts
     around the model's reconstructions (encoder mean, own conditions)."""
     from scipy.special import gammaln
@@ -70,7 +70,7 @@ def fit_theta(model, train, tables, inverter, seed, n_cells=3000):
     library = K.sum(1)
     loglik = np.empty((len(THETAS), K.shape[1]))
     for i, theta in enumerate(THETAS):
-        mu = invert(tables, inverter, log_mean, library, np.full(K.shape[1], i)).clip(1e-8)
+        mu = invert(inverters, log_mean, library, np.full(K.shape[1], i)).clip(1e-8)
         if np.isinf(theta):
             ll = K * np.log(mu) - mu
         else:
@@ -90,9 +90,8 @@ def run(model_dir, dataset, seed, guidance=2.0) -> dict:
     train, test, keys, _ = eval_generation.split(dataset, seed)
     model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
     train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
-    inverter = D.LogMeanInverter()
-    tables = nb_tables(inverter)
-    theta_index = fit_theta(model, train, tables, inverter, seed)
+    inverters = nb_inverters(D.LogMeanInverter())
+    theta_index = fit_theta(model, train, inverters, seed)
 
     log_mean = np.asarray(model.generate_like(test.obs[keys], seed=seed, output="mean", guidance=guidance).X, dtype=np.float64)
     codes = model._prepare(test).codes
@@ -102,9 +101,9 @@ def run(model_dir, dataset, seed, guidance=2.0) -> dict:
         rng = np.random.default_rng([seed, 7])
         library = np.exp(lib_mean + lib_sd * rng.standard_normal(len(log_mean)))
         if kind == "poisson":
-            rate = inverter.rates(log_mean, library)
+            rate = inverters[-1].rates(log_mean, library)  # THETAS[-1] = inf: Poisson
         else:
-            rate = invert(tables, inverter, log_mean, library, theta_index)
+            rate = invert(inverters, log_mean, library, theta_index)
             theta = THETAS[theta_index]
             finite = np.isfinite(theta)
             shape = np.broadcast_to(theta[finite], rate[:, finite].shape)

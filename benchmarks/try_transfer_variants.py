@@ -43,7 +43,8 @@ def _solve(velocity, x, t0, t1, n, midpoint):
 
 
 def _combination(field, terms):
-    """v(x, t) = sum of weight * v(x, t, codes) over (weight, codes) terms, in one batched pass."""
+    """v(x, t) = sum of weight * v(x, t, codes) over (weight, codes) terms, in one batched pass
+    (``pysave.flow.guided_velocity`` is the two-term case)."""
     import torch
 
     def velocity(t, x):
@@ -56,6 +57,8 @@ def _combination(field, terms):
 
 def transfer(model, query, variant, condition_key, stimulated, cell_type_key):
     import torch
+
+    from pysave.flow import guided_velocity
 
     name, *options = variant.split(":")
     opts = dict(o.split("=") for o in options)
@@ -78,22 +81,24 @@ def transfer(model, query, variant, condition_key, stimulated, cell_type_key):
             c[:, it] = mask[it]
         return c
 
-    guided = {"default": [], "extra_changed": [(wd, codes("stim", False)), (-wd, codes("mask", False))],
-              "extra_shift": [(wd, codes("stim", False)), (-wd, codes("ctrl", False))]}
+    extra = {"extra_changed": [(wd, codes("stim", False)), (-wd, codes("mask", False))],
+             "extra_shift": [(wd, codes("stim", False)), (-wd, codes("ctrl", False))]}
     with torch.no_grad():
         if name == "decoder":
             z = mu
         else:
-            if name == "changed_only":
-                forward = [(1 - w, codes("mask", True)), (w, tgt)]
-            elif name in guided:
-                forward = [(1 - w, codes("mask", False)), (w, tgt)] + guided[name]
+            if name == "default":
+                forward = guided_velocity(field, tgt, w)
+            elif name == "changed_only":
+                forward = _combination(field, [(1 - w, codes("mask", True)), (w, tgt)])
+            elif name in extra:
+                forward = _combination(field, [(1 - w, codes("mask", False)), (w, tgt)] + extra[name])
             else:
                 raise SystemExit(f"unknown variant {name}")
             x = (mu - model.latent_mean) / model.latent_std
             steps = max(1, int(round(n * (1 - tau))))
-            x = _solve(_combination(field, [(1 - wb, codes("mask", False)), (wb, src)]), x, 1.0, tau, steps, midpoint)
-            x = _solve(_combination(field, forward), x, tau, 1.0, steps, midpoint)
+            x = _solve(guided_velocity(field, src, wb), x, 1.0, tau, steps, midpoint)
+            x = _solve(forward, x, tau, 1.0, steps, midpoint)
             z = x * model.latent_std + model.latent_mean
     out = query.copy()
     out.X = model._decode(z, tgt.numpy())
