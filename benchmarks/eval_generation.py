@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -116,16 +117,21 @@ def score(train, test, keys, seed, generated_by_output: dict) -> dict:
     return summary
 
 
+def model_name(dataset, seed, epochs, params, held_out=None) -> str:
+    """The folder name of a model kept with --model-dir: one per (dataset, held-out cell type,
+    seed, epochs, parameters), so a sweep of sampling options reuses it."""
+    tag = "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "gene_embeddings")
+    held = "" if held_out is None else "_heldout_" + re.sub(r"[^A-Za-z0-9.+-]", "-", held_out)
+    return f"{dataset}{held}_s{seed}_e{epochs}_{params.get('gene_embeddings', 'data')}_{tag}"
+
+
 def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50,
         solver="euler"):
     import pysave
 
     train, test, keys, batch_key = split(dataset, seed, max_genes)
     t0 = time.perf_counter()
-    saved = None
-    if model_dir is not None:
-        tag = "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "gene_embeddings")
-        saved = os.path.join(model_dir, f"{dataset}_s{seed}_e{epochs}_{params.get('gene_embeddings', 'data')}_{tag}")
+    saved = None if model_dir is None else os.path.join(model_dir, model_name(dataset, seed, epochs, params))
     if saved is not None and os.path.exists(saved):
         model = pysave.SAVE.load(saved, verbose=False, device="cpu")
         train_seconds = model.training_summary.get("wall_seconds", float("nan"))

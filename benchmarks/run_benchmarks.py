@@ -129,10 +129,11 @@ def held_out_model(dataset, cell_type, seed, train, keys, args):
     if key not in _PYSAVE_PERT_MODELS:
         saved = None
         if args.model_dir:  # kept on disk too, so sweeps of the transfer's options reuse one model per type
-            tag = "_".join(f"{k}{v}" for k, v in sorted(json.loads(args.params).items()))
-            safe = re.sub(r"[^A-Za-z0-9.+-]", "-", cell_type)
-            saved = os.path.join(args.model_dir, f"{dataset}_heldout_{safe}_s{seed}_e{args.epochs}_"
-                                 f"{'fast' if args.fast else 'paper'}{'_' + tag if tag else ''}")
+            sys.path.insert(0, HERE)
+            import eval_generation
+
+            params = {**(FAST if args.fast else {}), **json.loads(args.params)}
+            saved = os.path.join(args.model_dir, eval_generation.model_name(dataset, seed, args.epochs, params, held_out=cell_type))
         if saved and os.path.exists(saved):
             import pysave
 

@@ -112,6 +112,8 @@ def main():
 @click.option("--latent-token-size", type=int, default=8, show_default=True)
 @click.option("--encoder-layers", "n_encoder_layers", type=int, default=3, show_default=True)
 @click.option("--decoder-layers", "n_decoder_layers", type=int, default=3, show_default=True)
+@click.option("--decoder-head-size", type=int, default=None,
+              help="Width of the decoder's last hidden layer before the genes (default: --hidden-size; 0: the paper's direct linear map).")
 @click.option("--heads", "n_heads", type=int, default=4, show_default=True)
 @click.option("--dropout", type=float, default=0.0, show_default=True)
 @click.option("--flow-hidden-size", type=int, default=128, show_default=True)
@@ -121,7 +123,8 @@ def main():
 @click.option("--flow-condition-dim", type=int, default=256, show_default=True, help="Size of the flow's time + condition embedding.")
 @click.option("--mask-prob", type=float, default=0.6, show_default=True, help="Condition masking while training the flow.")
 @click.option("--vae-mask-prob", type=float, default=0.2, show_default=True)
-@click.option("--kl-weight", type=float, default=0.05, show_default=True)
+@click.option("--kl-weight", type=float, default=0.05, show_default=True,
+              help="Weight of the KL term; 0.2 for batch correction / integration (better scIB scores, worse generation).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--checkpoint-every", type=int, default=10, show_default=True,
               help="Write the training state to OUT.checkpoint every N epochs (0: never).")

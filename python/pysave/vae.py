@@ -45,7 +45,8 @@ class BlockEncoder(nn.Module):
 
 
 class TokenDecoder(nn.Module):
-    def __init__(self, n_genes: int, latent_dim: int, latent_token_size: int, hidden: int, depth: int, n_heads: int, cond_dim: int, dropout: float):
+    def __init__(self, n_genes: int, latent_dim: int, latent_token_size: int, hidden: int, depth: int, n_heads: int, cond_dim: int, dropout: float,
+                 head_size: int | None = None):
         super().__init__()
         if latent_dim % latent_token_size:
             raise ValueError(f"latent size {latent_dim} is not a multiple of the latent token size {latent_token_size}")
@@ -54,9 +55,13 @@ class TokenDecoder(nn.Module):
         self.token_proj = nn.Linear(latent_token_size, hidden)
         self.position = nn.Parameter(torch.randn(n_tokens, hidden) * 0.02)
         self.transformer = AdaLNTransformer(hidden, depth, n_heads, cond_dim, dropout)
-        # Flatten -> genes through a bottleneck of `hidden` units: a direct (tokens*hidden x genes)
-        # matrix would reach 10^8 weights at 30,000 genes.
-        self.to_genes = nn.Sequential(nn.Linear(n_tokens * hidden, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, n_genes))
+        # Flatten -> genes through a bottleneck of `head_size` units (default `hidden`): the paper's
+        # direct (tokens*hidden x genes) matrix (head_size=0) reaches 10^8 weights at 30,000 genes.
+        head_size = hidden if head_size is None else head_size
+        if head_size == 0:
+            self.to_genes = nn.Linear(n_tokens * hidden, n_genes)
+        else:
+            self.to_genes = nn.Sequential(nn.Linear(n_tokens * hidden, head_size), nn.GELU(approximate="tanh"), nn.Linear(head_size, n_genes))
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor, cond_index=None) -> torch.Tensor:
         tokens = self.token_proj(z.view(z.shape[0], -1, self.token_size)) + self.position
@@ -80,6 +85,7 @@ class BlockAttentionVAE(nn.Module):
         n_heads: int = 4,
         dropout: float = 0.0,
         likelihood: str = "bernoulli",
+        decoder_head_size: int | None = None,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -87,7 +93,8 @@ class BlockAttentionVAE(nn.Module):
         self.likelihood = likelihood
         self.condition_embedding = ConditionEmbedding(n_categories, cond_dim)
         self.encoder = BlockEncoder(block_index, n_genes, hidden, n_encoder_layers, n_heads, cond_dim, latent_dim, dropout)
-        self.decoder = TokenDecoder(n_genes, latent_dim, latent_token_size, hidden, n_decoder_layers, n_heads, cond_dim, dropout)
+        self.decoder = TokenDecoder(n_genes, latent_dim, latent_token_size, hidden, n_decoder_layers, n_heads, cond_dim, dropout,
+                                    decoder_head_size)
         if likelihood == "nb":
             self.log_theta = nn.Parameter(torch.zeros(n_genes))
         self.latent_dim = latent_dim

@@ -21,6 +21,14 @@ def user_error(result, fragment):
     assert "Traceback" not in result.output
 
 
+def test_train_offers_every_model_parameter_with_the_engines_default():
+    from pysave.model import DEFAULTS
+
+    options = {p.name: p.default for p in main.commands["train"].params}
+    assert set(DEFAULTS) <= set(options), sorted(set(DEFAULTS) - set(options))
+    assert {k: options[k] for k in DEFAULTS} == DEFAULTS
+
+
 def test_train_writes_a_model_and_refuses_to_overwrite(trained, tmp_path):
     out = tmp_path / "m"
     args = ["train", trained["data"], "--condition", "batch", "--condition", "cell_type", "--batch-key", "batch",

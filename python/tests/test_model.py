@@ -156,6 +156,16 @@ def test_save_load_roundtrip_is_identical(trained, tmp_path):
         model.save(trained["dir"])
 
 
+def test_decoder_head_size_survives_save_and_load(pbmc_small, tmp_path):
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    model = pysave.SAVE(pbmc_small, verbose=False, decoder_head_size=0, **TINY)  # the paper's eq. (6)
+    model.train(max_epochs=1, flow_epochs=1, progress=False)
+    loaded = pysave.SAVE.load(model.save(str(tmp_path / "m")), device="cpu", verbose=False)
+    assert loaded.params["decoder_head_size"] == 0
+    assert isinstance(loaded.vae.decoder.to_genes, torch.nn.Linear)
+    assert np.array_equal(model.generate(n_cells=5, seed=1).X, loaded.generate(n_cells=5, seed=1).X)
+
+
 def test_load_with_adata_sets_default_data(trained):
     loaded = pysave.SAVE.load(trained["dir"], adata=trained["adata"], device="cpu", verbose=False)
     assert loaded.get_latent_representation().shape == (400, 32)
@@ -238,6 +248,8 @@ def test_tiny_datasets_and_bad_parameters(pbmc_small):
         pysave.SAVE(pbmc_small, hidden=3)
     with pytest.raises(PySaveError, match="likelihood must be one of"):
         pysave.SAVE(pbmc_small, likelihood="poisson")
+    with pytest.raises(PySaveError, match="decoder_head_size must be 0"):
+        pysave.SAVE(pbmc_small, decoder_head_size=-1)
     one = pbmc_small[:1].copy()
     pysave.SAVE.setup_anndata(one, ["cell_type"])
     m = pysave.SAVE(one, verbose=False, **TINY)

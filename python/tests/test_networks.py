@@ -47,6 +47,18 @@ def test_vae_loss_and_one_cell_minibatch(likelihood):
         assert torch.allclose(mean.sum(-1), torch.ones(1))
 
 
+@pytest.mark.parametrize("head_size, widths", [(None, [16]), (40, [40]), (0, [])])
+def test_decoder_head_size(head_size, widths):
+    index = torch.arange(24).view(4, 6)
+    vae = BlockAttentionVAE(index, 24, [2], hidden=16, cond_dim=8, latent_dim=16, latent_token_size=8,
+                            n_encoder_layers=1, n_decoder_layers=1, n_heads=2, decoder_head_size=head_size)
+    layers = [m for m in vae.decoder.to_genes.modules() if isinstance(m, torch.nn.Linear)]
+    # flattened tokens (2 x 16) -> [head] -> 24 genes; 0 is the paper's eq. (6), one linear map
+    assert [m.out_features for m in layers] == widths + [24]
+    assert layers[0].in_features == 32
+    assert vae.decode_mean(torch.zeros(3, 16), torch.zeros(3, 1, dtype=torch.long)).shape == (3, 24)
+
+
 def test_encoder_reads_padding_as_zero():
     vae = _vae("bernoulli")
     blocks = vae.encoder.gather_index

@@ -18,9 +18,11 @@
 #' Network (`SAVE(...)`): `gene_embeddings` ("data"), `block_size` (NULL), `n_blocks` (NULL:
 #' 32 blocks), `likelihood` ("bernoulli", "gaussian" or "nb"), `hidden_size` (256),
 #' `condition_dim` (512), `latent_dim` (128), `latent_token_size` (8), `n_encoder_layers` (3),
-#' `n_decoder_layers` (3), `n_heads` (4), `dropout` (0), `flow_hidden_size` (128),
+#' `n_decoder_layers` (3), `decoder_head_size` (NULL: `hidden_size`; 0: the paper's direct linear
+#' map), `n_heads` (4), `dropout` (0), `flow_hidden_size` (128),
 #' `flow_layers` (2), `flow_token_size` (32), `flow_heads` (4), `flow_condition_dim` (256), `mask_prob` (0.6),
-#' `vae_mask_prob` (0.2), `kl_weight` (0.05).
+#' `vae_mask_prob` (0.2), `kl_weight` (0.05; use 0.2 when the model is for integration:
+#' better scIB scores on three datasets, worse generated cells; see the pysave benchmarks).
 #' Training (`SAVE.train(...)`): `flow_epochs` (NULL: 2 x max_epochs, at least 4,000 steps),
 #' `lr` (1e-4), `flow_lr` (1e-3), `weight_decay` (2.5e-5), `warmup_epochs` (NULL: a quarter),
 #' `validation_fraction` (0.1), `early_stopping` (TRUE), `patience` (20 epochs),

@@ -185,7 +185,7 @@ def to_python_values(values):
 # Integer network sizes come from the engine's own defaults, so a new one needs no change here;
 # the rest default to None in the engine and are listed by hand.
 INTEGER_ARGS = {k for k, v in DEFAULTS.items() if type(v) is int} | {
-    "block_size", "n_blocks", "seed", "max_epochs", "flow_epochs", "batch_size", "warmup_epochs",
+    "block_size", "n_blocks", "decoder_head_size", "seed", "max_epochs", "flow_epochs", "batch_size", "warmup_epochs",
     "early_stopping_patience", "n_steps", "n_cells", "checkpoint_every", "chunk_size"}
 
 
