@@ -79,3 +79,13 @@ test_that("GenerateCells' and TransferCells' defaults are pysave's (generate_lik
   expect_setequal(eval(formals(TransferCells)$expression), unlist(pymodel$OUTPUT_KINDS))
   expect_setequal(eval(formals(TransferCells)$via), unlist(pymodel$TRANSFER_VIAS))
 })
+
+test_that("R numbers for integer engine arguments reach pysave as Python ints", {
+  mods <- saveR:::.py()
+  out <- mods$bridge$to_python_values(list(decoder_head_size = 0, n_blocks = 4, block_size = 50, hidden_size = 64,
+                                            kl_weight = 0.2))
+  type_of <- function(key) reticulate::py_to_r(mods$builtins$type(out$get(key))$`__name__`)
+  # engine arguments that default to None are listed by hand in the bridge; a float width breaks nn.Linear
+  for (key in c("decoder_head_size", "n_blocks", "block_size", "hidden_size")) expect_identical(type_of(key), "int", label = key)
+  expect_identical(type_of("kl_weight"), "float")
+})
