@@ -117,6 +117,25 @@ def score(train, test, keys, seed, generated_by_output: dict) -> dict:
     return summary
 
 
+def diagnostic_main(doc: str, run, stem: str, guidance: bool = False) -> dict:
+    """Command line of a generation diagnostic (try_*.py) over a model kept with --model-dir:
+    --model-dir, --dataset, --seed (and --guidance). Calls run(model_dir, dataset, seed[, guidance]),
+    writes results/<stem>_<dataset>_s<seed>.json, prints the floor and the Gaussian, returns the result."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--dataset", default="pbmc_3tech")
+    p.add_argument("--seed", type=int, default=0)
+    if guidance:
+        p.add_argument("--guidance", type=float, default=2.0)
+    args = p.parse_args()
+    r = run(args.model_dir, args.dataset, args.seed, *([args.guidance] if guidance else []))
+    with open(os.path.join(HERE, "results", f"{stem}_{args.dataset}_s{args.seed}.json"), "w") as fh:
+        json.dump(r, fh, indent=1)
+    print(f"{args.dataset} s{args.seed}: floor {r['floor']['W1']:.3f} / {r['floor']['MMD']:.3f}, "
+          f"Gaussian {r['gaussian']['W1']:.3f} / {r['gaussian']['MMD']:.3f}")
+    return r
+
+
 def model_name(dataset, seed, epochs, params, held_out=None) -> str:
     """The folder name of a model kept with --model-dir: one per (dataset, held-out cell type,
     seed, epochs, parameters), so a sweep of sampling options reuses it."""

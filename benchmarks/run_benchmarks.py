@@ -457,6 +457,42 @@ def plot_task(task, runs):
     plotting.grouped_bars(pd.DataFrame(rows).T, cols, os.path.join(RESULTS, f"bench_{task}.png"), title=task, labels=labels)
 
 
+def plot_kl_sweep(runs):
+    """results/bench_batch_kl.png: scIB Total of the decoder-corrected expression against the
+    training KL weight (rows pysave_corrected[_kl<w>]), per dataset, with the best peer and the
+    target (best peer + 0.02) as lines; mean and range over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({d for t, d, m in runs if t == "batch" and m.startswith("pysave_corrected_kl")})
+    if not datasets:
+        return
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        points = []
+        for (t, d, m), rs in runs.items():
+            match = re.fullmatch(r"pysave_corrected(?:_kl([0-9.]+))?", m)
+            if t == "batch" and d == dataset and match:
+                points.append((float(match.group(1) or 0.05), [r["metrics"]["Total"] for r in rs]))
+        points.sort()
+        kl = [p[0] for p in points]
+        ax.errorbar(kl, [np.mean(v) for v in (p[1] for p in points)],
+                    yerr=[[np.mean(v) - min(v) for v in (p[1] for p in points)], [max(v) - np.mean(v) for v in (p[1] for p in points)]],
+                    marker="o", capsize=3, label="pysave, corrected")
+        peers = {m: np.mean([r["metrics"]["Total"] for r in rs]) for (t, d, m), rs in runs.items()
+                 if t == "batch" and d == dataset and not m.startswith("pysave") and m != "pca"}
+        best = max(peers, key=peers.get)
+        ax.axhline(peers[best], color="grey", ls="--", label=f"best peer ({best})")
+        ax.axhline(peers[best] + 0.02, color="red", ls=":", label="target (+0.02)")
+        ax.set(title=dataset, xlabel="kl_weight", ylabel="scIB Total")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "bench_batch_kl.png"), dpi=110)
+    plt.close(fig)
+
+
 def build_table():
     raw = {}
     for path in sorted(glob.glob(os.path.join(RESULTS, "bench_*.json"))):
@@ -496,6 +532,7 @@ def build_table():
         if task in PER_TYPE:
             lines += per_type_table(task, {k: runs[k] for k in keys})
         plot_task(task, {k: runs[k] for k in keys})
+    plot_kl_sweep(runs)
     table = "\n".join(lines)
     readme = os.path.join(HERE, "README.md")
     if "PYSAVE_BENCH_RESULTS" in os.environ:  # a trial run: its table goes beside its results, not into the README

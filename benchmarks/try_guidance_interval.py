@@ -13,8 +13,6 @@ steps) and is scored with the generation protocol. Writes results/guidance_inter
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -54,16 +52,10 @@ def run(model_dir, dataset, seed) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--dataset", default="pbmc_3tech")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    r = run(args.model_dir, args.dataset, args.seed)
-    with open(os.path.join(HERE, "results", f"guidance_interval_{args.dataset}_s{args.seed}.json"), "w") as fh:
-        json.dump(r, fh, indent=1)
-    print(f"{args.dataset} s{args.seed}: floor {r['floor']['W1']:.3f} / {r['floor']['MMD']:.3f}, "
-          f"Gaussian {r['gaussian']['W1']:.3f} / {r['gaussian']['MMD']:.3f}")
+    sys.path.insert(0, HERE)
+    import eval_generation
+
+    r = eval_generation.diagnostic_main(__doc__, run, "guidance_interval")
     for w, lo, hi in SETTINGS:
         name = f"w{w:g} t in [{lo:g}, {hi:g}]"
         print(f"  {name}: {r[name]['W1']:.3f} / {r[name]['MMD']:.3f}")

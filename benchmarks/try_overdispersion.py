@@ -12,8 +12,6 @@ are scored with the generation protocol. Writes results/overdispersion_<dataset>
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
@@ -101,16 +99,9 @@ def run(model_dir, dataset, seed, guidance=2.0) -> dict:
         rng = np.random.default_rng([seed, 7])
         library = np.exp(lib_mean + lib_sd * rng.standard_normal(len(log_mean)))
         if kind == "poisson":
-            rate = inverters[-1].rates(log_mean, library)  # THETAS[-1] = inf: Poisson
-        else:
-            rate = invert(inverters, log_mean, library, theta_index)
-            theta = THETAS[theta_index]
-            finite = np.isfinite(theta)
-            shape = np.broadcast_to(theta[finite], rate[:, finite].shape)
-            rate[:, finite] = rng.gamma(shape, rate[:, finite] / shape)
-        counts = rng.poisson(rate).astype(np.float64)
-        size = np.maximum(counts.sum(1, keepdims=True), 1.0)
-        X = np.log1p(counts / size * D.TARGET_SUM).astype(np.float32)
+            X = D.draw_counts(inverters[-1].rates(log_mean, library), rng)  # THETAS[-1] = inf: Poisson
+        else:  # the product's Gamma-Poisson draw; genes the fit left at theta = inf stay Poisson
+            X = D.draw_counts(invert(inverters, log_mean, library, theta_index), rng, THETAS[theta_index], rng)
         return ad.AnnData(X=X, obs=test.obs.copy(), var=test.var[[]].copy(),
                           uns={"pysave": {"X": "log1p(CP10k)", "output": "sample"}})
 
@@ -123,19 +114,12 @@ def run(model_dir, dataset, seed, guidance=2.0) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--dataset", default="pbmc_3tech")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=2.0)
-    args = p.parse_args()
-    r = run(args.model_dir, args.dataset, args.seed, args.guidance)
-    with open(os.path.join(HERE, "results", f"overdispersion_{args.dataset}_s{args.seed}.json"), "w") as fh:
-        json.dump(r, fh, indent=1)
-    print(f"{args.dataset} s{args.seed}: floor {r['floor']['W1']:.3f} / {r['floor']['MMD']:.3f}, Gaussian "
-          f"{r['gaussian']['W1']:.3f} / {r['gaussian']['MMD']:.3f}, Poisson {r['poisson']['W1']:.3f} / {r['poisson']['MMD']:.3f}, "
-          f"NB {r['negative_binomial']['W1']:.3f} / {r['negative_binomial']['MMD']:.3f} "
-          f"({r['genes_poisson']} genes kept Poisson)")
+    sys.path.insert(0, HERE)
+    import eval_generation
+
+    r = eval_generation.diagnostic_main(__doc__, run, "overdispersion", guidance=True)
+    print(f"  Poisson {r['poisson']['W1']:.3f} / {r['poisson']['MMD']:.3f}, NB {r['negative_binomial']['W1']:.3f} / "
+          f"{r['negative_binomial']['MMD']:.3f} ({r['genes_poisson']} genes kept Poisson)")
 
 
 if __name__ == "__main__":

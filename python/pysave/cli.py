@@ -124,7 +124,7 @@ def main():
 @click.option("--mask-prob", type=float, default=0.6, show_default=True, help="Condition masking while training the flow.")
 @click.option("--vae-mask-prob", type=float, default=0.2, show_default=True)
 @click.option("--kl-weight", type=float, default=0.05, show_default=True,
-              help="Weight of the KL term; 0.2 for batch correction / integration (better scIB scores, worse generation).")
+              help="Weight of the KL term; 0.2 for a model meant for batch correction / integration (better scIB scores; worse generation and transfer).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--checkpoint-every", type=int, default=10, show_default=True,
               help="Write the training state to OUT.checkpoint every N epochs (0: never).")

@@ -422,9 +422,19 @@ def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd
         rate = expr / total * lib[:, None]
     else:
         raise ValueError(f"rates must be 'fraction' or 'log_mean', got {rates!r}")
+    return draw_counts(rate, count_rng, theta, gamma_rng)
+
+
+def draw_counts(rate: np.ndarray, count_rng: np.random.Generator, theta: np.ndarray | None = None,
+                gamma_rng: np.random.Generator | None = None) -> np.ndarray:
+    """Counts ~ Poisson(rate), or negative binomial with per-gene inverse dispersion ``theta``
+    (Gamma-Poisson; genes with theta = inf stay Poisson), returned as log1p(CP10k)."""
     if theta is not None:
-        theta = np.asarray(theta, dtype=np.float64)[None, :]
-        rate = gamma_rng.gamma(np.broadcast_to(theta, rate.shape), rate / theta)
+        theta = np.asarray(theta, dtype=np.float64)
+        finite = np.isfinite(theta)
+        rate = np.array(rate, dtype=np.float64)
+        shape = np.broadcast_to(theta[finite], rate[:, finite].shape)
+        rate[:, finite] = gamma_rng.gamma(shape, rate[:, finite] / shape)
     counts = count_rng.poisson(rate).astype(np.float64)
     size = counts.sum(1, keepdims=True)
     size[size <= 0] = 1.0

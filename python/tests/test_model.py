@@ -248,8 +248,15 @@ def test_tiny_datasets_and_bad_parameters(pbmc_small):
         pysave.SAVE(pbmc_small, hidden=3)
     with pytest.raises(PySaveError, match="likelihood must be one of"):
         pysave.SAVE(pbmc_small, likelihood="poisson")
-    with pytest.raises(PySaveError, match="decoder_head_size must be 0"):
+    with pytest.raises(PySaveError, match=r"decoder_head_size must be a whole number >= 0 \(0 = the paper"):
         pysave.SAVE(pbmc_small, decoder_head_size=-1)
+    for key, value in [("decoder_head_size", 40.5), ("hidden_size", 0), ("n_heads", True), ("n_blocks", "4")]:
+        with pytest.raises(PySaveError, match=f"{key} must be a whole number"):
+            pysave.SAVE(pbmc_small, **{key: value})
+    # Whole floats (R numbers, JSON) are taken as ints, so torch never sees a float width.
+    sized = pysave.SAVE(pbmc_small, verbose=False, **{**TINY, "hidden_size": 16.0, "decoder_head_size": np.float64(8)})
+    assert type(sized.params["hidden_size"]) is int and sized.params["decoder_head_size"] == 8
+    assert sized.vae.decoder.to_genes[0].out_features == 8
     one = pbmc_small[:1].copy()
     pysave.SAVE.setup_anndata(one, ["cell_type"])
     m = pysave.SAVE(one, verbose=False, **TINY)

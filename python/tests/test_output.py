@@ -51,6 +51,10 @@ def test_sample_counts_follow_the_mean_and_the_library_size():
     nb = D.sample_counts(lognorm, np.full(400, np.log(50_000)), np.full(400, 0.2), np.random.default_rng(2),
                          np.random.default_rng(3), theta=np.full(500, 0.5), gamma_rng=np.random.default_rng(4))
     assert nb.var(0).mean() > 2 * deep.var(0).mean()
+    # Genes with theta = inf stay Poisson (a dispersion fit may leave some genes there).
+    theta = np.where(np.arange(200) % 2 == 0, 0.5, np.inf)
+    mixed = D.draw_counts(np.full((2000, 200), 20.0), np.random.default_rng(5), theta, np.random.default_rng(6)).var(0)
+    assert mixed[::2].mean() > 10 * mixed[1::2].mean()
 
 
 def test_log_mean_inverter_recovers_poisson_rates():
