@@ -483,9 +483,10 @@ def plot_kl_sweep(runs):
                     marker="o", capsize=3, label="pysave, corrected")
         peers = {m: np.mean([r["metrics"]["Total"] for r in rs]) for (t, d, m), rs in runs.items()
                  if t == "batch" and d == dataset and not m.startswith("pysave") and m != "pca"}
-        best = max(peers, key=peers.get)
-        ax.axhline(peers[best], color="grey", ls="--", label=f"best peer ({best})")
-        ax.axhline(peers[best] + 0.02, color="red", ls=":", label="target (+0.02)")
+        if peers:  # a trial results folder may hold pysave's rows only
+            best = max(peers, key=peers.get)
+            ax.axhline(peers[best], color="grey", ls="--", label=f"best peer ({best})")
+            ax.axhline(peers[best] + 0.02, color="red", ls=":", label="target (+0.02)")
         ax.set(title=dataset, xlabel="kl_weight", ylabel="scIB Total")
         ax.legend(fontsize=7)
     fig.tight_layout()
