@@ -477,9 +477,9 @@ def plot_kl_sweep(runs):
             if t == "batch" and d == dataset and match:
                 points.append((float(match.group(1) or 0.05), [r["metrics"]["Total"] for r in rs]))
         points.sort()
-        kl = [p[0] for p in points]
-        ax.errorbar(kl, [np.mean(v) for v in (p[1] for p in points)],
-                    yerr=[[np.mean(v) - min(v) for v in (p[1] for p in points)], [max(v) - np.mean(v) for v in (p[1] for p in points)]],
+        kl, totals = [p[0] for p in points], [p[1] for p in points]
+        means = [np.mean(v) for v in totals]
+        ax.errorbar(kl, means, yerr=[[m - min(v) for m, v in zip(means, totals)], [max(v) - m for m, v in zip(means, totals)]],
                     marker="o", capsize=3, label="pysave, corrected")
         peers = {m: np.mean([r["metrics"]["Total"] for r in rs]) for (t, d, m), rs in runs.items()
                  if t == "batch" and d == dataset and not m.startswith("pysave") and m != "pca"}

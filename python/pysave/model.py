@@ -73,7 +73,7 @@ INTEGER_PARAMS = dict(
 
 
 def _as_integer(key: str, value, minimum: int):
-    if value is None and key in ("block_size", "n_blocks", "decoder_head_size"):
+    if value is None and DEFAULTS[key] is None:  # None means "derived" for these (e.g. decoder_head_size)
         return None
     integral = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
     if isinstance(value, bool) or not integral or int(value) < minimum:

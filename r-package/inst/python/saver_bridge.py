@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pysave.model import DEFAULTS
+from pysave.model import INTEGER_PARAMS
 
 
 # ----------------------------------------------------------------------------- R -> AnnData
@@ -182,10 +182,10 @@ def to_python_values(values):
     return out
 
 
-# Integer network sizes come from the engine's own defaults, so a new one needs no change here;
-# the rest default to None in the engine and are listed by hand.
-INTEGER_ARGS = {k for k, v in DEFAULTS.items() if type(v) is int} | {
-    "block_size", "n_blocks", "decoder_head_size", "seed", "max_epochs", "flow_epochs", "batch_size", "warmup_epochs",
+# The engine's integer model parameters come from pysave itself, so a new one needs no change here;
+# training and sampling arguments are listed by hand.
+INTEGER_ARGS = set(INTEGER_PARAMS) | {
+    "max_epochs", "flow_epochs", "batch_size", "warmup_epochs",
     "early_stopping_patience", "n_steps", "n_cells", "checkpoint_every", "chunk_size"}
 
 

@@ -85,7 +85,7 @@ test_that("R numbers for integer engine arguments reach pysave as Python ints", 
   out <- mods$bridge$to_python_values(list(decoder_head_size = 0, n_blocks = 4, block_size = 50, hidden_size = 64,
                                             kl_weight = 0.2))
   type_of <- function(key) reticulate::py_to_r(mods$builtins$type(out$get(key))$`__name__`)
-  # engine arguments that default to None are listed by hand in the bridge; a float width breaks nn.Linear
+  # the bridge takes them from pysave.model.INTEGER_PARAMS; a float width breaks nn.Linear
   for (key in c("decoder_head_size", "n_blocks", "block_size", "hidden_size")) expect_identical(type_of(key), "int", label = key)
   expect_identical(type_of("kl_weight"), "float")
 })
