@@ -136,6 +136,18 @@ def diagnostic_main(doc: str, run, stem: str, guidance: bool = False) -> dict:
     return r
 
 
+def train_options(epochs) -> dict:
+    """``model.train`` options of the harness: ``epochs`` VAE epochs at lr 1e-3 (fast, the harness's
+    default), or with ``"product"`` the product's own training (epochs by the scvi-tools rule, lr
+    1e-4, early stopping)."""
+    return {} if epochs == "product" else {"max_epochs": int(epochs), "lr": 1e-3}
+
+
+def epochs_arg(value: str):
+    """--epochs: a number of VAE epochs, or "product" (see train_options)."""
+    return value if value == "product" else int(value)
+
+
 def model_name(dataset, seed, epochs, params, held_out=None) -> str:
     """The folder name of a model kept with --model-dir: one per (dataset, held-out cell type,
     seed, epochs, parameters), so a sweep of sampling options reuses it."""
@@ -157,7 +169,7 @@ def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_
     else:
         pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
         model = pysave.SAVE(train, seed=seed, verbose=False, **params)
-        model.train(max_epochs=epochs, lr=1e-3, seed=seed, progress=False)
+        model.train(seed=seed, progress=False, **train_options(epochs))
         train_seconds = time.perf_counter() - t0
         model.training_summary["wall_seconds"] = train_seconds
         if saved is not None:
@@ -203,7 +215,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", nargs="+", default=["pbmc_3tech"], choices=sorted(DATASETS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=epochs_arg, default=100, help='VAE epochs, or "product" (the product\'s training)')
     parser.add_argument("--paper-size", action="store_true", help="the paper's network instead of the fast one")
     parser.add_argument("--gene-embeddings", default="data", help="data, builtin, random or a file (gene blocks)")
     parser.add_argument("--output", nargs="+", default=["sample", "mean"], choices=["sample", "mean"],

@@ -110,11 +110,14 @@ def peer(args, *cli):
 def train_pysave(adata, keys, batch_key, seed, args, flow=True):
     import pysave
 
+    sys.path.insert(0, HERE)
+    import eval_generation
+
     pysave.SAVE.setup_anndata(adata, keys, batch_key=batch_key)
     model = pysave.SAVE(adata, seed=seed, verbose=False, **{**(FAST if args.fast else {}), **json.loads(args.params)})
     t0 = time.perf_counter()
     # Transfer, latent and correction use only the VAE: the flow is trained for one epoch then.
-    model.train(max_epochs=args.epochs, flow_epochs=None if flow else 1, lr=1e-3, seed=seed, progress=False)
+    model.train(flow_epochs=None if flow else 1, seed=seed, progress=False, **eval_generation.train_options(args.epochs))
     return model, time.perf_counter() - t0
 
 
@@ -556,7 +559,8 @@ def main():
     p.add_argument("--dataset", nargs="+", default=None, help="default: every dataset of the task")
     p.add_argument("--method", nargs="+", default=None, help="default: every method of the task")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--epochs", type=int, default=60, help="pysave VAE epochs")
+    p.add_argument("--epochs", default=60, help='pysave VAE epochs (lr 1e-3), or "product": the product\'s training '
+                   '(epochs by the scvi-tools rule, lr 1e-4, early stopping)')
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--paper-size", dest="fast", action="store_false", help="pysave's paper-sized network (default: fast)")
     p.add_argument("--held-out", nargs="+", default=None, help="perturbation: only these held-out cell types")
@@ -575,6 +579,7 @@ def main():
     p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")
     p.add_argument("--table", action="store_true", help="only rebuild the README table from results/bench_*.json")
     args = p.parse_args()
+    args.epochs = args.epochs if args.epochs == "product" else int(args.epochs)
     if args.table:
         return build_table()
     import torch

@@ -8,14 +8,17 @@ DIR`` and scores, like the perturbation task (R^2 of per-gene means, top-100 DEG
 decoder-mean output), variants of ``SAVE.transfer(via="flow")``. A variant is a name with
 ``:key=value`` options: ``w`` (guidance forward, default 2), ``wb`` (guidance back, default w),
 ``n`` (steps each way, default 50), ``s=mid`` (midpoint instead of Euler), ``tau`` (go back only
-to t = tau instead of the noise), ``wd`` (weight of the extra term). Names:
+to t = tau instead of the noise), ``wd`` (weight of the extra term), ``post=1`` (move one posterior sample per cell, mu + sigma eps,
+which is what the flow was trained on, instead of the encoder mean mu). Names:
 - ``default``: what ``transfer`` does: back under the cells' conditions, forward under the target's,
   each with v = (1 - w) v(nothing) + w v(all conditions);
 - ``changed_only``: forward guidance on the changed condition alone: v(type) + w (v(type, stimulated) - v(type));
 - ``extra_changed``: the default plus wd (v(stimulated) - v(nothing)) (composable guidance);
 - ``extra_shift``: the default plus wd (v(stimulated) - v(control)), the other conditions masked;
 - ``decoder``: no flow (``via="decoder"``).
-Writes results/transfer_variants_s<seed>.json.
+Writes results/transfer_variants_s<seed>.json (``_e<epochs>`` added for models other than the 60-epoch
+ones; ``pool<seeds>`` instead of ``s<seed>`` with ``--pool-seeds``, which pools the predicted cells of
+several seeds' models: an ensemble).
 """
 from __future__ import annotations
 
@@ -65,7 +68,10 @@ def transfer(model, query, variant, condition_key, stimulated, cell_type_key):
     w = float(opts.get("w", 2)); wb = float(opts.get("wb", w)); wd = float(opts.get("wd", 1))
     n = int(opts.get("n", 50)); tau = float(opts.get("tau", 0)); midpoint = opts.get("s") == "mid"
     prep = model._prepare(query)
-    mu, _ = model._encode(prep)
+    mu, logvar = model._encode(prep)
+    if opts.get("post") == "1":
+        gen = torch.Generator().manual_seed(0)
+        mu = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
     keys = model.registry["condition_keys"]
     ic, it = keys.index(condition_key), keys.index(cell_type_key)
     src = torch.from_numpy(prep.codes.copy())
@@ -114,7 +120,11 @@ def main():
     p.add_argument("--epochs", type=int, default=60, help="which kept models (their VAE epochs)")
     p.add_argument("--types", nargs="+", required=True)
     p.add_argument("--variants", nargs="+", default=["default", "extra_changed:wd=0.5"])
+    p.add_argument("--pool-seeds", nargs="+", type=int, default=None,
+                   help="pool the predicted cells of the kept models of these seeds (an ensemble: per-gene means averaged)")
     args = p.parse_args()
+    seeds = args.pool_seeds or [args.seed]
+    import anndata as ad
     import torch
 
     import pysave
@@ -130,17 +140,22 @@ def main():
     rows = []
     for t in args.types:
         safe = re.sub(r"[^A-Za-z0-9.+-]", "-", t)
-        found = glob.glob(os.path.join(args.model_dir, f"kang_heldout_{safe}_s{args.seed}_e{args.epochs}_*"))
-        if not found:
-            raise SystemExit(f"no kept model for {t} (seed {args.seed}, {args.epochs} epochs) in {args.model_dir}")
-        model = pysave.SAVE.load(sorted(found)[0], verbose=False, device="cpu")
+        models = []
+        for seed in seeds:
+            found = glob.glob(os.path.join(args.model_dir, f"kang_heldout_{safe}_s{seed}_e{args.epochs}_*"))
+            if not found:
+                raise SystemExit(f"no kept model for {t} (seed {seed}, {args.epochs} epochs) in {args.model_dir}")
+            models.append(pysave.SAVE.load(sorted(found)[0], verbose=False, device="cpu"))
         real, query = adata[types == t].copy(), adata[(types == t) & (cond == ctrl)].copy()
         for v in args.variants:
-            pred = transfer(model, query, v, ck, stim, tk)
+            preds = [transfer(model, query, v, ck, stim, tk) for model in models]
+            pred = preds[0] if len(preds) == 1 else ad.concat(preds, index_unique="-", uns_merge="first")
             row = M.perturbation_evaluation(real, pred, ck, ctrl, stim, tk, n_degs=100, seed=args.seed)["per_group"].iloc[0]
             rows.append({"type": t, "variant": v, "degs_r2": float(row["degs_r2"]), "all_r2": float(row["all_r2"])})
             print(f"{t} {v}: R2 DEGs {row['degs_r2']:.4f}, all {row['all_r2']:.4f}", flush=True)
-    with open(os.path.join(HERE, "results", f"transfer_variants_s{args.seed}.json"), "w") as fh:
+    suffix = ("" if args.epochs == 60 else f"_e{args.epochs}")
+    name = f"pool{''.join(map(str, seeds))}" if args.pool_seeds else f"s{args.seed}"
+    with open(os.path.join(HERE, "results", f"transfer_variants_{name}{suffix}.json"), "w") as fh:
         json.dump(rows, fh, indent=1)
     for v in args.variants:
         r = [x for x in rows if x["variant"] == v]

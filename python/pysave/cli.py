@@ -100,7 +100,7 @@ def main():
 @click.option("--weight-decay", type=float, default=2.5e-5, show_default=True)
 @click.option("--warmup-epochs", type=int, default=None, help="Linear warm-up (default: a quarter of the epochs).")
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
-@click.option("--patience", type=int, default=20, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--patience", type=int, default=20, show_default=True, help="Early-stopping patience in epochs (the flow stage waits at least 1,000 optimizer steps).")
 @click.option("--no-early-stopping", is_flag=True)
 @click.option("--gene-embeddings", default="data", show_default=True, help="'data', 'builtin' (shipped gene-knowledge table; 'builtin:human', 'builtin:mouse'), 'random' or a CSV/TSV/NPZ/parquet file.")
 @click.option("--block-size", type=int, default=None, help="Genes per block K.")

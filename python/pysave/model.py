@@ -55,6 +55,7 @@ DEFAULTS = dict(
     flow_token_size=32,
     flow_heads=4,
     flow_condition_dim=256,
+    flow_ema=0.0,
     mask_prob=0.6,
     vae_mask_prob=0.2,
     kl_weight=0.05,
@@ -113,7 +114,7 @@ DEFAULT_TRANSFER_VIA = "flow"
 TRANSFER_VIAS = ("flow", "decoder")
 
 MIN_FLOW_STEPS = 4000
-MIN_PATIENCE_STEPS = 1000
+MIN_FLOW_PATIENCE_STEPS = 1000
 MAX_VALIDATION_CELLS = 10_000  # enough for early stopping; keeps a backed run's memory flat
 
 
@@ -164,6 +165,9 @@ class SAVE:
     flow_hidden_size, flow_layers, flow_token_size, flow_heads, flow_condition_dim
         Shape of the flow-matching Transformer over latent tokens, and the size of its summed
         time + condition embedding.
+    flow_ema
+        Decay of an exponential moving average of the flow's weights while it trains (0: off);
+        validation and the kept weights are the averaged ones.
     mask_prob
         Probability of masking each condition while training the flow (paper: 0.6).
     vae_mask_prob
@@ -236,7 +240,7 @@ class SAVE:
             p[key] = _as_integer(key, p[key], minimum)
         if p["likelihood"] not in LIKELIHOODS:
             raise PySaveError(f"likelihood must be one of {LIKELIHOODS}, got {p['likelihood']!r}.")
-        for key in ("mask_prob", "vae_mask_prob"):
+        for key in ("mask_prob", "vae_mask_prob", "flow_ema"):
             if not 0.0 <= float(p[key]) < 1.0:
                 raise PySaveError(f"{key} must be in [0, 1), got {p[key]}.")
         if p["latent_dim"] % p["latent_token_size"] or p["latent_dim"] % p["flow_token_size"]:
@@ -304,8 +308,10 @@ class SAVE:
         ``max_epochs`` defaults to min(400, round(400 * 20000 / n_cells)) as in scvi-tools;
         ``flow_epochs`` to 2 x max_epochs but at least 4,000 optimizer steps (the flow trains on
         cached latents, is cheap, and needs many steps before it follows its conditions);
-        warm-up to a quarter of the epochs (paper: 50 of 200). Early-stopping patience counts
-        epochs but never fewer than 1,000 optimizer steps.
+        warm-up to a quarter of the epochs (paper: 50 of 200). Early stopping ends the VAE
+        after ``early_stopping_patience`` epochs without a better validation loss, and the flow
+        after as many epochs but never fewer than 1,000 optimizer steps (its loss is noisier);
+        each stage keeps the weights of its best epoch.
 
         With ``checkpoint_dir``, the full training state is written there every
         ``checkpoint_every`` epochs (safetensors + JSON, no pickle); ``resume=True`` continues
@@ -384,7 +390,13 @@ class SAVE:
             self._log("too few cells for a validation split; training without validation and early stopping")
         val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
         steps = math.ceil(len(train_rows) / batch_size)
-        patience = max(early_stopping_patience, math.ceil(MIN_PATIENCE_STEPS / steps)) if early_stopping and n_val else None
+        # The VAE's validation loss falls to one minimum and rises after it, so it stops after
+        # `early_stopping_patience` epochs without a new best. The flow's loss is noisy and keeps
+        # improving slowly, so its patience is at least MIN_FLOW_PATIENCE_STEPS optimizer steps
+        # (benchmarks/README.md, "Early stopping").
+        stopping = early_stopping and n_val > 0
+        vae_patience = early_stopping_patience if stopping else None
+        flow_patience = max(early_stopping_patience, math.ceil(MIN_FLOW_PATIENCE_STEPS / steps)) if stopping else None
         data = self._data
         member = np.zeros(n_cells, dtype=bool)
         member[train_rows] = True
@@ -417,7 +429,7 @@ class SAVE:
             vae_result = fit(
                 self.vae, vae_loss, vae_batches, vae_val if n_val else None,
                 max_epochs, steps, lr, weight_decay, warmup_epochs if warmup_epochs is not None else max(1, max_epochs // 4),
-                patience, dev, seed, "VAE", self._log, progress and self.verbose,
+                vae_patience, dev, seed, "VAE", self._log, progress and self.verbose,
                 resume=resumed("vae"), on_checkpoint=saver("vae", {}), checkpoint_every=checkpoint_every,
                 precision=precision,
             )
@@ -461,9 +473,10 @@ class SAVE:
         self._log(f"training the flow on {mu.shape[1]}-d latents")
         flow_result = fit(
             self.flow, flow_loss, flow_batches, flow_val if n_val else None, flow_epochs, steps, flow_lr, weight_decay,
-            warmup_epochs if warmup_epochs is not None else max(1, flow_epochs // 4), patience, dev, seed + 7, "flow",
+            warmup_epochs if warmup_epochs is not None else max(1, flow_epochs // 4), flow_patience, dev, seed + 7, "flow",
             self._log, progress and self.verbose, resume=resumed("flow"),
             on_checkpoint=saver("flow", {"vae_final": self.vae.state_dict(), "vae_result": vae_result}),
+            ema_decay=float(self.params["flow_ema"]),
             checkpoint_every=checkpoint_every, precision=precision,
         )
         self.verbose = verbose

@@ -26,7 +26,7 @@
 #' see the pysave benchmarks).
 #' Training (`SAVE.train(...)`): `flow_epochs` (NULL: 2 x max_epochs, at least 4,000 steps),
 #' `lr` (1e-4), `flow_lr` (1e-3), `weight_decay` (2.5e-5), `warmup_epochs` (NULL: a quarter),
-#' `validation_fraction` (0.1), `early_stopping` (TRUE), `patience` (20 epochs),
+#' `validation_fraction` (0.1), `early_stopping` (TRUE), `patience` (20 epochs; the flow's at least 1,000 steps),
 #' `checkpoint_dir` (NULL: no checkpoints), `checkpoint_every` (10 epochs), `resume` (FALSE:
 #' with TRUE, continue from the checkpoint in `checkpoint_dir`), `precision` ("auto": bf16
 #' autocast on CUDA GPUs, full precision on CPU; "32" or "bf16" to choose). Atlases larger

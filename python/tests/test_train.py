@@ -1,0 +1,85 @@
+"""The training loop's early stopping, and the patience each stage of SAVE.train gets."""
+import pytest
+import torch
+
+import pysave
+import pysave.model as model_module
+from pysave.train import fit
+from support import TINY
+
+
+class _Drifting(torch.nn.Module):
+    """One weight pushed up by a constant training gradient; validation is best at w = 1, so
+    the validation loss falls, reaches its minimum and rises, like an overfitting model."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+
+def _loss(module):
+    def loss(batch, generator):
+        if batch.shape[0] == 2:  # the validation batch
+            return {"loss": (module.w - 1.0) ** 2}
+        return {"loss": -module.w}
+    return loss
+
+
+def _fit(patience, epochs=40):
+    torch.manual_seed(0)
+    module = _Drifting()
+    # plain steps of lr: weight decay 0 and no warm-up, so w grows by lr per epoch
+    result = fit(module, _loss(module), lambda epoch: [torch.zeros(1)], lambda: [torch.zeros(2)], epochs, 1, 0.1, 0.0, 1, patience,
+                 torch.device("cpu"), 0, "toy", lambda m: None, progress=False)
+    return module, result["summary"]
+
+
+def test_fit_stops_patience_epochs_after_the_best_and_restores_it():
+    module, summary = _fit(patience=3)
+    best = summary["best_epoch"]
+    assert summary["stopped_early"] and summary["epochs_run"] == best + 3
+    assert abs(float(module.w.detach()) - 1.0) < 0.11  # the best epoch's weight, not the last one's (~1.3)
+    _, longer = _fit(patience=None)
+    assert not longer["stopped_early"] and longer["epochs_run"] == 40
+    assert longer["best_epoch"] == best  # stopping early loses nothing: same best epoch
+
+
+def test_vae_patience_is_in_epochs_and_the_flow_keeps_a_step_floor(pbmc_small, monkeypatch):
+    seen = {}
+    real_fit = model_module.fit
+
+    def spy(module, loss_fn, train_batches, val_batches, epochs, steps, lr, wd, warmup, patience, *args, **kwargs):
+        seen[args[2]] = (patience, steps)
+        return real_fit(module, loss_fn, train_batches, val_batches, epochs, steps, lr, wd, warmup, patience, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "fit", spy)
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
+    model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping_patience=5, progress=False, device="cpu")
+    (vae_patience, steps), (flow_patience, _) = seen["VAE"], seen["flow"]
+    assert steps == 3  # 360 training cells / 128
+    assert vae_patience == 5
+    assert flow_patience == -(-model_module.MIN_FLOW_PATIENCE_STEPS // steps) == 334
+    seen.clear()
+    model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
+    model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping=False, progress=False, device="cpu")
+    assert seen["VAE"][0] is None and seen["flow"][0] is None
+
+
+def test_ema_keeps_the_average_of_the_weights():
+    torch.manual_seed(0)
+    module = _Drifting()
+    # no validation: the kept weight is the average; w after step k is 0.1 k, and a decay of 0.5
+    # gives sum_j 0.5^(k-j) (1 - 0.5) 0.1 j -> 0.1 (k - 1) once k is large (the first update copies)
+    fit(module, _loss(module), lambda epoch: [torch.zeros(1)], None, 20, 1, 0.1, 0.0, 1, None,
+        torch.device("cpu"), 0, "toy", lambda m: None, progress=False, ema_decay=0.5)
+    assert abs(float(module.w.detach()) - 1.9) < 1e-3  # the last training weight is 2.0
+
+
+def test_flow_ema_trains_and_is_validated(pbmc_small):
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    model = pysave.SAVE(pbmc_small, verbose=False, flow_ema=0.9, **TINY)
+    model.train(max_epochs=2, flow_epochs=3, batch_size=128, progress=False, device="cpu")
+    assert model.params["flow_ema"] == 0.9 and len(model.history["flow_validation_loss"]) == 3
+    with pytest.raises(pysave.PySaveError, match="flow_ema"):
+        pysave.SAVE(pbmc_small, verbose=False, flow_ema=1.0, **TINY)
