@@ -55,7 +55,6 @@ DEFAULTS = dict(
     flow_token_size=32,
     flow_heads=4,
     flow_condition_dim=256,
-    flow_ema=0.0,
     mask_prob=0.6,
     vae_mask_prob=0.2,
     kl_weight=0.05,
@@ -165,9 +164,6 @@ class SAVE:
     flow_hidden_size, flow_layers, flow_token_size, flow_heads, flow_condition_dim
         Shape of the flow-matching Transformer over latent tokens, and the size of its summed
         time + condition embedding.
-    flow_ema
-        Decay of an exponential moving average of the flow's weights while it trains (0: off);
-        validation and the kept weights are the averaged ones.
     mask_prob
         Probability of masking each condition while training the flow (paper: 0.6).
     vae_mask_prob
@@ -240,7 +236,7 @@ class SAVE:
             p[key] = _as_integer(key, p[key], minimum)
         if p["likelihood"] not in LIKELIHOODS:
             raise PySaveError(f"likelihood must be one of {LIKELIHOODS}, got {p['likelihood']!r}.")
-        for key in ("mask_prob", "vae_mask_prob", "flow_ema"):
+        for key in ("mask_prob", "vae_mask_prob"):
             if not 0.0 <= float(p[key]) < 1.0:
                 raise PySaveError(f"{key} must be in [0, 1), got {p[key]}.")
         if p["latent_dim"] % p["latent_token_size"] or p["latent_dim"] % p["flow_token_size"]:
@@ -391,8 +387,8 @@ class SAVE:
         val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
         steps = math.ceil(len(train_rows) / batch_size)
         # The VAE's validation loss falls to one minimum and rises after it, so it stops after
-        # `early_stopping_patience` epochs without a new best. The flow's loss is noisy and keeps
-        # improving slowly, so its patience is at least MIN_FLOW_PATIENCE_STEPS optimizer steps
+        # `early_stopping_patience` epochs without a new best. The flow's loss is noisy and has a long
+        # plateau before it drops, so its patience is at least MIN_FLOW_PATIENCE_STEPS optimizer steps
         # (benchmarks/README.md, "Early stopping").
         stopping = early_stopping and n_val > 0
         vae_patience = early_stopping_patience if stopping else None
@@ -476,7 +472,6 @@ class SAVE:
             warmup_epochs if warmup_epochs is not None else max(1, flow_epochs // 4), flow_patience, dev, seed + 7, "flow",
             self._log, progress and self.verbose, resume=resumed("flow"),
             on_checkpoint=saver("flow", {"vae_final": self.vae.state_dict(), "vae_result": vae_result}),
-            ema_decay=float(self.params["flow_ema"]),
             checkpoint_every=checkpoint_every, precision=precision,
         )
         self.verbose = verbose

@@ -84,17 +84,12 @@ def fit(
     on_checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
     precision: str = "32",
-    ema_decay: float = 0.0,
 ) -> dict:
     """Train ``module`` for up to ``epochs``; return the history and a summary.
 
     Every ``checkpoint_every`` epochs, ``on_checkpoint`` receives a snapshot (weights, optimizer,
     scheduler, random generator, history, best weights); passing it back as ``resume`` continues
     exactly where it stopped, so the result equals an uninterrupted run.
-
-    With ``ema_decay`` > 0, an exponential moving average of the weights (torch's
-    ``AveragedModel``) follows the optimizer; validation, the best epoch and the weights kept at
-    the end are the averaged ones. It evens out the step-to-step noise of a small-batch run.
 
     Under torchrun (a process group is initialized) the loss runs inside DistributedDataParallel,
     so gradients are averaged over ranks; ``train_batches`` must then give each rank its own
@@ -114,11 +109,6 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
     # Each rank draws its own noise (masks, reparameterisation); rank 0 matches a single process.
     generator = torch.Generator(device=device).manual_seed(seed + 100_003 * rank)
-    ema = None
-    if ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     history: dict[str, list[float]] = {}
     best = (math.inf, None, 0)  # (val loss, state, epoch)
     n_seen, first_epoch, elapsed = 0, 1, 0.0
@@ -127,8 +117,6 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
-        if ema is not None:
-            ema.load_state_dict(resume["ema"])
         history = {k: list(v) for k, v in resume["history"].items()}
         best = (resume["best_loss"], resume["best_state"], resume["best_epoch"])
         n_seen, first_epoch, elapsed = resume["n_seen"], resume["epoch"] + 1, resume["seconds"]
@@ -149,17 +137,11 @@ def fit(
             torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
             optimizer.step()
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(module)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
             n_seen += _batch_size(batch) * world
         metrics = _mean_over_ranks(sums, n_batches, "train", device)
-        trained = None
-        if ema is not None:  # evaluate (and keep) the averaged weights; training goes on from its own
-            trained = copy.deepcopy(module.state_dict())
-            module.load_state_dict(ema.module.state_dict())
         if val_batches is not None:
             module.eval()
             val_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -180,21 +162,17 @@ def fit(
         elif patience is not None and val_batches is not None and epoch - best[2] >= patience:
             stopped_early = True
             break
-        if trained is not None:
-            module.load_state_dict(trained)
         if is_main and on_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
             on_checkpoint({
                 "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "history": history, "best_loss": best[0],
                 "best_state": best[1], "best_epoch": best[2], "n_seen": n_seen, "epoch": epoch,
-                "seconds": time.perf_counter() - start, **({"ema": ema.state_dict()} if ema is not None else {}),
+                "seconds": time.perf_counter() - start,
             })
     seconds = time.perf_counter() - start
     if best[1] is not None and val_batches is not None:
         module.load_state_dict(best[1])
-    elif ema is not None:
-        module.load_state_dict(ema.module.state_dict())
     module.eval()
     summary = {
         "epochs_run": epoch,

@@ -1,5 +1,4 @@
 """The training loop's early stopping, and the patience each stage of SAVE.train gets."""
-import pytest
 import torch
 
 import pysave
@@ -65,21 +64,3 @@ def test_vae_patience_is_in_epochs_and_the_flow_keeps_a_step_floor(pbmc_small, m
     model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping=False, progress=False, device="cpu")
     assert seen["VAE"][0] is None and seen["flow"][0] is None
 
-
-def test_ema_keeps_the_average_of_the_weights():
-    torch.manual_seed(0)
-    module = _Drifting()
-    # no validation: the kept weight is the average; w after step k is 0.1 k, and a decay of 0.5
-    # gives sum_j 0.5^(k-j) (1 - 0.5) 0.1 j -> 0.1 (k - 1) once k is large (the first update copies)
-    fit(module, _loss(module), lambda epoch: [torch.zeros(1)], None, 20, 1, 0.1, 0.0, 1, None,
-        torch.device("cpu"), 0, "toy", lambda m: None, progress=False, ema_decay=0.5)
-    assert abs(float(module.w.detach()) - 1.9) < 1e-3  # the last training weight is 2.0
-
-
-def test_flow_ema_trains_and_is_validated(pbmc_small):
-    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
-    model = pysave.SAVE(pbmc_small, verbose=False, flow_ema=0.9, **TINY)
-    model.train(max_epochs=2, flow_epochs=3, batch_size=128, progress=False, device="cpu")
-    assert model.params["flow_ema"] == 0.9 and len(model.history["flow_validation_loss"]) == 3
-    with pytest.raises(pysave.PySaveError, match="flow_ema"):
-        pysave.SAVE(pbmc_small, verbose=False, flow_ema=1.0, **TINY)
