@@ -1,12 +1,13 @@
 """Early-stopping patience (benchmark, not a test): when would each rule stop, and what is lost.
 
-    .venv/bin/python benchmarks/bench_early_stopping.py --dataset pbmc_3tech kang     # trains, ~16-25 min each
+    .venv/bin/python benchmarks/bench_early_stopping.py --dataset pbmc_3tech kang --lr 1e-4   # trains, ~16-25 min each
     .venv/bin/python benchmarks/bench_early_stopping.py --models 'DIR/*'              # kept model folders only
     .venv/bin/python benchmarks/bench_early_stopping.py                               # redraw the plot
 
 Trains with the product's training defaults (``max_epochs`` by the scvi-tools rule, i.e. 400 on
-these small datasets, lr 1e-4, warm-up a quarter of the epochs, 10% validation) but with early
-stopping switched off, so that the whole validation curve of both stages is recorded. Training is
+these small datasets, the default VAE lr unless ``--lr``, warm-up a quarter of the epochs, 10%
+validation) but with early stopping switched off, so that the whole validation curve of both
+stages is recorded. Training is
 deterministic, so stopping with patience P is the same run cut where P epochs have passed without
 a new best: the rule's stopping epoch, the epoch it restores, and how much higher that epoch's
 validation loss is than the best of the whole run can all be read off the one curve. The
@@ -74,7 +75,7 @@ def analyse(name: str, history: dict, steps_per_epoch: int, seconds: dict | None
     return out
 
 
-def train_curves(dataset: str, seed: int, threads: int) -> dict:
+def train_curves(dataset: str, seed: int, threads: int, lr: float | None) -> dict:
     import torch
 
     import pysave
@@ -84,12 +85,12 @@ def train_curves(dataset: str, seed: int, threads: int) -> dict:
     pysave.SAVE.setup_anndata(adata, KEYS[dataset], batch_key="batch" if "batch" in KEYS[dataset] else None)
     model = pysave.SAVE(adata, seed=seed, verbose=False, **RB.FAST)
     t0 = time.perf_counter()
-    model.train(early_stopping=False, seed=seed, progress=False, device="cpu")
+    model.train(early_stopping=False, seed=seed, progress=False, device="cpu", **({} if lr is None else {"lr": lr}))
     wall = time.perf_counter() - t0
     s = model.training_summary
     result = analyse(f"{dataset} s{seed} (trained here)", model.history, math.ceil(s["n_train"] / s["batch_size"]),
                      {"vae": s["vae"]["seconds"], "flow": s["flow"]["seconds"]})
-    result.update(dataset=dataset, seed=seed, n_cells=adata.n_obs, wall_s=wall, network="fast (run_benchmarks.FAST)",
+    result.update(dataset=dataset, seed=seed, n_cells=adata.n_obs, wall_s=wall, network="fast (run_benchmarks.FAST)", lr=s["lr"],
                   curves={k: v for k, v in model.history.items() if k.endswith("validation_loss")})
     return result
 
@@ -144,9 +145,10 @@ def main() -> None:
     p.add_argument("--models", nargs="*", default=[], help="model folders whose stored curves to read (globs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lr", type=float, default=None, help="VAE learning rate (default: train()'s; the recorded runs: 1e-4)")
     p.add_argument("--out", default=os.path.join(RB.RESULTS, "early_stopping.json"))
     args = p.parse_args()
-    results = [train_curves(d, args.seed, args.threads) for d in args.dataset]
+    results = [train_curves(d, args.seed, args.threads, args.lr) for d in args.dataset]
     results += [from_model(m) for m in args.models for m in sorted(glob.glob(m))]
     if os.path.exists(args.out):  # keep earlier entries of other runs
         with open(args.out) as fh:

@@ -139,13 +139,19 @@ def diagnostic_main(doc: str, run, stem: str, guidance: bool = False) -> dict:
 def train_options(epochs) -> dict:
     """``model.train`` options of the harness: ``epochs`` VAE epochs at lr 1e-3 (fast, the harness's
     default), or with ``"product"`` the product's own training (epochs by the scvi-tools rule, lr
-    1e-4, early stopping)."""
-    return {} if epochs == "product" else {"max_epochs": int(epochs), "lr": 1e-3}
+    1e-4, early stopping); ``"product-lr<lr>"`` is the same with another VAE learning rate."""
+    if str(epochs).startswith("product"):
+        lr = str(epochs)[len("product"):]
+        return {"lr": float(lr[len("-lr"):])} if lr else {}
+    return {"max_epochs": int(epochs), "lr": 1e-3}
 
 
 def epochs_arg(value: str):
-    """--epochs: a number of VAE epochs, or "product" (see train_options)."""
-    return value if value == "product" else int(value)
+    """--epochs: a number of VAE epochs, "product" or "product-lr<lr>" (see train_options)."""
+    if value.startswith("product"):
+        train_options(value)  # fails here on a malformed value
+        return value
+    return int(value)
 
 
 def model_name(dataset, seed, epochs, params, held_out=None) -> str:

@@ -560,7 +560,7 @@ def main():
     p.add_argument("--method", nargs="+", default=None, help="default: every method of the task")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", default=60, help='pysave VAE epochs (lr 1e-3), or "product": the product\'s training '
-                   '(epochs by the scvi-tools rule, lr 1e-4, early stopping)')
+                   '(epochs by the scvi-tools rule, lr 1e-4, early stopping), or "product-lr1e-3" (the same, another lr)')
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--paper-size", dest="fast", action="store_false", help="pysave's paper-sized network (default: fast)")
     p.add_argument("--held-out", nargs="+", default=None, help="perturbation: only these held-out cell types")
@@ -579,7 +579,10 @@ def main():
     p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")
     p.add_argument("--table", action="store_true", help="only rebuild the README table from results/bench_*.json")
     args = p.parse_args()
-    args.epochs = args.epochs if args.epochs == "product" else int(args.epochs)
+    sys.path.insert(0, HERE)
+    import eval_generation
+
+    args.epochs = eval_generation.epochs_arg(str(args.epochs))
     if args.table:
         return build_table()
     import torch

@@ -283,7 +283,7 @@ class SAVE:
         max_epochs: int | None = None,
         flow_epochs: int | None = None,
         batch_size: int = 256,
-        lr: float = 1e-4,
+        lr: float = 1e-3,
         flow_lr: float = 1e-3,
         weight_decay: float = 2.5e-5,
         warmup_epochs: int | None = None,
