@@ -138,8 +138,8 @@ def diagnostic_main(doc: str, run, stem: str, guidance: bool = False) -> dict:
 
 def train_options(epochs) -> dict:
     """``model.train`` options of the harness: ``epochs`` VAE epochs at lr 1e-3 (fast, the harness's
-    default), or with ``"product"`` the product's own training (epochs by the scvi-tools rule, lr
-    1e-4, early stopping); ``"product-lr<lr>"`` is the same with another VAE learning rate."""
+    default), or with ``"product"`` the product's own training (epochs by the scvi-tools rule,
+    train()'s lr, early stopping); ``"product-lr<lr>"`` is the same with another VAE learning rate."""
     if str(epochs).startswith("product"):
         lr = str(epochs)[len("product"):]
         return {"lr": float(lr[len("-lr"):])} if lr else {}

@@ -560,7 +560,7 @@ def main():
     p.add_argument("--method", nargs="+", default=None, help="default: every method of the task")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", default=60, help='pysave VAE epochs (lr 1e-3), or "product": the product\'s training '
-                   '(epochs by the scvi-tools rule, lr 1e-4, early stopping), or "product-lr1e-3" (the same, another lr)')
+                   '(epochs by the scvi-tools rule, train()\'s lr, early stopping), or "product-lr1e-4" (the same, another lr)')
     p.add_argument("--scvi-epochs", type=int, default=200)
     p.add_argument("--paper-size", dest="fast", action="store_false", help="pysave's paper-sized network (default: fast)")
     p.add_argument("--held-out", nargs="+", default=None, help="perturbation: only these held-out cell types")
