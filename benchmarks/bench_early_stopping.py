@@ -149,7 +149,7 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(RB.RESULTS, "early_stopping.json"))
     args = p.parse_args()
     results = [train_curves(d, args.seed, args.threads, args.lr) for d in args.dataset]
-    results += [from_model(m) for m in args.models for m in sorted(glob.glob(m))]
+    results += [from_model(folder) for pattern in args.models for folder in sorted(glob.glob(pattern))]
     if os.path.exists(args.out):  # keep earlier entries of other runs
         with open(args.out) as fh:
             names = {r["name"] for r in results}

@@ -51,6 +51,8 @@ import time
 
 import numpy as np
 
+import eval_generation  # beside this script (the script's folder is on sys.path; importers put it there)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.environ.get("PYSAVE_BENCH_RESULTS", os.path.join(HERE, "results"))  # a scratch folder for trial runs
 DATA = os.environ.get("PYSAVE_SHARED_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
@@ -110,9 +112,6 @@ def peer(args, *cli):
 def train_pysave(adata, keys, batch_key, seed, args, flow=True):
     import pysave
 
-    sys.path.insert(0, HERE)
-    import eval_generation
-
     pysave.SAVE.setup_anndata(adata, keys, batch_key=batch_key)
     model = pysave.SAVE(adata, seed=seed, verbose=False, **{**(FAST if args.fast else {}), **json.loads(args.params)})
     t0 = time.perf_counter()
@@ -132,9 +131,6 @@ def held_out_model(dataset, cell_type, seed, train, keys, args):
     if key not in _PYSAVE_PERT_MODELS:
         saved = None
         if args.model_dir:  # kept on disk too, so sweeps of the transfer's options reuse one model per type
-            sys.path.insert(0, HERE)
-            import eval_generation
-
             params = {**(FAST if args.fast else {}), **json.loads(args.params)}
             saved = os.path.join(args.model_dir, eval_generation.model_name(dataset, seed, args.epochs, params, held_out=cell_type))
         if saved and os.path.exists(saved):
@@ -344,9 +340,6 @@ def run_batch(dataset, method, seed, args):
 
 # ----------------------------------------------------------------------------- generation
 def run_generation(dataset, method, seed, args):
-    sys.path.insert(0, HERE)
-    import eval_generation
-
     t0 = time.perf_counter()
     params = {**(FAST if args.fast else {}), **json.loads(args.params)}
     if method == "scvi":
@@ -579,9 +572,6 @@ def main():
     p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")
     p.add_argument("--table", action="store_true", help="only rebuild the README table from results/bench_*.json")
     args = p.parse_args()
-    sys.path.insert(0, HERE)
-    import eval_generation
-
     args.epochs = eval_generation.epochs_arg(str(args.epochs))
     if args.table:
         return build_table()

@@ -63,4 +63,3 @@ def test_vae_patience_is_in_epochs_and_the_flow_keeps_a_step_floor(pbmc_small, m
     model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
     model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping=False, progress=False, device="cpu")
     assert seen["VAE"][0] is None and seen["flow"][0] is None
-
