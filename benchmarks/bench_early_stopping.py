@@ -5,15 +5,14 @@
     .venv/bin/python benchmarks/bench_early_stopping.py                               # redraw the plot
 
 Trains with the product's training defaults (``max_epochs`` by the scvi-tools rule, i.e. 400 on
-these small datasets, the default VAE lr unless ``--lr``, warm-up a quarter of the epochs, 10%
-validation) but with early stopping switched off, so that the whole validation curve of both
-stages is recorded. Training is
-deterministic, so stopping with patience P is the same run cut where P epochs have passed without
-a new best: the rule's stopping epoch, the epoch it restores, and how much higher that epoch's
-validation loss is than the best of the whole run can all be read off the one curve. The
-harness's fast network is used (the paper-sized one trains 6x slower on 2 cores); its curves
-have the same shape. ``--models`` reads the curves stored in model folders instead
-(``run_benchmarks.py --model-dir`` keeps them).
+these small datasets, the default VAE lr unless ``--lr``, the default warm-up (the recorded runs: a
+quarter of the epochs, the default then), 10% validation) but with early stopping switched off, so
+that the whole validation curve of both stages is recorded. Training is deterministic, so stopping
+with patience P is the same run cut where P epochs have passed without a new best: the rule's
+stopping epoch, the epoch it restores, and how much higher that epoch's validation loss is than the
+best of the whole run can all be read off the one curve. The harness's fast network is used (the
+paper-sized one trains 6x slower on 2 cores); its curves have the same shape. ``--models`` reads
+the curves stored in model folders instead (``run_benchmarks.py --model-dir`` keeps them).
 
 Writes results/early_stopping.json and results/early_stopping.png (the validation curves with the
 best epoch and where each rule stops).
@@ -52,7 +51,7 @@ def cut(curve, patience: int) -> tuple[int, int]:
 
 def analyse(name: str, history: dict, steps_per_epoch: int, seconds: dict | None = None) -> dict:
     """For each stage: the best epoch of the whole curve and, for each patience, where it stops."""
-    from pysave.model import MIN_FLOW_PATIENCE_STEPS
+    from pysave.model import MIN_FLOW_PATIENCE_STEPS, flow_patience_epochs
 
     out = {"name": name, "steps_per_epoch": steps_per_epoch, "stages": {}}
     for stage in ("vae", "flow"):
@@ -60,9 +59,9 @@ def analyse(name: str, history: dict, steps_per_epoch: int, seconds: dict | None
         if not len(curve):
             continue
         best = int(curve.argmin())
-        floor = math.ceil(MIN_FLOW_PATIENCE_STEPS / steps_per_epoch)
         rules = {f"P{p}": p for p in PATIENCES}
-        rules[f"P20, at least {MIN_FLOW_PATIENCE_STEPS} steps ({floor} epochs)"] = max(20, floor)
+        floor = flow_patience_epochs(20, steps_per_epoch)  # the product's rule for the flow
+        rules[f"P20, at least {MIN_FLOW_PATIENCE_STEPS} steps ({floor} epochs)"] = floor
         stage_out = {"epochs": len(curve), "best_epoch": best + 1, "best_loss": float(curve[best]), "rules": {}}
         per_epoch = (seconds or {}).get(stage, float("nan")) / len(curve)
         for label, patience in rules.items():

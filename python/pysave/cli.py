@@ -98,7 +98,7 @@ def main():
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="VAE learning rate (AdamW; the paper's 1e-4 trained worse here, see the README).")
 @click.option("--flow-lr", type=float, default=1e-3, show_default=True)
 @click.option("--weight-decay", type=float, default=2.5e-5, show_default=True)
-@click.option("--warmup-epochs", type=int, default=None, help="Linear warm-up (default: a quarter of the epochs).")
+@click.option("--warmup-epochs", type=int, default=None, help="Linear lr warm-up in epochs (default: 2 for the VAE, a quarter of the epochs for the flow; a value given applies to both).")
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
 @click.option("--patience", type=int, default=20, show_default=True, help="Early-stopping patience in epochs (the flow stage waits at least 1,000 optimizer steps).")
 @click.option("--no-early-stopping", is_flag=True)

@@ -1,4 +1,5 @@
-"""The training loop's early stopping, and the patience each stage of SAVE.train gets."""
+"""The training loop's early stopping, and the patience and lr warm-up each stage of SAVE.train gets."""
+import pytest
 import torch
 
 import pysave
@@ -63,3 +64,25 @@ def test_vae_patience_is_in_epochs_and_the_flow_keeps_a_step_floor(pbmc_small, m
     model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
     model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping=False, progress=False, device="cpu")
     assert seen["VAE"][0] is None and seen["flow"][0] is None
+
+
+def test_vae_warmup_is_short_and_the_flow_ramps_over_a_quarter(pbmc_small, monkeypatch):
+    seen = {}
+    real_fit = model_module.fit
+
+    def spy(module, loss_fn, train_batches, val_batches, epochs, steps, lr, wd, warmup, patience, *args, **kwargs):
+        seen[args[2]] = (epochs, warmup)
+        # one epoch is enough: only the schedule handed to fit is checked
+        return real_fit(module, loss_fn, train_batches, val_batches, 1, steps, lr, wd, warmup, patience, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "fit", spy)
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    for max_epochs, flow_epochs, given, vae_warmup, flow_warmup in [(40, 80, None, model_module.VAE_WARMUP_EPOCHS, 20),
+                                                                      (4, 8, None, 1, 2), (40, 80, 3, 3, 3)]:
+        model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
+        model.train(max_epochs=max_epochs, flow_epochs=flow_epochs, warmup_epochs=given, progress=False, device="cpu")
+        assert seen["VAE"] == (max_epochs, vae_warmup)
+        assert seen["flow"] == (flow_epochs, flow_warmup)
+    with pytest.raises(pysave.PySaveError, match="warmup_epochs must be 0"):
+        model.train(max_epochs=2, warmup_epochs=-1, progress=False, device="cpu")
+    assert model.training_summary["warmup_epochs"] == {"vae": 3, "flow": 3}  # the failed call changed nothing
