@@ -32,7 +32,6 @@ sys.path.insert(0, HERE)
 import run_benchmarks as RB  # noqa: E402
 
 RESULTS = os.path.join(os.environ.get("PYSAVE_BENCH_RESULTS", os.path.join(HERE, "results")), "warmup.json")
-KEYS = {"pbmc_3tech": ["batch", "cell_type"], "baron_human": ["batch", "cell_type"], "kang": ["condition", "cell_type"]}
 
 
 def training_data(spec: str):
@@ -40,9 +39,7 @@ def training_data(spec: str):
     dataset, _, held = spec.partition(":")
     adata = RB.load(dataset)
     if held:
-        s = RB.DATASETS[dataset]
-        out = (adata.obs[s["cell_type_key"]].astype(str) == held) & (adata.obs[s["condition_key"]].astype(str) == s["stimulated"])
-        adata = adata[~out.to_numpy()].copy()
+        adata = adata[~RB.held_out_cells(adata, dataset, held)].copy()
     return dataset, adata
 
 
@@ -57,7 +54,8 @@ def run(spec: str, warmup: int | None, seed: int, threads: int, stage: str = "va
 
     torch.set_num_threads(threads)
     dataset, adata = training_data(spec)
-    pysave.SAVE.setup_anndata(adata, KEYS[dataset], batch_key="batch" if "batch" in KEYS[dataset] else None)
+    keys, batch_key = RB.condition_keys(dataset)
+    pysave.SAVE.setup_anndata(adata, keys, batch_key=batch_key)
     model = pysave.SAVE(adata, seed=seed, verbose=False, **RB.FAST)
     real_fit = model_module.fit
 

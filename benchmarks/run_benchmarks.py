@@ -99,6 +99,21 @@ def load(dataset, n_hvg=2000):
     return adata
 
 
+def condition_keys(dataset):
+    """(condition columns, batch column or None) that pysave is set up with on ``dataset``."""
+    spec = DATASETS[dataset]
+    if "condition_key" in spec:
+        return [spec["condition_key"], spec["cell_type_key"]], None
+    return [spec["batch_key"], spec["label_key"]], spec["batch_key"]
+
+
+def held_out_cells(adata, dataset, cell_type):
+    """The cells the perturbation and unseen tasks leave out of training: ``cell_type``'s stimulated cells."""
+    spec = DATASETS[dataset]
+    return ((adata.obs[spec["cell_type_key"]].astype(str) == cell_type)
+            & (adata.obs[spec["condition_key"]].astype(str) == spec["stimulated"])).to_numpy()
+
+
 def peer(args, *cli):
     """Run benchmarks/peers.py in the peers' environment; its last stdout line is JSON."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -172,7 +187,7 @@ def run_perturbation(dataset, method, seed, args):
     held_types = args.held_out or sorted(set(types))
     rows, walls, cells_per_s, degs = [], [], [], {}
     for t in held_types:
-        held = (types == t) & (cond == stim)
+        held = held_out_cells(adata, dataset, t)
         train = adata[~held].copy()
         query = adata[(types == t) & (cond == ctrl)].copy()
         real = adata[types == t].copy()
@@ -225,7 +240,7 @@ def run_unseen(dataset, method, seed, args):
     cond, types = adata.obs[ck].astype(str).to_numpy(), adata.obs[tk].astype(str).to_numpy()
     rows, train_s, cells_per_s, walls = [], [], [], []
     for t in args.held_out or sorted(set(types)):
-        held = (types == t) & (cond == stim)
+        held = held_out_cells(adata, dataset, t)
         train = adata[~held].copy()
         order = np.random.default_rng(seed).permutation(np.flatnonzero(held))
         reference, floor = adata[order[: len(order) // 2]].copy(), adata[order[len(order) // 2:]].copy()

@@ -44,45 +44,45 @@ def test_fit_stops_patience_epochs_after_the_best_and_restores_it():
     assert longer["best_epoch"] == best  # stopping early loses nothing: same best epoch
 
 
-def test_vae_patience_is_in_epochs_and_the_flow_keeps_a_step_floor(pbmc_small, monkeypatch):
+def _spy_on_fit(monkeypatch, run_epochs=None) -> dict:
+    """Record what SAVE.train hands fit for each stage (by its label, "VAE" or "flow"): epochs,
+    steps per epoch, warm-up and patience. With ``run_epochs`` the stage really trains only that many."""
     seen = {}
     real_fit = model_module.fit
 
     def spy(module, loss_fn, train_batches, val_batches, epochs, steps, lr, wd, warmup, patience, *args, **kwargs):
-        seen[args[2]] = (patience, steps)
-        return real_fit(module, loss_fn, train_batches, val_batches, epochs, steps, lr, wd, warmup, patience, *args, **kwargs)
+        seen[args[2]] = {"epochs": epochs, "steps": steps, "warmup": warmup, "patience": patience}
+        return real_fit(module, loss_fn, train_batches, val_batches, run_epochs or epochs, steps, lr, wd, warmup, patience,
+                        *args, **kwargs)
 
     monkeypatch.setattr(model_module, "fit", spy)
+    return seen
+
+
+def test_vae_patience_is_in_epochs_and_the_flow_keeps_a_step_floor(pbmc_small, monkeypatch):
+    seen = _spy_on_fit(monkeypatch)
     pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
     model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
     model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping_patience=5, progress=False, device="cpu")
-    (vae_patience, steps), (flow_patience, _) = seen["VAE"], seen["flow"]
+    vae_patience, flow_patience, steps = seen["VAE"]["patience"], seen["flow"]["patience"], seen["VAE"]["steps"]
     assert steps == 3  # 360 training cells / 128
     assert vae_patience == 5
     assert flow_patience == -(-model_module.MIN_FLOW_PATIENCE_STEPS // steps) == 334
     seen.clear()
     model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
     model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping=False, progress=False, device="cpu")
-    assert seen["VAE"][0] is None and seen["flow"][0] is None
+    assert seen["VAE"]["patience"] is None and seen["flow"]["patience"] is None
 
 
 def test_vae_warmup_is_short_and_the_flow_ramps_over_a_quarter(pbmc_small, monkeypatch):
-    seen = {}
-    real_fit = model_module.fit
-
-    def spy(module, loss_fn, train_batches, val_batches, epochs, steps, lr, wd, warmup, patience, *args, **kwargs):
-        seen[args[2]] = (epochs, warmup)
-        # one epoch is enough: only the schedule handed to fit is checked
-        return real_fit(module, loss_fn, train_batches, val_batches, 1, steps, lr, wd, warmup, patience, *args, **kwargs)
-
-    monkeypatch.setattr(model_module, "fit", spy)
+    seen = _spy_on_fit(monkeypatch, run_epochs=1)  # one epoch is enough: only the schedule handed to fit is checked
     pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
     for max_epochs, flow_epochs, given, vae_warmup, flow_warmup in [(40, 80, None, model_module.VAE_WARMUP_EPOCHS, 20),
                                                                       (4, 8, None, 1, 2), (40, 80, 3, 3, 3)]:
         model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
         model.train(max_epochs=max_epochs, flow_epochs=flow_epochs, warmup_epochs=given, progress=False, device="cpu")
-        assert seen["VAE"] == (max_epochs, vae_warmup)
-        assert seen["flow"] == (flow_epochs, flow_warmup)
+        assert (seen["VAE"]["epochs"], seen["VAE"]["warmup"]) == (max_epochs, vae_warmup)
+        assert (seen["flow"]["epochs"], seen["flow"]["warmup"]) == (flow_epochs, flow_warmup)
     with pytest.raises(pysave.PySaveError, match="warmup_epochs must be 0"):
         model.train(max_epochs=2, warmup_epochs=-1, progress=False, device="cpu")
     assert model.training_summary["warmup_epochs"] == {"vae": 3, "flow": 3}  # the failed call changed nothing
