@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from readme_table import write_block  # beside this script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "scale.json")
 FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
@@ -191,16 +193,7 @@ def render_table(results: dict) -> str:
 
 
 def write_readme(results: dict) -> None:
-    path = os.path.join(HERE, "README.md")
-    text = open(path).read()
-    begin, end = "<!-- scale-table -->", "<!-- /scale-table -->"
-    if begin not in text:
-        return
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    with open(path + ".tmp", "w") as f:
-        f.write(head + begin + "\n" + render_table(results) + "\n" + end + tail)
-    os.replace(path + ".tmp", path)
+    write_block("scale-table", render_table(results))
 
 
 def main() -> None:

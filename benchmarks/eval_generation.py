@@ -163,7 +163,7 @@ def model_name(dataset, seed, epochs, params, held_out=None) -> str:
 
 
 def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50,
-        solver="euler"):
+        solver="euler", precision="32"):
     import pysave
 
     train, test, keys, batch_key = split(dataset, seed, max_genes)
@@ -184,7 +184,7 @@ def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_
     for output in outputs:
         t0 = time.perf_counter()
         generated[output] = model.generate_like(test.obs[keys], seed=seed, output=output, guidance=guidance, n_steps=n_steps,
-                                                solver=solver)
+                                                solver=solver, precision=precision)
         speed[output] = generated[output].n_obs / (time.perf_counter() - t0)
     summary = score(train[:, model.genes].copy(), test[:, model.genes].copy(), keys, seed, generated)
     for output in outputs:

@@ -51,6 +51,7 @@ import time
 
 import numpy as np
 
+from readme_table import write_block
 import eval_generation  # beside this script (the script's folder is on sys.path; importers put it there)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -197,7 +198,7 @@ def run_perturbation(dataset, method, seed, args):
             t0 -= train_s
             via = (dict(via="flow", guidance=flow_guidance(method, args)) if method.startswith("pysave_flow")
                    else dict(via="decoder"))
-            pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, **via)
+            pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, precision=args.precision, **via)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
         elif method == "scgen_scvi":
             with tempfile.TemporaryDirectory() as tmp:
@@ -255,10 +256,11 @@ def run_unseen(dataset, method, seed, args):
             train_s.append(seconds)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
             if method == "pysave_transfer":  # the input the scvi peer gets, moved by transfer
-                generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="flow", guidance=args.flow_guidance)
+                generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="flow", guidance=args.flow_guidance,
+                                           precision=args.precision)
             else:
                 w = args.guidance if method == "pysave" else args.flow_guidance
-                generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w)
+                generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w, precision=args.precision)
         elif method == "control":
             generated = query.copy()
         elif method == "scvi":
@@ -361,7 +363,7 @@ def run_generation(dataset, method, seed, args):
         r = eval_generation.run_scvi(dataset, seed, args.scvi_epochs, lambda *cli: peer(args, *cli))
     elif method == "pysave":
         r = eval_generation.run(dataset, seed, args.epochs, params, outputs=("sample", "mean"), guidance=args.guidance,
-                                n_steps=args.steps, solver=args.solver, model_dir=args.model_dir)
+                                n_steps=args.steps, solver=args.solver, model_dir=args.model_dir, precision=args.precision)
     else:
         raise SystemExit(f"unknown generation method {method}")
     metrics = {}
@@ -550,14 +552,7 @@ def build_table():
     if "PYSAVE_BENCH_RESULTS" in os.environ:  # a trial run: its table goes beside its results, not into the README
         readme = os.path.join(RESULTS, "table.md")
         open(readme, "a").close()
-    text = open(readme).read()
-    block = f"<!-- bench-table -->\n{table}\n<!-- /bench-table -->"
-    if "<!-- bench-table -->" in text:
-        text = re.sub(r"<!-- bench-table -->.*<!-- /bench-table -->", lambda _: block, text, flags=re.S)
-    else:
-        text += "\n" + block + "\n"
-    with open(readme, "w") as fh:
-        fh.write(text)
+    write_block("bench-table", table, readme)
     print(table)
 
 
@@ -582,6 +577,8 @@ def main():
     p.add_argument("--solver", default="euler", help="generation: pysave's ODE solver (euler, midpoint, rk4, dopri5)")
     p.add_argument("--model-dir", default=None,
                    help="generation and perturbation/unseen: keep trained pysave models here and reuse them (sweeps of guidance, steps, solver)")
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
+                   help="pysave's sampling and transfer precision (bf16: the flow and decoder in bf16; tag the rows, e.g. --tag _bf16)")
     p.add_argument("--tag", default="", help="suffix of the method name in results (for variants, e.g. _kl05)")
     p.add_argument("--peers-python", default=PEERS_PYTHON)
     p.add_argument("--skip-existing", action="store_true", help="do not rerun a (task, dataset, method, seed) with a result")

@@ -32,7 +32,7 @@ from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .errors import ModelDirectoryError, PySaveError
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
-from .train import PRECISIONS, fit
+from .train import PRECISIONS, autocast, fit, resolve_precision
 from .vae import LIKELIHOODS, BlockAttentionVAE
 
 # What the paper fixes, plus our documented choices for what it leaves open (README "Defaults").
@@ -111,6 +111,10 @@ DEFAULT_CORRECT_VIA = "decoder"
 # turn (benchmarks/README.md): R^2 on the top-100 DEGs 0.86 via the flow, 0.64 via the decoder alone (2 seeds).
 DEFAULT_TRANSFER_VIA = "flow"
 TRANSFER_VIAS = ("flow", "decoder")
+
+# Cells decoded at a time on the CPU: 512 keep the decoder's activations in cache; 4,096 at once
+# decoded at 0.6x (paper network) and 0.45x (fast network) the speed (benchmarks/README.md, "Speed").
+CPU_DECODE_ROWS = 512
 
 MIN_FLOW_STEPS = 4000
 MIN_FLOW_PATIENCE_STEPS = 1000
@@ -381,10 +385,8 @@ class SAVE:
         if precision not in PRECISIONS + ("auto",):
             raise PySaveError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r}.")
         dev = dist_utils.init_from_env(resolve_device(device))
-        if precision == "auto":
-            # CPU stays fp32: bf16 only pays on CPUs with native bf16 (1.46x at paper size on AVX512-bf16,
-            # no gain at the fast size; benchmarks/README.md), and it changes the numerics users get.
-            precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+        # auto: CPU stays fp32 (bf16 trained 1.46x faster at paper size on AVX512-bf16, no gain at the fast size).
+        precision = resolve_precision(precision, dev)
         world, rank = dist_utils.world_size(), dist_utils.rank()
         if batch_size % world:
             raise PySaveError(f"batch_size {batch_size} is the global batch and must be a multiple of the {world} processes.")
@@ -546,14 +548,18 @@ class SAVE:
         return X
 
     @torch.no_grad()
-    def _decode(self, z: torch.Tensor, codes: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    def _decode(self, z: torch.Tensor, codes: np.ndarray, batch_size: int = 4096, precision: str = "32") -> np.ndarray:
         """Latents -> log-normalized expression (log1p of counts per 10,000)."""
         self.vae.eval()
         scaler_index = self._scaler_index(codes)
         out = np.empty((z.shape[0], len(self.genes)), dtype=np.float32)
+        if self.device.type == "cpu":
+            batch_size = min(batch_size, CPU_DECODE_ROWS)
         for start in range(0, z.shape[0], batch_size):
             sl = slice(start, start + batch_size)
-            mean = self.vae.decode_mean(z[sl].to(self.device), torch.from_numpy(codes[sl]).to(self.device)).cpu().numpy()
+            with autocast(self.device, precision):
+                mean = self.vae.decode_mean(z[sl].to(self.device), torch.from_numpy(codes[sl]).to(self.device))
+            mean = mean.float().cpu().numpy()
             if self.params["likelihood"] == "nb":
                 out[sl] = np.log1p(mean * D.TARGET_SUM)
             else:
@@ -714,18 +720,26 @@ class SAVE:
 
         return sample
 
+    def _precision(self, precision: str) -> str:
+        """The sampling precision to use ("auto": bf16 on CUDA GPUs, full precision elsewhere)."""
+        try:
+            return resolve_precision(precision, self.device)
+        except ValueError as err:
+            raise PySaveError(f"{err} bf16 samples faster on GPUs and CPUs with native bf16 (benchmarks/README.md).") from None
+
     def _generated_chunks(self, codes: np.ndarray, guidance: float, n_steps: int, solver: str, seed: int, batch_size: int,
-                          output: str = "mean"):
+                          output: str = "mean", precision: str = "32"):
         """Yield (start, log-normalized expression, latent) chunk by chunk, in order."""
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         finish = self._output_sampler(output, seed)
         self.flow.eval()
         for start in range(0, len(codes), batch_size):
             c = torch.from_numpy(codes[start:start + batch_size]).to(self.device)
-            z = sample_latents(self.flow, c, float(guidance), int(n_steps), solver, generator).cpu()
+            with autocast(self.device, precision):
+                z = sample_latents(self.flow, c, float(guidance), int(n_steps), solver, generator).float().cpu()
             z = z * self.latent_std + self.latent_mean
             chunk = codes[start:start + batch_size]
-            yield start, finish(self._decode(z, chunk), chunk), z.numpy()
+            yield start, finish(self._decode(z, chunk, precision=precision), chunk), z.numpy()
 
     def _generated_obs(self, codes: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
         obs = self._obs_from_codes(codes, pd.Index([f"gen_{i}" for i in range(len(codes))]))
@@ -734,13 +748,14 @@ class SAVE:
                 obs[col] = table[col].to_numpy()
         return obs
 
-    def _generation_provenance(self, guidance, n_steps, solver, seed, output) -> dict:
+    def _generation_provenance(self, guidance, n_steps, solver, seed, output, precision) -> dict:
         return self._provenance("generated", {"seed": int(seed), "guidance": float(guidance), "n_steps": int(n_steps),
-                                              "solver": solver, "output": output,
+                                              "solver": solver, "output": output, "precision": precision,
                                               "output_description": OUTPUT_DESCRIPTIONS[output] + "; latents sampled by the flow"})
 
     def generate_like(self, obs_table: pd.DataFrame, guidance: float = DEFAULT_GUIDANCE, n_steps: int = DEFAULT_STEPS,
-                      solver: str = DEFAULT_SOLVER, seed: int = 0, batch_size: int = 4096, output: str | None = None):
+                      solver: str = DEFAULT_SOLVER, seed: int = 0, batch_size: int = 4096, output: str | None = None,
+                      precision: str = "auto"):
         """Generate one cell per row of ``obs_table`` (or ``n_cells`` per row if it has that column).
 
         Condition columns that are absent or missing are masked. ``guidance`` is the
@@ -753,37 +768,42 @@ class SAVE:
         from the training cells of the same conditions, as log1p(CP10k): cells with zeros and
         noise like real ones; the default) or ``"mean"`` (the decoder mean); recorded in
         ``uns["pysave"]["output"]``. The same seed gives the same cells, whatever ``batch_size``.
+        ``precision``: ``"32"``, ``"bf16"`` (autocast; 1.3-1.6x faster on CPUs with native bf16,
+        scores within seed noise, benchmarks/README.md) or ``"auto"`` (bf16 on CUDA, 32 on CPU).
         """
         import anndata as ad
 
         output = self._check_output(output)
+        precision = self._precision(precision)
         table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
         X = np.empty((len(codes), len(self.genes)), dtype=np.float32)
         Z = np.empty((len(codes), self.params["latent_dim"]), dtype=np.float32)
-        for start, x, z in self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output):
+        for start, x, z in self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision):
             X[start:start + len(x)], Z[start:start + len(z)] = x, z
         out = ad.AnnData(X=X, obs=self._generated_obs(codes, table), var=pd.DataFrame(index=pd.Index(self.genes)))
-        out.uns["pysave"] = self._generation_provenance(guidance, n_steps, solver, seed, output)
+        out.uns["pysave"] = self._generation_provenance(guidance, n_steps, solver, seed, output, precision)
         out.obsm["X_save"] = Z
         return out
 
     def generate_to_h5ad(self, path: str, obs_table: pd.DataFrame, guidance: float = DEFAULT_GUIDANCE,
                          n_steps: int = DEFAULT_STEPS, solver: str = DEFAULT_SOLVER, seed: int = 0, batch_size: int = 4096, overwrite: bool = False,
-                         extra_uns: dict | None = None, output: str | None = None) -> str:
+                         extra_uns: dict | None = None, output: str | None = None, precision: str = "auto") -> str:
         """Like :meth:`generate_like`, but cells go to ``path`` chunk by chunk: memory stays
         at one chunk whatever the number of cells. The file equals the in-memory result."""
         output = self._check_output(output)
+        precision = self._precision(precision)
         table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
         with io.H5adStream(path, len(codes), self.genes, {"X_save": self.params["latent_dim"]}, overwrite=overwrite) as out:
-            for i, (start, x, z) in enumerate(self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output)):
+            chunks = self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision)
+            for i, (start, x, z) in enumerate(chunks):
                 out.write_rows(start, x, {"X_save": z})
                 if self.verbose and len(codes) > batch_size:
                     self._log(f"generated {min(start + len(x), len(codes))}/{len(codes)} cells")
-            uns = {"pysave": {**self._generation_provenance(guidance, n_steps, solver, seed, output), **(extra_uns or {})}}
+            uns = {"pysave": {**self._generation_provenance(guidance, n_steps, solver, seed, output, precision), **(extra_uns or {})}}
             return out.finish(self._generated_obs(codes, table), uns)
 
     def transfer(self, adata, target: dict, batch_size: int = 1024, output: str = "mean", seed: int = 0,
-                 via: str = DEFAULT_TRANSFER_VIA, guidance: float = 2.0, n_steps: int = 50):
+                 via: str = DEFAULT_TRANSFER_VIA, guidance: float = 2.0, n_steps: int = 50, precision: str = "auto"):
         """Encode cells under their own conditions and decode them under ``target``.
 
         Perturbation prediction (``{"condition": "stimulated"}``) and batch transfer
@@ -801,9 +821,11 @@ class SAVE:
         part: on Kang with each cell type's stimulated cells held out, R^2 on the top-100 DEGs is
         about 0.86 via the flow and 0.64 via the decoder (benchmarks/README.md). ``guidance`` and
         ``n_steps`` only matter for ``via="flow"``. :meth:`correct` uses the decoder.
+        ``precision`` of the flow and the decoder: as in :meth:`generate_like`.
         """
         self._require_trained()
         output = self._check_output(output)
+        precision = self._precision(precision)
         if via not in TRANSFER_VIAS:
             raise PySaveError(f"via must be 'flow' or 'decoder', got {via!r}.")
         # n_steps is checked for either path (as before); guidance only matters for the flow.
@@ -824,18 +846,20 @@ class SAVE:
             for start in range(0, len(mu), batch_size):
                 sl = slice(start, start + batch_size)
                 x = ((mu[sl] - self.latent_mean) / self.latent_std).to(self.device)
-                moved = transport_latents(self.flow, x, torch.from_numpy(prep.codes[sl]).to(self.device),
-                                          torch.from_numpy(codes[sl]).to(self.device), float(guidance), int(n_steps))
-                parts.append(moved.cpu() * self.latent_std + self.latent_mean)
+                with autocast(self.device, precision):
+                    moved = transport_latents(self.flow, x, torch.from_numpy(prep.codes[sl]).to(self.device),
+                                              torch.from_numpy(codes[sl]).to(self.device), float(guidance), int(n_steps))
+                parts.append(moved.float().cpu() * self.latent_std + self.latent_mean)
             z = torch.cat(parts)
-        X = self._output_sampler(output, seed)(self._decode(z, codes), codes)
+        X = self._output_sampler(output, seed)(self._decode(z, codes, precision=precision), codes)
         obs = adata.obs.copy()
         new = self._obs_from_codes(codes, obs.index)
         for key in target:
             if key in obs.columns:
                 obs[f"{key}_source"] = obs[key]
             obs[key] = new[key]
-        via_info = {"via": via, **({"guidance": float(guidance), "n_steps": int(n_steps)} if via == "flow" else {})}
+        via_info = {"via": via, "precision": precision,
+                    **({"guidance": float(guidance), "n_steps": int(n_steps)} if via == "flow" else {})}
         out = self._output(X, obs, "transferred", {"target": {k: str(v) for k, v in target.items()}, "output": output,
                                                    "output_description": OUTPUT_DESCRIPTIONS[output] + (
                                                        "; decoded from the encoder mean" if via == "decoder" else

@@ -17,6 +17,17 @@ from . import distributed as dist_utils
 PRECISIONS = ("32", "bf16")
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" is bf16 on CUDA GPUs that support it and full precision elsewhere: on the CPU, bf16
+    only pays where it is native (AVX512-bf16, AMX; benchmarks/README.md), and it changes the
+    numbers users get. Raises ValueError for an unknown value."""
+    if precision not in PRECISIONS + ("auto",):
+        raise ValueError(f"precision must be one of {PRECISIONS + ('auto',)}, got {precision!r}.")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
     """bf16 autocast on the given device, or a no-op for full precision."""
     if precision == "bf16":

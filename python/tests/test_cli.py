@@ -160,3 +160,8 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
 
     via = next(p for p in main.commands["correct"].params if p.name == "via")
     assert via.default == DEFAULT_CORRECT_VIA and set(via.type.choices) == set(TRANSFER_VIAS)
+    from pysave.train import PRECISIONS
+
+    for command in ("generate", "transfer", "train"):
+        precision = next(p for p in main.commands[command].params if p.name == "precision")
+        assert set(precision.type.choices) == set(PRECISIONS + ("auto",)) and precision.default == "auto"

@@ -124,3 +124,51 @@ def test_flow_loss_decreases_on_a_simple_target():
     field.eval()
     z = sample_latents(field, torch.tensor([[0]] * 200 + [[1]] * 200), 1.0, 50)
     assert z[:200].mean() < 1.0 < z[200:].mean()  # the condition picks the mode
+
+
+def test_direct_attention_matches_the_fused_kernel(monkeypatch):
+    # Short sequences take softmax(QK^T)V (faster on the CPU); values and gradients are the fused kernel's.
+    import pysave.layers as layers
+
+    torch.manual_seed(0)
+    block = AdaLNBlock(32, 4, 8)
+    torch.nn.init.normal_(block.modulation[1].weight, std=0.1)
+    h, cond = torch.randn(50, 4, 32, requires_grad=True), torch.randn(50, 8)
+
+    def run():
+        out = block(h, cond)
+        grad, = torch.autograd.grad(out.square().sum(), h)
+        return out.detach(), grad
+
+    direct = run()
+    monkeypatch.setattr(layers, "DIRECT_ATTENTION_MAX_TOKENS", 0)
+    fused = run()
+    assert torch.allclose(direct[0], fused[0], atol=1e-5) and torch.allclose(direct[1], fused[1], atol=1e-4)
+    assert not torch.equal(direct[0], h)  # the block did something
+
+
+def test_unique_conditions_match_unique_rows():
+    emb = ConditionEmbedding([3, 5, 2], 6)
+    codes = torch.stack([torch.randint(0, n + 1, (300,), generator=torch.Generator().manual_seed(n)) for n in (3, 5, 2)], 1)
+    rows, index = emb.unique(codes)
+    distinct, inverse = torch.unique(codes, dim=0, return_inverse=True)
+    assert torch.equal(rows, emb(distinct)) and torch.equal(index, inverse)
+    assert torch.equal(rows[index], emb(codes))
+
+
+def test_sampling_in_row_blocks_equals_one_solve(monkeypatch):
+    import pysave.flow as flow
+
+    torch.manual_seed(0)
+    field = VelocityField(16, [3], token_size=8, hidden=16, depth=1, n_heads=2, cond_dim=8).eval()
+    for p in field.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    codes = torch.randint(0, 4, (37, 1))
+    whole = sample_latents(field, codes, 2.0, 5, "midpoint", torch.Generator().manual_seed(3))
+    monkeypatch.setattr(flow, "CPU_SOLVE_ROWS", 8)
+    blocks = sample_latents(field, codes, 2.0, 5, "midpoint", torch.Generator().manual_seed(3))
+    assert torch.allclose(whole, blocks, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 sampling: the ODE state stays fp32
+        low = sample_latents(field, codes, 2.0, 5, "midpoint", torch.Generator().manual_seed(3))
+    assert low.dtype == torch.float32 and not torch.equal(low, whole)
+    assert ((low - whole).norm() / whole.norm()) < 0.02

@@ -227,3 +227,33 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
         model.params["mask_prob"] = saved
     with pytest.raises(PySaveError, match="n_steps must be at least 1"):
         model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", n_steps=0)
+
+
+def test_bf16_sampling_is_close_recorded_and_checked(trained, tmp_path):
+    import anndata as ad
+
+    model, adata = trained["model"], trained["adata"]
+    full = model.generate({"cell_type": "B"}, n_cells=40, seed=3, output="mean")
+    assert full.uns["pysave"]["precision"] == "32"  # auto on the CPU
+    low = model.generate({"cell_type": "B"}, n_cells=40, seed=3, output="mean", precision="bf16")
+    assert low.uns["pysave"]["precision"] == "bf16" and low.X.dtype == np.float32
+    # The same noise through a bf16 flow and decoder: the same cells up to bf16 rounding.
+    assert not np.array_equal(low.X, full.X)
+    assert np.abs(low.obsm["X_save"] - full.obsm["X_save"]).mean() < 0.05 * np.abs(full.obsm["X_save"]).mean()
+    assert np.corrcoef(low.X.ravel(), full.X.ravel())[0, 1] > 0.99
+    moved = model.transfer(adata[:10].copy(), {"batch": "10x_5prime"}, precision="bf16")
+    assert moved.uns["pysave"]["precision"] == "bf16"
+    with pytest.raises(PySaveError, match="precision must be one of"):
+        model.generate({"cell_type": "B"}, n_cells=2, precision="fp16")
+    out = tmp_path / "bf16.h5ad"
+    result = CliRunner().invoke(main, ["generate", trained["dir"], "--n", "5", "--set", "cell_type=B", "--precision", "bf16",
+                                       "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert ad.read_h5ad(out).uns["pysave"]["precision"] == "bf16"
+    moved_out = tmp_path / "moved.h5ad"
+    result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", "batch=10x_5prime", "--steps", "3",
+                                       "--precision", "bf16", "--out", str(moved_out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert ad.read_h5ad(moved_out).uns["pysave"]["precision"] == "bf16"
+    bad = CliRunner().invoke(main, ["generate", trained["dir"], "--n", "2", "--precision", "16", "--out", str(tmp_path / "x.h5ad")])
+    assert bad.exit_code != 0 and "--precision" in bad.output and not os.path.exists(tmp_path / "x.h5ad")

@@ -95,3 +95,19 @@ test_that("GenerateCells passes every pysave solver through and records it", {
     expect_true(all(is.finite(as.matrix(SummarizedExperiment::assay(gen, "logcounts")))))
   }
 })
+
+test_that("GenerateCells and TransferCells sample in bf16 on request and record it", {
+  gen <- GenerateCells(tiny_model_dir(), n = 4, conditions = list(cell_type = "B"), precision = "bf16",
+                       output = "SingleCellExperiment")
+  expect_identical(S4Vectors::metadata(gen)$pysave$precision, "bf16")
+  expect_true(all(is.finite(as.matrix(SummarizedExperiment::assay(gen, "logcounts")))))
+  full <- GenerateCells(tiny_model_dir(), n = 4, conditions = list(cell_type = "B"), output = "SingleCellExperiment")
+  expect_identical(S4Vectors::metadata(full)$pysave$precision, "32")  # auto on the CPU
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, precision = "fp16"),
+               "GenerateCells: precision must be one of \"auto\" or \"32\" or \"bf16\"; got \"fp16\"", fixed = TRUE)
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  moved <- TransferCells(sce[, 1:5], tiny_model_dir(), target = list(batch = "10x_5prime"), precision = "bf16")
+  expect_identical(S4Vectors::metadata(moved)$pysave$precision, "bf16")
+  expect_error(TransferCells(sce, tiny_model_dir(), target = list(batch = "10x_5prime"), precision = 16),
+               "TransferCells: precision must be one of", fixed = TRUE)
+})

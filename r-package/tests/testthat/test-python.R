@@ -63,16 +63,19 @@ test_that("GenerateCells' and TransferCells' defaults are pysave's (generate_lik
   }
   # R argument = pysave argument
   gen <- py_defaults("generate_like")
-  map <- c(guidance = "guidance", steps = "n_steps", solver = "solver", seed = "seed")
+  map <- c(guidance = "guidance", steps = "n_steps", solver = "solver", seed = "seed", precision = "precision")
   for (a in names(map)) {
     expect_identical(r_default(GenerateCells, a), gen[[map[[a]]]], label = paste("GenerateCells", a))
   }
+  precisions <- c(unlist(reticulate::import("pysave.train")$PRECISIONS), "auto")
+  expect_setequal(eval(formals(GenerateCells)$precision), precisions)
+  expect_setequal(eval(formals(TransferCells)$precision), precisions)
   # generate_like's output default is None: "sample" (DEFAULT_OUTPUT) where the model can sample
   expect_true("output" %in% names(gen) && is.null(gen[["output"]]))
   expect_identical(r_default(GenerateCells, "expression"), pymodel$DEFAULT_OUTPUT)
   expect_setequal(eval(formals(GenerateCells)$expression), unlist(pymodel$OUTPUT_KINDS))
   tr <- py_defaults("transfer")
-  map <- c(expression = "output", via = "via", guidance = "guidance", steps = "n_steps", seed = "seed")
+  map <- c(expression = "output", via = "via", guidance = "guidance", steps = "n_steps", seed = "seed", precision = "precision")
   for (a in names(map)) {
     expect_identical(r_default(TransferCells, a), tr[[map[[a]]]], label = paste("TransferCells", a))
   }
