@@ -25,11 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run(dataset: str, seed: int, model_dir: str, epochs: int) -> dict:
-    import pysave
-    E.run(dataset, seed, epochs, E.FAST, outputs=("sample",), model_dir=model_dir, guidance=2.0, n_steps=10,
-          solver="midpoint")  # trains and keeps the model once; a kept model is reused
-    train, test, keys, _ = E.split(dataset, seed)
-    model = pysave.SAVE.load(os.path.join(model_dir, E.model_name(dataset, seed, epochs, E.FAST)), verbose=False, device="cpu")
+    train, test, keys, batch_key = E.split(dataset, seed)
+    model, _ = E.trained_model(dataset, seed, epochs, E.FAST, train, keys, batch_key, model_dir)  # kept models are reused
     generated = {p: model.generate_like(test.obs[keys], seed=seed, precision=p) for p in ("32", "bf16")}
     # The sampled counts of two runs differ by their Poisson draws; the decoder means show the arithmetic.
     means = [model.generate_like(test.obs[keys], seed=seed, precision=p, output="mean").X for p in ("32", "bf16")]

@@ -162,24 +162,30 @@ def model_name(dataset, seed, epochs, params, held_out=None) -> str:
     return f"{dataset}{held}_s{seed}_e{epochs}_{params.get('gene_embeddings', 'data')}_{tag}"
 
 
-def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50,
-        solver="euler", precision="32"):
+def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_dir=None):
+    """The pysave model of a split's training cells: loaded from ``model_dir`` when kept there, else
+    trained (and kept there). Returns (model, training seconds)."""
     import pysave
 
-    train, test, keys, batch_key = split(dataset, seed, max_genes)
     t0 = time.perf_counter()
     saved = None if model_dir is None else os.path.join(model_dir, model_name(dataset, seed, epochs, params))
     if saved is not None and os.path.exists(saved):
         model = pysave.SAVE.load(saved, verbose=False, device="cpu")
-        train_seconds = model.training_summary.get("wall_seconds", float("nan"))
-    else:
-        pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
-        model = pysave.SAVE(train, seed=seed, verbose=False, **params)
-        model.train(seed=seed, progress=False, **train_options(epochs))
-        train_seconds = time.perf_counter() - t0
-        model.training_summary["wall_seconds"] = train_seconds
-        if saved is not None:
-            model.save(saved)
+        return model, model.training_summary.get("wall_seconds", float("nan"))
+    pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
+    model = pysave.SAVE(train, seed=seed, verbose=False, **params)
+    model.train(seed=seed, progress=False, **train_options(epochs))
+    train_seconds = time.perf_counter() - t0
+    model.training_summary["wall_seconds"] = train_seconds
+    if saved is not None:
+        model.save(saved)
+    return model, train_seconds
+
+
+def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50,
+        solver="euler", precision="32"):
+    train, test, keys, batch_key = split(dataset, seed, max_genes)
+    model, train_seconds = trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_dir)
     generated, speed = {}, {}
     for output in outputs:
         t0 = time.perf_counter()
