@@ -136,14 +136,17 @@ def diagnostic_main(doc: str, run, stem: str, guidance: bool = False) -> dict:
     return r
 
 
-def train_options(epochs) -> dict:
+def train_options(epochs, train_params=None) -> dict:
     """``model.train`` options of the harness: ``epochs`` VAE epochs at lr 1e-3 (fast, the harness's
     default), or with ``"product"`` the product's own training (epochs by the scvi-tools rule,
-    train()'s lr, early stopping); ``"product-lr<lr>"`` is the same with another VAE learning rate."""
+    train()'s lr, early stopping); ``"product-lr<lr>"`` is the same with another VAE learning rate.
+    ``train_params`` (e.g. ``{"weight_decay": 0.01}``, from ``--train-params``) go over these."""
     if str(epochs).startswith("product"):
         lr = str(epochs)[len("product"):]
-        return {"lr": float(lr[len("-lr"):])} if lr else {}
-    return {"max_epochs": int(epochs), "lr": 1e-3}
+        options = {"lr": float(lr[len("-lr"):])} if lr else {}
+    else:
+        options = {"max_epochs": int(epochs), "lr": 1e-3}
+    return {**options, **(train_params or {})}
 
 
 def epochs_arg(value: str):
@@ -154,27 +157,28 @@ def epochs_arg(value: str):
     return int(value)
 
 
-def model_name(dataset, seed, epochs, params, held_out=None) -> str:
+def model_name(dataset, seed, epochs, params, held_out=None, train_params=None) -> str:
     """The folder name of a model kept with --model-dir: one per (dataset, held-out cell type,
-    seed, epochs, parameters), so a sweep of sampling options reuses it."""
-    tag = "_".join(f"{k}{v}" for k, v in sorted(params.items()) if k != "gene_embeddings")
+    seed, epochs, parameters, training options), so a sweep of sampling options reuses it."""
+    tag = "_".join(f"{k}{v}" for k, v in sorted({**params, **(train_params or {})}.items()) if k != "gene_embeddings")
     held = "" if held_out is None else "_heldout_" + re.sub(r"[^A-Za-z0-9.+-]", "-", held_out)
     return f"{dataset}{held}_s{seed}_e{epochs}_{params.get('gene_embeddings', 'data')}_{tag}"
 
 
-def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_dir=None):
+def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_dir=None, train_params=None, held_out=None):
     """The pysave model of a split's training cells: loaded from ``model_dir`` when kept there, else
-    trained (and kept there). Returns (model, training seconds)."""
+    trained (and kept there; ``held_out`` names the cell type left out, for the folder name).
+    Returns (model, training seconds)."""
     import pysave
 
     t0 = time.perf_counter()
-    saved = None if model_dir is None else os.path.join(model_dir, model_name(dataset, seed, epochs, params))
+    saved = None if model_dir is None else os.path.join(model_dir, model_name(dataset, seed, epochs, params, held_out, train_params))
     if saved is not None and os.path.exists(saved):
         model = pysave.SAVE.load(saved, verbose=False, device="cpu")
         return model, model.training_summary.get("wall_seconds", float("nan"))
     pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
     model = pysave.SAVE(train, seed=seed, verbose=False, **params)
-    model.train(seed=seed, progress=False, **train_options(epochs))
+    model.train(seed=seed, progress=False, **train_options(epochs, train_params))
     train_seconds = time.perf_counter() - t0
     model.training_summary["wall_seconds"] = train_seconds
     if saved is not None:
@@ -183,9 +187,9 @@ def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_d
 
 
 def run(dataset, seed, epochs, params, outputs=("sample",), model_dir=None, max_genes=2000, guidance=1.0, n_steps=50,
-        solver="euler", precision="32"):
+        solver="euler", precision="32", train_params=None):
     train, test, keys, batch_key = split(dataset, seed, max_genes)
-    model, train_seconds = trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_dir)
+    model, train_seconds = trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_dir, train_params)
     generated, speed = {}, {}
     for output in outputs:
         t0 = time.perf_counter()

@@ -68,8 +68,8 @@ DATASETS = {
     "cellbench": dict(file="cellbench_lung_celllines_5batch.h5ad", batch_key="batch", label_key="cell_line"),
 }
 TASKS = {
-    "perturbation": dict(datasets=["kang"], methods=["pysave_flow", "pysave", "scgen_scvi", "control"]),
-    "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_transfer", "control", "scvi"]),
+    "perturbation": dict(datasets=["kang"], methods=["pysave_flow", "pysave_shift", "pysave", "scgen_scvi", "control"]),
+    "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_transfer", "pysave_transfer_shift", "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected",
                            "pysave_flow_latent", "pysave_flow_corrected"]),
@@ -108,6 +108,16 @@ def condition_keys(dataset):
     return [spec["batch_key"], spec["label_key"]], spec["batch_key"]
 
 
+def perturbation_data(dataset="kang"):
+    """(adata, condition key, cell-type key, control, stimulated, conditions, cell types) of a
+    perturbation dataset, the last two as string arrays; for the diagnostic scripts."""
+    spec = DATASETS[dataset]
+    ck, tk = spec["condition_key"], spec["cell_type_key"]
+    adata = load(dataset)
+    return (adata, ck, tk, spec["control"], spec["stimulated"], adata.obs[ck].astype(str).to_numpy(),
+            adata.obs[tk].astype(str).to_numpy())
+
+
 def held_out_cells(adata, dataset, cell_type):
     """The cells the perturbation and unseen tasks leave out of training: ``cell_type``'s stimulated cells."""
     spec = DATASETS[dataset]
@@ -132,7 +142,8 @@ def train_pysave(adata, keys, batch_key, seed, args, flow=True):
     model = pysave.SAVE(adata, seed=seed, verbose=False, **{**(FAST if args.fast else {}), **json.loads(args.params)})
     t0 = time.perf_counter()
     # Transfer, latent and correction use only the VAE: the flow is trained for one epoch then.
-    model.train(flow_epochs=None if flow else 1, seed=seed, progress=False, **eval_generation.train_options(args.epochs))
+    options = eval_generation.train_options(args.epochs, json.loads(args.train_params))
+    model.train(flow_epochs=None if flow else 1, seed=seed, progress=False, **options)
     return model, time.perf_counter() - t0
 
 
@@ -142,23 +153,13 @@ _PYSAVE_PERT_MODELS: dict = {}
 
 def held_out_model(dataset, cell_type, seed, train, keys, args):
     """One pysave model per (held-out type, seed), shared by the perturbation methods and the
-    unseen-combination task in one process (they remove the same cells from training)."""
-    key = (dataset, cell_type, seed, args.epochs, args.params)
+    unseen-combination task in one process (they remove the same cells from training); also kept
+    on disk with --model-dir, so sweeps of the transfer's options reuse one model per type."""
+    key = (dataset, cell_type, seed, args.epochs, args.params, args.train_params)
     if key not in _PYSAVE_PERT_MODELS:
-        saved = None
-        if args.model_dir:  # kept on disk too, so sweeps of the transfer's options reuse one model per type
-            params = {**(FAST if args.fast else {}), **json.loads(args.params)}
-            saved = os.path.join(args.model_dir, eval_generation.model_name(dataset, seed, args.epochs, params, held_out=cell_type))
-        if saved and os.path.exists(saved):
-            import pysave
-
-            model = pysave.SAVE.load(saved, verbose=False, device="cpu")
-            _PYSAVE_PERT_MODELS[key] = model, model.training_summary.get("wall_seconds", float("nan"))
-        else:
-            model, train_s = _PYSAVE_PERT_MODELS[key] = train_pysave(train, keys, None, seed, args, flow=True)
-            if saved:
-                model.training_summary["wall_seconds"] = train_s
-                model.save(saved)
+        params = {**(FAST if args.fast else {}), **json.loads(args.params)}
+        _PYSAVE_PERT_MODELS[key] = eval_generation.trained_model(dataset, seed, args.epochs, params, train, keys, None, args.model_dir,
+                                                                 json.loads(args.train_params), held_out=cell_type)
     return _PYSAVE_PERT_MODELS[key]
 
 
@@ -193,11 +194,11 @@ def run_perturbation(dataset, method, seed, args):
         query = adata[(types == t) & (cond == ctrl)].copy()
         real = adata[types == t].copy()
         t0 = time.perf_counter()
-        if method == "pysave" or method.startswith("pysave_flow"):
+        if method in ("pysave", "pysave_shift") or method.startswith("pysave_flow"):
             model, train_s = held_out_model(dataset, t, seed, train, [ck, tk], args)
             t0 -= train_s
             via = (dict(via="flow", guidance=flow_guidance(method, args)) if method.startswith("pysave_flow")
-                   else dict(via="decoder"))
+                   else dict(via="shift") if method == "pysave_shift" else dict(via="decoder"))
             pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, precision=args.precision, **via)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
         elif method == "scgen_scvi":
@@ -225,7 +226,7 @@ def run_perturbation(dataset, method, seed, args):
             f"(control {row['control_degs_r2']:.3f}/{row['control_all_r2']:.3f}, floor {row['floor_degs_r2']:.3f}/"
             f"{row['floor_all_r2']:.3f}), {walls[-1]:.0f} s")
     return {**per_type_result(rows, walls, cells_per_s), "protocol": scored["protocol"], "n_genes": int(adata.n_vars),
-            "held_out": list(held_types), "scored_output": args.transfer_output if method == "pysave" else method,
+            "held_out": list(held_types), "scored_output": args.transfer_output if method.startswith("pysave") else method,
             "guidance": flow_guidance(method, args) if method.startswith("pysave_flow") else None}
 
 
@@ -251,13 +252,15 @@ def run_unseen(dataset, method, seed, args):
         query = control[pick].copy()
         query.obs_names_make_unique()
         t0 = time.perf_counter()
-        if method in ("pysave", "pysave_cfg", "pysave_transfer"):
+        if method in ("pysave", "pysave_cfg", "pysave_transfer", "pysave_transfer_shift"):
             model, seconds = held_out_model(dataset, t, seed, train, [ck, tk], args)
             train_s.append(seconds)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
             if method == "pysave_transfer":  # the input the scvi peer gets, moved by transfer
                 generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="flow", guidance=args.flow_guidance,
                                            precision=args.precision)
+            elif method == "pysave_transfer_shift":  # the same input, moved by the training cells' latent shift
+                generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="shift", precision=args.precision)
             else:
                 w = args.guidance if method == "pysave" else args.flow_guidance
                 generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w, precision=args.precision)
@@ -323,7 +326,7 @@ def run_batch(dataset, method, seed, args):
         # One model serves the outputs: trained once per (dataset, seed) in this process; the
         # flow methods need a trained flow (the others train it for one epoch only).
         flow = method.startswith("pysave_flow")
-        key = (dataset, seed, args.epochs, args.fast, args.params, flow)
+        key = (dataset, seed, args.epochs, args.fast, args.params, args.train_params, flow)
         if key not in _PYSAVE_BATCH_MODELS:
             _PYSAVE_BATCH_MODELS[key] = train_pysave(adata.copy(), [bk], bk, seed, args, flow=flow)
             t0 += _PYSAVE_BATCH_MODELS[key][1]  # training time is added once below, for both outputs
@@ -363,7 +366,8 @@ def run_generation(dataset, method, seed, args):
         r = eval_generation.run_scvi(dataset, seed, args.scvi_epochs, lambda *cli: peer(args, *cli))
     elif method == "pysave":
         r = eval_generation.run(dataset, seed, args.epochs, params, outputs=("sample", "mean"), guidance=args.guidance,
-                                n_steps=args.steps, solver=args.solver, model_dir=args.model_dir, precision=args.precision)
+                                n_steps=args.steps, solver=args.solver, model_dir=args.model_dir, precision=args.precision,
+                                train_params=json.loads(args.train_params))
     else:
         raise SystemExit(f"unknown generation method {method}")
     metrics = {}
@@ -572,6 +576,8 @@ def main():
     p.add_argument("--transfer-output", default="mean", choices=["mean", "sample"], help="perturbation: pysave's output")
     p.add_argument("--threads", type=int, default=2, help="torch threads, here and in the peers")
     p.add_argument("--params", default="{}", help='pysave parameters over the fast/paper set, JSON (e.g. \'{"kl_weight": 0.5}\')')
+    p.add_argument("--train-params", default="{}",
+                   help='pysave train() options over the harness\'s, JSON (e.g. \'{"weight_decay": 0.01}\'); tag the rows')
     p.add_argument("--guidance", type=float, default=1.0, help="generation and unseen: pysave's guidance weight w")
     p.add_argument("--steps", type=int, default=50, help="generation: pysave's ODE steps")
     p.add_argument("--solver", default="euler", help="generation: pysave's ODE solver (euler, midpoint, rk4, dopri5)")
@@ -609,7 +615,8 @@ def main():
                     result.update({"task": task, "dataset": dataset, "method": name, "seed": seed,
                                    "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
                                    "pysave_config": (("fast " + json.dumps(FAST)) if args.fast else "paper") + " " + args.params,
-                                   "pysave_epochs": args.epochs, "scvi_epochs": args.scvi_epochs})
+                                   "pysave_epochs": args.epochs, "pysave_train_params": json.loads(args.train_params),
+                                   "scvi_epochs": args.scvi_epochs})
                     with open(out, "w") as fh:
                         json.dump(result, fh, indent=1, default=float)
     build_table()

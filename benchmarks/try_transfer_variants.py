@@ -133,10 +133,7 @@ def main():
     import run_benchmarks as RB
 
     torch.set_num_threads(1)
-    spec = RB.DATASETS["kang"]
-    ck, tk, ctrl, stim = spec["condition_key"], spec["cell_type_key"], spec["control"], spec["stimulated"]
-    adata = RB.load("kang")
-    cond, types = adata.obs[ck].astype(str).to_numpy(), adata.obs[tk].astype(str).to_numpy()
+    adata, ck, tk, ctrl, stim, cond, types = RB.perturbation_data("kang")
     rows = []
     for t in args.types:
         safe = re.sub(r"[^A-Za-z0-9.+-]", "-", t)

@@ -240,10 +240,11 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
 @click.option("--output-kind", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
               help="mean: decoder mean of each cell's latent; sample: counts drawn around it, as log1p(CP10k).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled output.")
-@click.option("--via", type=click.Choice(["flow", "decoder"]), default="flow", show_default=True,
+@click.option("--via", type=click.Choice(["flow", "decoder", "shift"]), default="flow", show_default=True,
               help="flow: move the cell's latent through the flow (back to noise under its conditions, forward under "
                    "the target), then decode; decoder: decode the cell's latent under the target (faster, less accurate "
-                   "for perturbations).")
+                   "for perturbations); shift: add the training cells' mean latent shift between the conditions "
+                   "(scGen's latent arithmetic, averaged over the other conditions' values), then decode under the target.")
 @click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow.")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
 @sampling_precision

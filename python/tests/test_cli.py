@@ -156,10 +156,12 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
     assert tuple(params["solver"].type.choices) == SOLVERS
     assert (params["solver"].default, params["n_steps"].default, params["guidance"].default) == (
         DEFAULT_SOLVER, DEFAULT_STEPS, DEFAULT_GUIDANCE)
-    from pysave.model import DEFAULT_CORRECT_VIA, TRANSFER_VIAS
+    from pysave.model import CORRECT_VIAS, DEFAULT_CORRECT_VIA, DEFAULT_TRANSFER_VIA, TRANSFER_VIAS
 
     via = next(p for p in main.commands["correct"].params if p.name == "via")
-    assert via.default == DEFAULT_CORRECT_VIA and set(via.type.choices) == set(TRANSFER_VIAS)
+    assert via.default == DEFAULT_CORRECT_VIA and set(via.type.choices) == set(CORRECT_VIAS)
+    via = next(p for p in main.commands["transfer"].params if p.name == "via")
+    assert via.default == DEFAULT_TRANSFER_VIA and set(via.type.choices) == set(TRANSFER_VIAS)
     from pysave.train import PRECISIONS
 
     for command in ("generate", "transfer", "train"):

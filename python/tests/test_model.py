@@ -126,7 +126,7 @@ def test_correct_via_flow_moves_the_latent(trained):
     np.testing.assert_array_equal(model.correct(adata.copy(), via="flow", n_steps=10), x_flow)
     to_ref = model.correct(adata, via="flow", reference="10x_5prime", layer_added=None, n_steps=10)
     assert not np.allclose(to_ref, x_flow)
-    with pytest.raises(PySaveError, match="via must be"):
+    with pytest.raises(PySaveError, match=r"goes via one of \[.decoder., .flow.\], got .harmony."):
         model.correct(adata, via="harmony")
 
 

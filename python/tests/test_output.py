@@ -207,6 +207,74 @@ def test_transfer_via_flow(trained):
     assert result.exit_code == 0, result.output
 
 
+def test_transfer_via_shift(trained, tmp_path):
+    import anndata as ad
+
+    model, adata = trained["model"], trained["adata"]
+    mu_all = model.get_latent_representation(adata, key_added=None)
+    obs = adata.obs[["batch", "cell_type"]].astype(str)
+    # The kept per-combination latent means are the training cells' encoder means, grouped.
+    stats = model.condition_latents
+    keys = model.registry["condition_keys"]
+    names = [tuple(model.registry["categories"][k][c] for k, c in zip(keys, row)) for row in stats["codes"]]
+    grouped = pd.DataFrame(mu_all).groupby([obs["batch"].to_numpy(), obs["cell_type"].to_numpy()]).mean()
+    counts = obs.groupby(["batch", "cell_type"]).size()
+    assert [counts[n] for n in names] == stats["counts"].tolist()
+    np.testing.assert_allclose(stats["means"], grouped.loc[names].to_numpy(), atol=1e-5)
+    # The shift: per cell type with >= MIN_SHIFT_CELLS cells in both batches, the difference of the
+    # two batches' mean latents; averaged over those types with equal weights.
+    src, tgt = "10x_3prime_v2", "10x_5prime"
+    types = [t for t in obs["cell_type"].unique()
+             if counts.get((src, t), 0) >= pysave.model.MIN_SHIFT_CELLS and counts.get((tgt, t), 0) >= pysave.model.MIN_SHIFT_CELLS]
+    assert len(types) >= 2
+    expected = np.mean([grouped.loc[(tgt, t)].to_numpy() - grouped.loc[(src, t)].to_numpy() for t in types], axis=0)
+    cells = adata[obs["batch"].to_numpy() == src][:30].copy()
+    mu = model.get_latent_representation(cells, key_added=None)
+    moved = model.transfer(cells, {"batch": tgt}, via="shift")
+    np.testing.assert_allclose(moved.obsm["X_save"] - mu, np.tile(expected, (len(mu), 1)), atol=1e-5)
+    info = moved.uns["pysave"]
+    assert info["via"] == "shift" and info["shift_strata"] == {f"batch={src} -> batch={tgt}": len(types)}
+    assert "guidance" not in info
+    # Decoded under the target conditions: the same latents through the decoder give the same cells.
+    codes = model._prepare(cells).codes.copy()
+    codes[:, keys.index("batch")] = model._code_of("batch", tgt)
+    assert np.array_equal(moved.X, model._decode(torch_from(moved.obsm["X_save"]), codes))
+    assert moved.obs["batch"].astype(str).eq(tgt).all() and moved.obs["batch_source"].astype(str).eq(src).all()
+    # To the cells' own batch: no shift.
+    same = model.transfer(cells, {"batch": src}, via="shift")
+    np.testing.assert_array_equal(same.obsm["X_save"], mu)
+    # The means travel with the model directory.
+    again = pysave.SAVE.load(trained["dir"], verbose=False)
+    assert np.array_equal(again.transfer(cells, {"batch": tgt}, via="shift").X, moved.X)
+    # Refused, with the reason: a masked target, no stratum with both sides, an old model directory, correct().
+    with pytest.raises(PySaveError, match="moves cells to a given value"):
+        model.transfer(cells, {"batch": None}, via="shift")
+    lonely = {k: v.copy() for k, v in stats.items()}
+    lonely["counts"][stats["codes"][:, keys.index("batch")] == model._code_of("batch", tgt)] = 1
+    again.condition_latents = lonely
+    with pytest.raises(PySaveError, match=r"needs training cells of both.*\['cell_type'\].*batch=10x_5prime.*via='flow'"):
+        again.transfer(cells, {"batch": tgt}, via="shift")
+    again.condition_latents = None
+    with pytest.raises(PySaveError, match="older pysave"):
+        again.transfer(cells, {"batch": tgt}, via="shift")
+    with pytest.raises(PySaveError, match="correct\\(\\) goes via one of"):
+        model.correct(cells, via="shift")
+    out = tmp_path / "shift.h5ad"
+    result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", f"batch={tgt}", "--via", "shift",
+                                       "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    written = ad.read_h5ad(out).uns["pysave"]
+    # every cell of the file: two source batches move (the target's own cells stay, with no entry)
+    assert written["via"] == "shift" and written["shift_strata"][f"batch={src} -> batch={tgt}"] == len(types)
+    assert set(written["shift_strata"]) == {f"batch={b} -> batch={tgt}" for b in set(obs["batch"]) - {tgt}}
+
+
+def torch_from(array):
+    import torch
+
+    return torch.from_numpy(np.asarray(array))
+
+
 def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
     import warnings
 

@@ -207,8 +207,12 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #' @param via "flow" (the default: move the latent back through the flow to noise under the
 #'   cell's conditions, forward under the target ones, then decode; closer to the real
 #'   perturbation response: on Kang IFN-beta, R^2 on the top-100 DEGs about 0.86 against 0.64,
-#'   see pysave's benchmarks) or "decoder" (decode the encoder mean under the target
-#'   conditions; the latent stays; much faster). CLI `--via`.
+#'   see pysave's benchmarks), "decoder" (decode the encoder mean under the target
+#'   conditions; the latent stays; much faster) or "shift" (add the training cells' mean
+#'   latent shift between the source and target values, averaged over the values of the other
+#'   conditions that have both, as scGen does, then decode under the target; needs a target
+#'   value, not `NA`, and a model saved with per-condition latent means (retrain older ones); the
+#'   strata used are in the provenance). CLI `--via`.
 #' @param guidance Classifier-free guidance weight of the flow (`via = "flow"` only).
 #' @param steps Euler steps each way through the flow (`via = "flow"` only).
 #' @param seed Random seed of the sampled counts (`expression = "sample"` only).
@@ -226,10 +230,10 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #' @export
 TransferCells <- function(object, model = NULL, target = list(stim = "STIM"), output = NULL, assay = NULL,
                           slot = "counts", device = "auto", expression = c("mean", "sample"),
-                          via = c("flow", "decoder"), guidance = 2, steps = 50L, seed = 0L,
+                          via = c("flow", "decoder", "shift"), guidance = 2, steps = 50L, seed = 0L,
                           precision = c("auto", "32", "bf16")) {
   expression <- .choice(expression, c("mean", "sample"), "TransferCells", "expression")
-  via <- .choice(via, c("flow", "decoder"), "TransferCells", "via")
+  via <- .choice(via, c("flow", "decoder", "shift"), "TransferCells", "via")
   guidance <- .check_number(guidance, "TransferCells", "guidance")
   steps <- .check_number(steps, "TransferCells", "steps", whole = TRUE, lower = 1)
   seed <- .check_number(seed, "TransferCells", "seed", whole = TRUE, lower = 0)

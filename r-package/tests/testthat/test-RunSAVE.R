@@ -69,7 +69,7 @@ test_that("RunSAVE(corrected = \"flow\") adds the corrected expression and the m
   expect_error(RunSAVE(sce, model = tiny_model_dir(), corrected = "harmony", verbose = FALSE),
                "RunSAVE: corrected must be FALSE, TRUE, \"decoder\" or \"flow\"", fixed = TRUE)
   # the strings RunSAVE accepts are exactly pysave's correction paths
-  expect_setequal(unlist(reticulate::import("pysave.model")$TRANSFER_VIAS), c("decoder", "flow"))
+  expect_setequal(unlist(reticulate::import("pysave.model")$CORRECT_VIAS), c("decoder", "flow"))
   s <- run_tiny(pbmc_small_seurat(), conditions = "groups", batch_key = "groups", corrected = "flow")
   expect_true(all(c("save", "save_corrected") %in% SeuratObject::Reductions(s)))
   expect_identical(SeuratObject::Key(s[["save_corrected"]]), "SAVEC_")

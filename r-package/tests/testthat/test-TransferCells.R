@@ -72,8 +72,10 @@ test_that("TransferCells rejects bad expression / via / guidance / steps / seed 
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   target <- list(batch = "10x_5prime")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "flux"),
-               "TransferCells: via must be one of \"flow\" or \"decoder\"; got \"flux\"", fixed = TRUE)
+               "TransferCells: via must be one of \"flow\" or \"decoder\" or \"shift\"; got \"flux\"", fixed = TRUE)
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = NA), "TransferCells: via must be one of")
+  # the strings TransferCells accepts are exactly pysave's transfer paths
+  expect_setequal(unlist(reticulate::import("pysave.model")$TRANSFER_VIAS), eval(formals(TransferCells)$via))
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "counts"),
                "TransferCells: expression must be one of \"mean\" or \"sample\"; got \"counts\"", fixed = TRUE)
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "sample"),
@@ -83,4 +85,27 @@ test_that("TransferCells rejects bad expression / via / guidance / steps / seed 
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, guidance = NA_real_),
                "TransferCells: guidance must be one finite number")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, seed = -3), "TransferCells: seed must be a whole number >= 0")
+})
+
+test_that("TransferCells via = \"shift\" adds the training cells' latent shift and records its strata", {
+  fit <- sampling_fit()
+  target <- list(batch = "10x_5prime")
+  dec <- TransferCells(fit, target = target, via = "decoder")
+  shf <- TransferCells(fit, target = target, via = "shift")
+  info <- S4Vectors::metadata(shf)$pysave
+  expect_identical(info$via, "shift")
+  # strata = cell types with >= 3 cells in both batches (pbmc_tiny: T_CD4 for v1; Mono_CD14, T_CD4, T_CD8 for v2)
+  expect_identical(info$shift_strata[["batch=10x_3prime_v1 -> batch=10x_5prime"]], 1L)
+  expect_identical(info$shift_strata[["batch=10x_3prime_v2 -> batch=10x_5prime"]], 3L)
+  d <- SingleCellExperiment::reducedDim(shf, "SAVE") - SingleCellExperiment::reducedDim(dec, "SAVE")
+  src <- as.character(shf$batch_source)
+  expect_lt(max(abs(d[src == "10x_5prime", ])), 1e-6)  # the target's own cells stay
+  v2 <- d[src == "10x_3prime_v2", , drop = FALSE]
+  expect_lt(max(abs(sweep(v2, 2, v2[1, ]))), 1e-5)  # one shift per source batch
+  expect_gt(max(abs(v2[1, ])), 1e-3)
+  expect_true(all(shf$batch == "10x_5prime"))
+  expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: via='shift' moves cells to a given value")
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "shift"),
+               "TransferCells: this model directory has no per-condition latent means")
 })
