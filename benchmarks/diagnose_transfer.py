@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/diagnose_transfer.py --model-dir DIR --seed 0 --types B CD4T
 
 Takes the held-out-type Kang models kept by ``run_benchmarks.py --task perturbation --model-dir
-DIR`` (``--params``: the same JSON as there, for models trained with other parameters) and, for each held-out type, compares ``transfer(via="flow")`` of its control cells with the
-real stimulated cells on the scoring protocol's top-100 DEGs:
+DIR`` (``--params``: the same JSON as there, for models trained with other parameters) and, for
+each held-out type, compares the transfer of its control cells with the real stimulated cells on
+the scoring protocol's top-100 DEGs:
 
 - ``effect_slope`` / ``effect_r``: the predicted effect (predicted mean - control mean) regressed
   on the real one (real stimulated mean - control mean), gene by gene. A slope of 1 carries the
@@ -65,7 +66,7 @@ def main():
         query, real_stim = adata[(types == t) & (cond == ctrl)].copy(), adata[(types == t) & (cond == stim)].copy()
         c, s = (M.log_normalized(a[:, genes]) for a in (query, real_stim))
         others_ctrl = adata[(types != t) & (cond == ctrl)].copy()
-        oc, os_ = (M.log_normalized(adata[(types != t) & (cond == k)][:, genes]) for k in (ctrl, stim))
+        oc, os_ = M.log_normalized(others_ctrl[:, genes]), M.log_normalized(adata[(types != t) & (cond == stim)][:, genes])
         for via, w in [("flow", w) for w in args.guidance] + [("shift", None)]:
             how = dict(via=via, guidance=w) if via == "flow" else dict(via=via)
             pred = model.transfer(query, {ck: stim}, output="mean", seed=args.seed, **how)

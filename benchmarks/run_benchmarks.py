@@ -110,7 +110,8 @@ def condition_keys(dataset):
 
 def perturbation_data(dataset="kang"):
     """(adata, condition key, cell-type key, control, stimulated, conditions, cell types) of a
-    perturbation dataset, the last two as string arrays; for the diagnostic scripts."""
+    perturbation dataset, the last two as string arrays: what the perturbation and unseen tasks and
+    the diagnostic scripts start from."""
     spec = DATASETS[dataset]
     ck, tk = spec["condition_key"], spec["cell_type_key"]
     adata = load(dataset)
@@ -182,10 +183,7 @@ def flow_guidance(method, args):
 def run_perturbation(dataset, method, seed, args):
     from pysave import metrics as M
 
-    spec = DATASETS[dataset]
-    ck, tk, ctrl, stim = spec["condition_key"], spec["cell_type_key"], spec["control"], spec["stimulated"]
-    adata = load(dataset)
-    cond, types = adata.obs[ck].astype(str).to_numpy(), adata.obs[tk].astype(str).to_numpy()
+    adata, ck, tk, ctrl, stim, cond, types = perturbation_data(dataset)
     held_types = args.held_out or sorted(set(types))
     rows, walls, cells_per_s, degs = [], [], [], {}
     for t in held_types:
@@ -236,10 +234,7 @@ def run_unseen(dataset, method, seed, args):
 
     from pysave import metrics as M
 
-    spec = DATASETS[dataset]
-    ck, tk, ctrl, stim = spec["condition_key"], spec["cell_type_key"], spec["control"], spec["stimulated"]
-    adata = load(dataset)
-    cond, types = adata.obs[ck].astype(str).to_numpy(), adata.obs[tk].astype(str).to_numpy()
+    adata, ck, tk, ctrl, stim, cond, types = perturbation_data(dataset)
     rows, train_s, cells_per_s, walls = [], [], [], []
     for t in args.held_out or sorted(set(types)):
         held = held_out_cells(adata, dataset, t)
