@@ -166,19 +166,29 @@ def perturbation(args):
     z = model.get_latent_representation(reg)
     cond = train.obs[args.condition_key].astype(str).to_numpy()
     types = train.obs[args.cell_type_key].astype(str).to_numpy()
-    deltas = []
+    deltas, origins = [], []
     for t in sorted(set(types)):
         s, c = (types == t) & (cond == args.stimulated), (types == t) & (cond == args.control)
         if s.sum() and c.sum():
             deltas.append(z[s].mean(0) - z[c].mean(0))
-    delta = np.mean(deltas, axis=0)
+            origins.append(z[c].mean(0))
     q = query.copy()
     q.layers["counts"] = q.X.copy()
     zq = model.get_latent_representation(q)
+    if args.method == "weighted":
+        # pysave's per-cell weighting of the types (pysave.model.latent_shifts, same width), here in
+        # scVI's latent: shows how much of pysave's shift gain is the weighting itself.
+        from scipy.spatial.distance import cdist, pdist
+
+        d = cdist(zq.astype(np.float64), np.stack(origins).astype(np.float64), "sqeuclidean")
+        w = np.exp(-(d - d.min(1, keepdims=True)) / (args.bandwidth * np.median(pdist(np.stack(origins), "sqeuclidean"))))
+        shift = (w / w.sum(1, keepdims=True)) @ np.stack(deltas)
+    else:
+        shift = np.mean(deltas, axis=0)
     lib = np.asarray(q.X.sum(1)).ravel().astype(np.float32)
-    X = _sample_log_normalized(model, zq + delta, lib, np.zeros(q.n_obs, dtype=int), seed=args.seed)
-    return _write_prediction(args, query, X, {"method": "scgen-style latent arithmetic on scVI", "n_types_in_delta": len(deltas)},
-                             t0, train_seconds, train.n_obs)
+    X = _sample_log_normalized(model, (zq + shift).astype(np.float32), lib, np.zeros(q.n_obs, dtype=int), seed=args.seed)
+    return _write_prediction(args, query, X, {"method": f"scgen-style latent arithmetic on scVI ({args.method})",
+                                              "n_types_in_delta": len(deltas)}, t0, train_seconds, train.n_obs)
 
 
 def _write_prediction(args, query, X, info, t0, train_seconds, n_train):
@@ -213,8 +223,10 @@ def main():
     q.add_argument("--stimulated", default="stimulated")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--epochs", type=int, default=200)
-    q.add_argument("--method", default="arithmetic", choices=["arithmetic", "label"],
-                   help="arithmetic: scGen's latent shift; label: scVI with the condition as batch, decoded as stimulated")
+    q.add_argument("--method", default="arithmetic", choices=["arithmetic", "weighted", "label"],
+                   help="arithmetic: scGen's latent shift; weighted: the types' shifts weighted per cell as pysave's "
+                        "via='shift' does; label: scVI with the condition as batch, decoded as stimulated")
+    q.add_argument("--bandwidth", type=float, default=0.5, help="weighted: the kernel width (pysave's SHIFT_BANDWIDTH)")
     g = sub.add_parser("generate")
     g.add_argument("--data", required=True, help="training cells (counts)")
     g.add_argument("--predict", required=True, help="an h5ad whose obs rows are the cells to generate")

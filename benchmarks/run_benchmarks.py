@@ -63,12 +63,16 @@ FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2,
 DATASETS = {
     "kang": dict(file="kang2018_scgen_valid_pbmc_1975.h5ad", condition_key="condition", cell_type_key="cell_type",
                  control="control", stimulated="stimulated"),
+    # Other Kang cells (muscat's Kang18_8vs8 subset, 5 types, 2 donors): a second perturbation set, so
+    # that a choice made on "kang" is checked on cells it was not made on.
+    "kang_muscat": dict(file="kang2018_muscat_example_1556.h5ad", condition_key="condition", cell_type_key="cell_type",
+                        control="control", stimulated="stimulated"),
     "pbmc_3tech": dict(file="pbmc_3tech_symphony_1200.h5ad", batch_key="batch", label_key="cell_type"),
     "baron_human": dict(file="baron2016_pancreas_human_came_2142.h5ad", batch_key="batch", label_key="cell_type"),
     "cellbench": dict(file="cellbench_lung_celllines_5batch.h5ad", batch_key="batch", label_key="cell_line"),
 }
 TASKS = {
-    "perturbation": dict(datasets=["kang"], methods=["pysave_flow", "pysave_shift", "pysave", "scgen_scvi", "control"]),
+    "perturbation": dict(datasets=["kang", "kang_muscat"], methods=["pysave_flow", "pysave_shift", "pysave", "scgen_scvi", "scgen_scvi_weighted", "control"]),
     "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_transfer", "pysave_transfer_shift", "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected",
@@ -199,14 +203,15 @@ def run_perturbation(dataset, method, seed, args):
                    else dict(via="shift") if method == "pysave_shift" else dict(via="decoder"))
             pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, precision=args.precision, **via)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
-        elif method == "scgen_scvi":
+        elif method in ("scgen_scvi", "scgen_scvi_weighted"):
             with tempfile.TemporaryDirectory() as tmp:
                 train.write_h5ad(os.path.join(tmp, "train.h5ad"))
                 query.write_h5ad(os.path.join(tmp, "query.h5ad"))
                 info = peer(args, "perturbation", "--data", os.path.join(tmp, "train.h5ad"), "--predict",
                             os.path.join(tmp, "query.h5ad"), "--out", os.path.join(tmp, "pred.h5ad"), "--seed", seed,
                             "--epochs", args.scvi_epochs, "--condition-key", ck, "--cell-type-key", tk,
-                            "--control", ctrl, "--stimulated", stim)
+                            "--control", ctrl, "--stimulated", stim,
+                            "--method", "weighted" if method == "scgen_scvi_weighted" else "arithmetic")
                 import anndata as ad
 
                 pred = ad.read_h5ad(os.path.join(tmp, "pred.h5ad"))

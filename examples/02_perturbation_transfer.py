@@ -25,7 +25,7 @@ model.train(max_epochs=EPOCHS, flow_epochs=None if EPOCHS >= 20 else EPOCHS, lr=
 
 control = adata[((adata.obs["cell_type"] == held_type) & (adata.obs["condition"] == "control")).to_numpy()].copy()
 predicted = model.transfer(control, {"condition": "stimulated"})                # through the flow (the default)
-shifted = model.transfer(control, {"condition": "stimulated"}, via="shift")    # + the other types' mean latent shift
+shifted = model.transfer(control, {"condition": "stimulated"}, via="shift")    # + the other types' latent shifts, nearest weighted most
 
 real = adata[held].copy()
 sc.pp.normalize_total(real, target_sum=1e4)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from scipy.spatial.distance import cdist, pdist
 
 from . import __version__
 from . import data as D
@@ -116,6 +117,11 @@ TRANSFER_VIAS = ("flow", "decoder", "shift")
 # A stratum (one value of each unchanged condition) enters a shift only with this many cells on
 # both sides: means of fewer cells are mostly noise.
 MIN_SHIFT_CELLS = 3
+# The width of latent_shifts' weights, in units of the median squared distance between strata. Kang,
+# 7 types x 2 seeds held out: R^2 DEGs / all genes 0.855 / 0.885 with equal weights, 0.866 / 0.891
+# at 1, 0.871 / 0.895 at 0.5, 0.872 / 0.894 at 0.25. Chosen there, then checked on muscat's Kang
+# set (5 types x 2 seeds): 0.833 / 0.910 equal, 0.853 / 0.921 at 0.5 (benchmarks/README.md).
+SHIFT_BANDWIDTH = 0.5
 
 # Cells decoded at a time on the CPU: 512 keep the decoder's activations in cache; 4,096 at once
 # decoded at 0.6x (paper network) and 0.45x (fast network) the speed (benchmarks/README.md, "Speed").
@@ -828,11 +834,12 @@ class SAVE:
         adds to each encoder mean the training cells' mean latent shift from its conditions to the
         target's (scGen's latent arithmetic in SAVE's latent): for each stratum, i.e. values of the
         other conditions, with at least ``MIN_SHIFT_CELLS`` training cells on both sides, mean
-        latent(target) - mean latent(source), averaged over the strata with equal weights (the
-        strata used are recorded in ``uns["pysave"]["shift_strata"]``), then decodes under the
-        target. On the same Kang models it scored 0.855 / 0.885 (R^2 top-100 DEGs / all genes,
-        7 types x 2 seeds) against 0.836 / 0.861 via the flow, which carries only about half of the
-        stimulation effect into a cell type whose stimulated cells it never saw. It needs a target
+        latent(target) - mean latent(source); each cell takes their mean weighted by how close its
+        latent lies to each stratum's source mean (``latent_shifts``; the strata used are recorded
+        in ``uns["pysave"]["shift_strata"]``), then decodes under the target. On the same Kang
+        models it scored 0.872 / 0.895 (R^2 top-100 DEGs / all genes, 7 types x 2 seeds; 0.855 /
+        0.885 with equal weights) against 0.836 / 0.861 via the flow, which carries only about half
+        of the stimulation effect into a cell type whose stimulated cells it never saw. It needs a target
         value (not a mask) and training cells of both values under the same other conditions.
         ``guidance`` and ``n_steps`` only matter for ``via="flow"``. :meth:`correct` uses the decoder.
         ``precision`` of the flow and the decoder: as in :meth:`generate_like`.
@@ -899,7 +906,7 @@ class SAVE:
         if masks:
             raise PySaveError(f"via='shift' moves cells to a given value, but {masks} would be masked; name a value, "
                               "or remove a condition with via='decoder' or 'flow'.")
-        shifts, pairs = latent_shifts(stats, source, target, changed)
+        shifts, pairs = latent_shifts(stats, mu.numpy(), source, target, changed)
 
         def names(values):
             return ", ".join(f"{keys[j]}={self._name_of(keys[j], v)}" for j, v in zip(changed, values))
@@ -913,7 +920,7 @@ class SAVE:
                 f"{missing[0][1]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + ". Use via='flow'.")
         # "source -> target": the number of strata averaged (a dict of ints, so that h5ad can store it)
         info = {"shift_strata": {f"{names(src)} -> {names(tgt)}": int(n) for src, tgt, n in pairs if n},
-                "shift_min_cells": MIN_SHIFT_CELLS}
+                "shift_min_cells": MIN_SHIFT_CELLS, "shift_bandwidth": SHIFT_BANDWIDTH}
         return mu + torch.from_numpy(shifts), info
 
     def _name_of(self, key: str, code: int) -> str:
@@ -1086,15 +1093,20 @@ def condition_latent_means(mu: torch.Tensor, codes: np.ndarray, batch: int = 65_
             "means": (sums / torch.from_numpy(counts)[:, None]).float().numpy()}
 
 
-def latent_shifts(stats: dict, source: np.ndarray, target: np.ndarray, changed: list[int], min_cells: int = MIN_SHIFT_CELLS):
+def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: np.ndarray, changed: list[int],
+                  min_cells: int = MIN_SHIFT_CELLS, bandwidth: float = SHIFT_BANDWIDTH):
     """Per-cell latent shift from the cell's conditions ``source`` to ``target`` (cells x keys).
 
-    For each distinct (source, target) pair of values of the ``changed`` columns: the mean over
-    strata (one value of each other column, as in the training data) that have at least
-    ``min_cells`` cells on both sides, of mean latent(target values, stratum) - mean
-    latent(source values, stratum). Each stratum counts once, whatever its size (scGen balances
-    cell types the same way). Returns (shifts, pairs): pairs lists each pair's strata count, or
-    None for a pair no stratum covers."""
+    For each distinct (source, target) pair of values of the ``changed`` columns, the strata (one
+    value of each other column, as in the training data) with at least ``min_cells`` cells on both
+    sides each give a shift: mean latent(target values, stratum) - mean latent(source values,
+    stratum). A cell's shift is their weighted mean, with weights exp(-d_s / h): d_s is the squared
+    distance from the cell's latent (``latents``) to stratum s's source mean, less the smallest
+    such distance, and h is ``bandwidth`` times the median squared distance between the strata's
+    source means. Cells take most of their shift from the strata they resemble (a held-out
+    monocyte type from the other monocytes); ``bandwidth=inf`` weighs the strata equally, as scGen
+    does. Returns (shifts, pairs): pairs lists each pair's strata count, or None for a pair no
+    stratum covers."""
     table = {tuple(c): (n, m) for c, n, m in zip(stats["codes"].tolist(), stats["counts"].tolist(), stats["means"])}
     shifts = np.zeros((len(source), stats["means"].shape[1]), dtype=np.float32)
     pairs = []
@@ -1105,7 +1117,7 @@ def latent_shifts(stats: dict, source: np.ndarray, target: np.ndarray, changed: 
         if (src == tgt).all():
             pairs.append((src, tgt, 0))
             continue
-        deltas = []
+        deltas, origins = [], []
         for combo, (n, mean) in table.items():
             combo = np.asarray(combo)
             if n < min_cells or not (combo[changed] == src).all():
@@ -1115,10 +1127,22 @@ def latent_shifts(stats: dict, source: np.ndarray, target: np.ndarray, changed: 
             hit = table.get(tuple(partner.tolist()))
             if hit is not None and hit[0] >= min_cells:
                 deltas.append(hit[1].astype(np.float64) - mean)
+                origins.append(mean.astype(np.float64))
         pairs.append((src, tgt, len(deltas) if deltas else None))
         if deltas:
-            shifts[rows] = np.mean(deltas, axis=0)
+            shifts[rows] = _stratum_weights(latents[rows], np.stack(origins), bandwidth) @ np.stack(deltas)
     return shifts, pairs
+
+
+def _stratum_weights(latents: np.ndarray, origins: np.ndarray, bandwidth: float) -> np.ndarray:
+    """cells x strata weights (rows sum to 1) of ``latent_shifts``: a Gaussian kernel on the squared
+    distance from each cell to each stratum's source mean, its width set by the strata's spread."""
+    spread = np.median(pdist(origins, "sqeuclidean")) if len(origins) > 1 else 0.0
+    if not np.isfinite(bandwidth) or spread <= 0:  # one stratum, or equal weights asked for
+        return np.full((len(latents), len(origins)), 1.0 / len(origins))
+    d = cdist(latents.astype(np.float64), origins, "sqeuclidean")
+    w = np.exp(-(d - d.min(1, keepdims=True)) / (bandwidth * spread))
+    return w / w.sum(1, keepdims=True)
 
 
 def _latent_moments(mu: torch.Tensor, std: torch.Tensor, rows: np.ndarray, seed: int, batch: int = 65_536):

@@ -222,18 +222,38 @@ def test_transfer_via_shift(trained, tmp_path):
     assert [counts[n] for n in names] == stats["counts"].tolist()
     np.testing.assert_allclose(stats["means"], grouped.loc[names].to_numpy(), atol=1e-5)
     # The shift: per cell type with >= MIN_SHIFT_CELLS cells in both batches, the difference of the
-    # two batches' mean latents; averaged over those types with equal weights.
+    # two batches' mean latents; each cell takes their mean weighted by a Gaussian kernel on its
+    # squared distance to each type's source-batch mean (width: SHIFT_BANDWIDTH x the median squared
+    # distance between those means).
     src, tgt = "10x_3prime_v2", "10x_5prime"
     types = [t for t in obs["cell_type"].unique()
              if counts.get((src, t), 0) >= pysave.model.MIN_SHIFT_CELLS and counts.get((tgt, t), 0) >= pysave.model.MIN_SHIFT_CELLS]
     assert len(types) >= 2
-    expected = np.mean([grouped.loc[(tgt, t)].to_numpy() - grouped.loc[(src, t)].to_numpy() for t in types], axis=0)
+    deltas = np.stack([grouped.loc[(tgt, t)].to_numpy() - grouped.loc[(src, t)].to_numpy() for t in types])
+    origins = np.stack([grouped.loc[(src, t)].to_numpy() for t in types])
     cells = adata[obs["batch"].to_numpy() == src][:30].copy()
     mu = model.get_latent_representation(cells, key_added=None)
+    d = ((mu[:, None, :].astype(np.float64) - origins[None]) ** 2).sum(-1)
+    width = pysave.model.SHIFT_BANDWIDTH * np.median([((origins[i] - origins[j]) ** 2).sum()
+                                                      for i in range(len(types)) for j in range(i + 1, len(types))])
+    weights = np.exp(-(d - d.min(1, keepdims=True)) / width)
+    expected = (weights / weights.sum(1, keepdims=True)) @ deltas
     moved = model.transfer(cells, {"batch": tgt}, via="shift")
-    np.testing.assert_allclose(moved.obsm["X_save"] - mu, np.tile(expected, (len(mu), 1)), atol=1e-5)
+    np.testing.assert_allclose(moved.obsm["X_save"] - mu, expected, atol=1e-5)
+    assert np.ptp(moved.obsm["X_save"] - mu, axis=0).max() > 1e-3  # the shift depends on the cell
+    # An infinite width weighs the strata equally (scGen's mean); a narrow one gives a cell sitting
+    # on a stratum's source mean that stratum's own shift.
+    stats_codes = model._prepare(cells).codes
+    moved_codes = stats_codes.copy()
+    moved_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
+    flat, _ = pysave.model.latent_shifts(stats, mu, stats_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
+    np.testing.assert_allclose(flat, np.tile(deltas.mean(0), (len(mu), 1)), atol=1e-5)
+    sharp, _ = pysave.model.latent_shifts(stats, origins[:1].astype(np.float32), stats_codes[:1], moved_codes[:1],
+                                          [keys.index("batch")], bandwidth=1e-6)
+    np.testing.assert_allclose(sharp[0], deltas[0], atol=1e-5)
     info = moved.uns["pysave"]
     assert info["via"] == "shift" and info["shift_strata"] == {f"batch={src} -> batch={tgt}": len(types)}
+    assert info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH
     assert "guidance" not in info
     # Decoded under the target conditions: the same latents through the decoder give the same cells.
     codes = model._prepare(cells).codes.copy()

@@ -209,8 +209,9 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #'   perturbation response: on Kang IFN-beta, R^2 on the top-100 DEGs about 0.86 against 0.64,
 #'   see pysave's benchmarks), "decoder" (decode the encoder mean under the target
 #'   conditions; the latent stays; much faster) or "shift" (add the training cells' mean
-#'   latent shift between the source and target values, averaged over the values of the other
-#'   conditions that have both, as scGen does, then decode under the target; needs a target
+#'   latent shift between the source and target values, per value of the other conditions that
+#'   has both, as scGen does, averaged with more weight on the values whose cells lie closest to
+#'   the cell moved, then decode under the target; needs a target
 #'   value, not `NA`, and a model saved with per-condition latent means (retrain older ones); the
 #'   strata used are in the provenance). CLI `--via`.
 #' @param guidance Classifier-free guidance weight of the flow (`via = "flow"` only).

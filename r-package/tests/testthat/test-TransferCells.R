@@ -100,9 +100,12 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   d <- SingleCellExperiment::reducedDim(shf, "SAVE") - SingleCellExperiment::reducedDim(dec, "SAVE")
   src <- as.character(shf$batch_source)
   expect_lt(max(abs(d[src == "10x_5prime", ])), 1e-6)  # the target's own cells stay
+  v1 <- d[src == "10x_3prime_v1", , drop = FALSE]
+  expect_lt(max(abs(sweep(v1, 2, v1[1, ]))), 1e-5)  # one stratum: the same shift for every cell
+  expect_gt(max(abs(v1[1, ])), 1e-3)
   v2 <- d[src == "10x_3prime_v2", , drop = FALSE]
-  expect_lt(max(abs(sweep(v2, 2, v2[1, ]))), 1e-5)  # one shift per source batch
-  expect_gt(max(abs(v2[1, ])), 1e-3)
+  expect_gt(max(abs(sweep(v2, 2, v2[1, ]))), 1e-4)  # three strata, weighted by each cell's closeness to them
+  expect_equal(info$shift_bandwidth, 0.5)
   expect_true(all(shf$batch == "10x_5prime"))
   expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: via='shift' moves cells to a given value")
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
