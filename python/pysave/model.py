@@ -118,8 +118,8 @@ TRANSFER_VIAS = ("flow", "decoder", "shift")
 # both sides: means of fewer cells are mostly noise.
 MIN_SHIFT_CELLS = 3
 # The width of latent_shifts' weights, in units of the median squared distance between strata. Kang,
-# 7 types x 2 seeds held out: R^2 DEGs / all genes 0.855 / 0.885 with equal weights, 0.866 / 0.891
-# at 1, 0.871 / 0.895 at 0.5, 0.872 / 0.894 at 0.25. Chosen there, then checked on muscat's Kang
+# 7 types x 2 seeds held out: R^2 DEGs / all genes 0.855 / 0.885 with equal weights, 0.866 / 0.892
+# at 1, 0.872 / 0.895 at 0.5, 0.874 / 0.895 at 0.25. Chosen there, then checked on muscat's Kang
 # set (5 types x 2 seeds): 0.833 / 0.910 equal, 0.853 / 0.921 at 0.5 (benchmarks/README.md).
 SHIFT_BANDWIDTH = 0.5
 
