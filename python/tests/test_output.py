@@ -243,12 +243,12 @@ def test_transfer_via_shift(trained, tmp_path):
     assert np.ptp(moved.obsm["X_save"] - mu, axis=0).max() > 1e-3  # the shift depends on the cell
     # An infinite width weighs the strata equally (scGen's mean); a narrow one gives a cell sitting
     # on a stratum's source mean that stratum's own shift.
-    stats_codes = model._prepare(cells).codes
-    moved_codes = stats_codes.copy()
+    source_codes = model._prepare(cells).codes
+    moved_codes = source_codes.copy()
     moved_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
-    flat, _ = pysave.model.latent_shifts(stats, mu, stats_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
+    flat, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
     np.testing.assert_allclose(flat, np.tile(deltas.mean(0), (len(mu), 1)), atol=1e-5)
-    sharp, _ = pysave.model.latent_shifts(stats, origins[:1].astype(np.float32), stats_codes[:1], moved_codes[:1],
+    sharp, _ = pysave.model.latent_shifts(stats, origins[:1].astype(np.float32), source_codes[:1], moved_codes[:1],
                                           [keys.index("batch")], bandwidth=1e-6)
     np.testing.assert_allclose(sharp[0], deltas[0], atol=1e-5)
     info = moved.uns["pysave"]
@@ -256,9 +256,7 @@ def test_transfer_via_shift(trained, tmp_path):
     assert info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH
     assert "guidance" not in info
     # Decoded under the target conditions: the same latents through the decoder give the same cells.
-    codes = model._prepare(cells).codes.copy()
-    codes[:, keys.index("batch")] = model._code_of("batch", tgt)
-    assert np.array_equal(moved.X, model._decode(torch_from(moved.obsm["X_save"]), codes))
+    assert np.array_equal(moved.X, model._decode(torch_from(moved.obsm["X_save"]), moved_codes))
     assert moved.obs["batch"].astype(str).eq(tgt).all() and moved.obs["batch_source"].astype(str).eq(src).all()
     # To the cells' own batch: no shift.
     same = model.transfer(cells, {"batch": src}, via="shift")
