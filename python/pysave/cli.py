@@ -247,12 +247,17 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
                    "(scGen's latent arithmetic, averaged over the other conditions' values), then decode under the target.")
 @click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow.")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
+# model.SHIFT_BANDWIDTH written out (a test keeps them equal): --help must not import torch.
+@click.option("--shift-bandwidth", type=float, default=0.5, show_default=True,
+              help="Width of --via shift's weighting, in units of the median squared distance between the strata's "
+                   "source means: smaller takes the shift from the strata nearest each cell; inf weighs them equally.")
 @sampling_precision
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_steps, precision, device, overwrite, quiet):
+def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_steps, shift_bandwidth, precision, device,
+             overwrite, quiet):
     """Encode the cells of DATA and decode them under other conditions (perturbation, batch)."""
     from .io import check_output_path, write_h5ad
 
@@ -260,7 +265,7 @@ def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_ste
     target = _parse_sets(sets)
     model = _load_model(model_dir, device, quiet)
     result = model.transfer(_read_data(data), target, output=output_kind, seed=seed, via=via, guidance=guidance,
-                            n_steps=n_steps, precision=precision)
+                            n_steps=n_steps, precision=precision, shift_bandwidth=shift_bandwidth)
     result.uns["pysave"]["model_dir"] = os.path.abspath(model_dir)
     write_h5ad(result, out, overwrite=overwrite, inputs=(data,))
     if not quiet:

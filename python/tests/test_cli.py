@@ -162,6 +162,9 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
     assert via.default == DEFAULT_CORRECT_VIA and set(via.type.choices) == set(CORRECT_VIAS)
     via = next(p for p in main.commands["transfer"].params if p.name == "via")
     assert via.default == DEFAULT_TRANSFER_VIA and set(via.type.choices) == set(TRANSFER_VIAS)
+    from pysave.model import SHIFT_BANDWIDTH
+
+    assert next(p for p in main.commands["transfer"].params if p.name == "shift_bandwidth").default == SHIFT_BANDWIDTH
     from pysave.train import PRECISIONS
 
     for command in ("generate", "transfer", "train"):

@@ -248,6 +248,12 @@ def test_transfer_via_shift(trained, tmp_path):
     moved_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
     flat, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
     np.testing.assert_allclose(flat, np.tile(deltas.mean(0), (len(mu), 1)), atol=1e-5)
+    equal = model.transfer(cells, {"batch": tgt}, via="shift", shift_bandwidth=float("inf"))
+    np.testing.assert_allclose(equal.obsm["X_save"] - mu, flat, atol=1e-5)
+    assert equal.uns["pysave"]["shift_bandwidth"] == float("inf")
+    for bad in (0, -1.0, float("nan"), "wide", True):
+        with pytest.raises(PySaveError, match="shift_bandwidth must be a positive number"):
+            model.transfer(cells, {"batch": tgt}, via="shift", shift_bandwidth=bad)
     sharp, _ = pysave.model.latent_shifts(stats, origins[:1].astype(np.float32), source_codes[:1], moved_codes[:1],
                                           [keys.index("batch")], bandwidth=1e-6)
     np.testing.assert_allclose(sharp[0], deltas[0], atol=1e-5)
@@ -279,11 +285,12 @@ def test_transfer_via_shift(trained, tmp_path):
         model.correct(cells, via="shift")
     out = tmp_path / "shift.h5ad"
     result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", f"batch={tgt}", "--via", "shift",
-                                       "--out", str(out), "--quiet"], catch_exceptions=False)
+                                       "--shift-bandwidth", "0.25", "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     written = ad.read_h5ad(out).uns["pysave"]
     # every cell of the file: two source batches move (the target's own cells stay, with no entry)
     assert written["via"] == "shift" and written["shift_strata"][f"batch={src} -> batch={tgt}"] == len(types)
+    assert written["shift_bandwidth"] == 0.25
     assert set(written["shift_strata"]) == {f"batch={b} -> batch={tgt}" for b in set(obs["batch"]) - {tgt}}
 
 

@@ -235,7 +235,7 @@
   keys <- utils::modifyList(saver_uns$reduction_keys %or% list(), reduction_keys)
   for (nm in intersect(unlist(saver_uns$character_columns), names(meta))) meta[[nm]] <- as.character(meta[[nm]])
   obsm <- lapply(parts$obsm, function(a) { a <- as.matrix(a); rownames(a) <- cells; a })
-  pysave_uns <- if (nzchar(parts$uns_pysave %or% "")) jsonlite::fromJSON(parts$uns_pysave, simplifyVector = TRUE) else list()
+  pysave_uns <- if (nzchar(parts$uns_pysave %or% "")) .nonfinite(jsonlite::fromJSON(parts$uns_pysave, simplifyVector = TRUE)) else list()
   if (output == "Seurat") {
     .need("SeuratObject", "to build Seurat objects")
     if (any(grepl("_", genes, fixed = TRUE))) {
@@ -333,4 +333,12 @@ ReadH5AD <- function(path, output = c("SingleCellExperiment", "Seurat")) {
   }
   adata <- .pycall(.py()$bridge$read_h5ad(normalizePath(path)), "ReadH5AD")
   .parts_to_object(.anndata_parts(adata), output)
+}
+
+# The bridge sends inf / NaN of pysave's provenance as {"__float__": "inf"} (JSON has neither).
+.nonfinite <- function(x) {
+  if (!is.list(x) || is.data.frame(x)) return(x)
+  if (identical(names(x), "__float__")) return(c(inf = Inf, `-inf` = -Inf, nan = NaN)[[x[[1]]]])
+  x[] <- lapply(x, .nonfinite)
+  x
 }

@@ -214,6 +214,9 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #'   the cell moved, then decode under the target; needs a target
 #'   value, not `NA`, and a model saved with per-condition latent means (retrain older ones); the
 #'   strata used are in the provenance). CLI `--via`.
+#' @param shift_bandwidth Width of `via = "shift"`'s weighting, in units of the median squared
+#'   distance between the strata's source means (default 0.5): smaller takes each cell's shift
+#'   from the strata nearest it, `Inf` weighs them equally (scGen's mean). CLI `--shift-bandwidth`.
 #' @param guidance Classifier-free guidance weight of the flow (`via = "flow"` only).
 #' @param steps Euler steps each way through the flow (`via = "flow"` only).
 #' @param seed Random seed of the sampled counts (`expression = "sample"` only).
@@ -232,8 +235,14 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 TransferCells <- function(object, model = NULL, target = list(stim = "STIM"), output = NULL, assay = NULL,
                           slot = "counts", device = "auto", expression = c("mean", "sample"),
                           via = c("flow", "decoder", "shift"), guidance = 2, steps = 50L, seed = 0L,
-                          precision = c("auto", "32", "bf16")) {
+                          precision = c("auto", "32", "bf16"), shift_bandwidth = 0.5) {
   expression <- .choice(expression, c("mean", "sample"), "TransferCells", "expression")
+  # Inf is allowed (equal weights), so not .check_number(); pysave says the same for <= 0 and NaN.
+  if (!is.numeric(shift_bandwidth) || length(shift_bandwidth) != 1 || is.na(shift_bandwidth) || shift_bandwidth <= 0) {
+    stop("TransferCells: shift_bandwidth must be a positive number (default 0.5; Inf weighs the strata equally); got ",
+         if (is.atomic(shift_bandwidth) && length(shift_bandwidth) == 1) format(shift_bandwidth)
+         else sprintf("a %s of length %d", class(shift_bandwidth)[1], length(shift_bandwidth)), ".", call. = FALSE)
+  }
   via <- .choice(via, c("flow", "decoder", "shift"), "TransferCells", "via")
   guidance <- .check_number(guidance, "TransferCells", "guidance")
   steps <- .check_number(steps, "TransferCells", "steps", whole = TRUE, lower = 1)
@@ -256,6 +265,7 @@ TransferCells <- function(object, model = NULL, target = list(stim = "STIM"), ou
   pymodel <- .py_model(model$path, device)
   if (expression == "sample") .check_can_sample(pymodel, "TransferCells")
   out <- .pycall(pymodel$transfer(adata, reticulate::r_to_py(target), output = expression, seed = seed, via = via,
-                                  guidance = guidance, n_steps = steps, precision = precision), "TransferCells")
+                                  guidance = guidance, n_steps = steps, precision = precision,
+                                  shift_bandwidth = as.numeric(shift_bandwidth)), "TransferCells")
   .result_object(out, output)
 }

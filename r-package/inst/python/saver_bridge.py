@@ -137,6 +137,10 @@ def anndata_to_r(adata):
 
 
 def _plain(obj):
+    """JSON-ready copy of pysave's provenance. JSON has no inf or NaN (e.g. shift_bandwidth=inf):
+    they travel as {"__float__": "inf"}, which saveR turns back into Inf."""
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return {"__float__": repr(float(obj))}
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):

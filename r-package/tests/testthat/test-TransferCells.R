@@ -106,6 +106,15 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   v2 <- d[src == "10x_3prime_v2", , drop = FALSE]
   expect_gt(max(abs(sweep(v2, 2, v2[1, ]))), 1e-4)  # three strata, weighted by each cell's closeness to them
   expect_equal(info$shift_bandwidth, 0.5)
+  # An infinite width weighs the three strata equally: every v2 cell takes the same shift.
+  flat <- TransferCells(fit, target = target, via = "shift", shift_bandwidth = Inf)
+  expect_equal(S4Vectors::metadata(flat)$pysave$shift_bandwidth, Inf)
+  e2 <- (SingleCellExperiment::reducedDim(flat, "SAVE") - SingleCellExperiment::reducedDim(dec, "SAVE"))[src == "10x_3prime_v2", , drop = FALSE]
+  expect_lt(max(abs(sweep(e2, 2, e2[1, ]))), 1e-5)
+  expect_error(TransferCells(fit, target = target, via = "shift", shift_bandwidth = 0),
+               "TransferCells: shift_bandwidth must be a positive number", fixed = TRUE)
+  expect_error(TransferCells(fit, target = target, via = "shift", shift_bandwidth = "wide"),
+               "TransferCells: shift_bandwidth must be a positive number", fixed = TRUE)
   expect_true(all(shf$batch == "10x_5prime"))
   expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: via='shift' moves cells to a given value")
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))

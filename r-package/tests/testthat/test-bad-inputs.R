@@ -65,7 +65,8 @@ run_case <- function(case) {
       expect_equal(nrow(SingleCellExperiment::reducedDim(out, "SAVE")), ncol(sce))
     },
     generate = GenerateCells(good_model_dir(), n = 3, conditions = opts$set, output = "SingleCellExperiment"),
-    transfer = TransferCells(ReadH5AD(src), model = good_model_dir(), target = opts$set),
+    transfer = do.call(TransferCells, c(list(ReadH5AD(src), model = good_model_dir(), target = opts$set),
+                                        opts[intersect(c("via", "shift_bandwidth"), names(opts))])),
     embed = {
       out <- RunSAVE(ReadH5AD(src), model = good_model_dir(), verbose = FALSE)
       latent <- SingleCellExperiment::reducedDim(out, "SAVE")
