@@ -29,7 +29,9 @@ Tasks
   pysave.metrics.generation_fidelity. The held-out cells are split in two random halves: half A
   is the reference, half B the noise floor, and each method produces as many cells as half B.
   Methods: pysave (``generate_like`` with both conditions, sampled output, w = --guidance),
-  pysave_cfg (the same model and cells with w = --flow-guidance, default 2), pysave_transfer (the
+  pysave_cfg (the same model and cells with w = --flow-guidance, default 2), pysave_shift_from
+  (``generate_like(..., shift_from={condition: control})``: sampled as the type's control cells,
+  then moved by the latent shift; labels only, w = --guidance), pysave_transfer (the
   type's control cells moved by ``transfer(via="flow")``, sampled output: the input scvi gets), control (copy the
   type's control cells), scvi (scVI with the condition as its batch: the type's control cells
   decoded as stimulated, ZINB counts; peers venv).
@@ -73,7 +75,8 @@ DATASETS = {
 }
 TASKS = {
     "perturbation": dict(datasets=["kang", "kang_muscat"], methods=["pysave_flow", "pysave_shift", "pysave", "scgen_scvi", "scgen_scvi_weighted", "control"]),
-    "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_transfer", "pysave_transfer_shift", "control", "scvi"]),
+    "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_shift_from", "pysave_transfer", "pysave_transfer_shift",
+                                               "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected",
                            "pysave_flow_latent", "pysave_flow_corrected"]),
@@ -252,7 +255,7 @@ def run_unseen(dataset, method, seed, args):
         query = control[pick].copy()
         query.obs_names_make_unique()
         t0 = time.perf_counter()
-        if method in ("pysave", "pysave_cfg", "pysave_transfer", "pysave_transfer_shift"):
+        if method in ("pysave", "pysave_cfg", "pysave_shift_from", "pysave_transfer", "pysave_transfer_shift"):
             model, seconds = held_out_model(dataset, t, seed, train, [ck, tk], args)
             train_s.append(seconds)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
@@ -261,6 +264,9 @@ def run_unseen(dataset, method, seed, args):
                                            precision=args.precision)
             elif method == "pysave_transfer_shift":  # the same input, moved by the training cells' latent shift
                 generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="shift", precision=args.precision)
+            elif method == "pysave_shift_from":  # from labels: sampled as the type's control cells, then shifted
+                generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=args.guidance,
+                                                precision=args.precision, shift_from={ck: ctrl})
             else:
                 w = args.guidance if method == "pysave" else args.flow_guidance
                 generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=w, precision=args.precision)
@@ -291,7 +297,8 @@ def run_unseen(dataset, method, seed, args):
     return {**per_type_result(rows, walls, cells_per_s), "protocol": scored["protocol"], "n_genes": int(adata.n_vars),
             "held_out": [r["group"] for r in rows],
             "scored_output": "sample" if method.startswith("pysave") else method,
-            "guidance": {"pysave": args.guidance, "pysave_cfg": args.flow_guidance, "pysave_transfer": args.flow_guidance}.get(method),
+            "guidance": {"pysave": args.guidance, "pysave_cfg": args.flow_guidance, "pysave_shift_from": args.guidance,
+                         "pysave_transfer": args.flow_guidance}.get(method),
             "split": "held-out cells halved at random: half A = reference, half B = noise floor; n generated = |B|"}
 
 

@@ -28,15 +28,15 @@ def _friendly(func):
     return wrapper
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict:
+def _parse_sets(values: tuple[str, ...], option: str = "--set") -> dict:
     out = {}
     for item in values:
         if "=" not in item:
-            raise PySaveError(f"--set needs KEY=VALUE, got {item!r} (e.g. --set cell_type=B).")
+            raise PySaveError(f"{option} needs KEY=VALUE, got {item!r} (e.g. {option} cell_type=B).")
         key, value = item.split("=", 1)
         key = key.strip()
         if key in out:
-            raise PySaveError(f"--set names {key!r} twice; give each condition once.")
+            raise PySaveError(f"{option} names {key!r} twice; give each condition once.")
         out[key] = value.strip()
     return out
 
@@ -207,13 +207,19 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--output-kind", type=click.Choice(["sample", "mean"]), default=None,
               help="sample (default): counts drawn around the decoder mean (zeros and noise like real cells), as "
                    "log1p(CP10k); mean: the decoder mean itself. Models saved by older pysave versions can only give mean.")
+@click.option("--shift-from", "shift_from", multiple=True,
+              help="KEY=VALUE (repeat): sample the flow with these values instead, then add the training cells' latent "
+                   "shift to the asked ones (e.g. --shift-from stim=control for a cell type never seen stimulated; "
+                   "try --guidance 1).")
+@click.option("--shift-bandwidth", type=float, default=0.5, show_default=True,
+              help="Width of --shift-from's weighting over the strata (as in transfer --shift-bandwidth).")
 @sampling_precision
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, output_kind, precision, device,
-             overwrite, quiet):
+def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, output_kind, shift_from,
+             shift_bandwidth, precision, device, overwrite, quiet):
     """Generate cells from MODEL_DIR for given conditions (any subset, unseen combinations too)."""
     from .io import check_output_path
 
@@ -227,7 +233,8 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
     # Streamed to disk chunk by chunk: memory stays flat for millions of cells.
     model.generate_to_h5ad(out, table, guidance=guidance, n_steps=n_steps, solver=solver, seed=seed,
                            batch_size=chunk_size, overwrite=overwrite, extra_uns={"model_dir": os.path.abspath(model_dir)},
-                           output=output_kind, precision=precision)
+                           output=output_kind, precision=precision,
+                           shift_from=_parse_sets(shift_from, "--shift-from") or None, shift_bandwidth=shift_bandwidth)
     if not quiet:
         _log(f"wrote generated cells to {out}")
 

@@ -164,7 +164,8 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
     assert via.default == DEFAULT_TRANSFER_VIA and set(via.type.choices) == set(TRANSFER_VIAS)
     from pysave.model import SHIFT_BANDWIDTH
 
-    assert next(p for p in main.commands["transfer"].params if p.name == "shift_bandwidth").default == SHIFT_BANDWIDTH
+    for command in ("transfer", "generate"):
+        assert next(p for p in main.commands[command].params if p.name == "shift_bandwidth").default == SHIFT_BANDWIDTH
     from pysave.train import PRECISIONS
 
     for command in ("generate", "transfer", "train"):

@@ -111,3 +111,29 @@ test_that("GenerateCells and TransferCells sample in bf16 on request and record 
   expect_error(TransferCells(sce, tiny_model_dir(), target = list(batch = "10x_5prime"), precision = 16),
                "TransferCells: precision must be one of", fixed = TRUE)
 })
+
+test_that("GenerateCells shift_from samples under other values, then adds the latent shift, and records it", {
+  fit <- sampling_fit()
+  args <- list(fit, n = 6, seed = 2L, guidance = 1, expression = "mean", output = "SingleCellExperiment")
+  base <- do.call(GenerateCells, c(args, list(conditions = list(batch = "10x_3prime_v2", cell_type = "T_CD4"))))
+  moved <- do.call(GenerateCells, c(args, list(conditions = list(batch = "10x_5prime", cell_type = "T_CD4"),
+                                               shift_from = list(batch = "10x_3prime_v2"))))
+  info <- S4Vectors::metadata(moved)$pysave
+  expect_identical(info$shift_from$batch, "10x_3prime_v2")
+  # pbmc_tiny: Mono_CD14, T_CD4 and T_CD8 have >= 3 cells in both batches
+  expect_identical(info$shift_strata[["batch=10x_3prime_v2 -> batch=10x_5prime"]], 3L)
+  expect_equal(info$shift_bandwidth, 0.5)
+  # the same flow samples (same seed), each moved by its own weighted shift
+  d <- SingleCellExperiment::reducedDim(moved, "SAVE") - SingleCellExperiment::reducedDim(base, "SAVE")
+  expect_gt(max(abs(d)), 1e-3)
+  expect_true(all(as.character(moved$batch) == "10x_5prime"))
+  expect_error(do.call(GenerateCells, c(args, list(conditions = list(batch = "10x_5prime"), shift_from = "10x_3prime_v2"))),
+               "GenerateCells: shift_from must be a named list", fixed = TRUE)
+  expect_error(do.call(GenerateCells, c(args, list(conditions = list(batch = "10x_5prime"), shift_from = list(tissue = "x")))),
+               "GenerateCells: 'tissue' is not a condition of this model", fixed = TRUE)
+  expect_error(do.call(GenerateCells, c(args, list(conditions = list(cell_type = "T_CD4"), shift_from = list(batch = "10x_3prime_v2")))),
+               "would be masked")
+  expect_error(do.call(GenerateCells, c(args, list(conditions = list(batch = "10x_5prime"), shift_from = list(batch = "10x_3prime_v2"),
+                                                   shift_bandwidth = -1))),
+               "GenerateCells: shift_bandwidth must be a positive number", fixed = TRUE)
+})

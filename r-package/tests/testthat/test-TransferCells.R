@@ -116,7 +116,7 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   expect_error(TransferCells(fit, target = target, via = "shift", shift_bandwidth = "wide"),
                "TransferCells: shift_bandwidth must be a positive number", fixed = TRUE)
   expect_true(all(shf$batch == "10x_5prime"))
-  expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: via='shift' moves cells to a given value")
+  expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: the latent shift moves cells to a given value")
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "shift"),
                "TransferCells: this model directory has no per-condition latent means")
