@@ -778,10 +778,12 @@ class SAVE:
             if code == self.vae.condition_embedding.mask_codes[keys.index(key)]:
                 raise PySaveError(f"shift_from names the value to sample {key!r} under; it cannot be masked.")
             source[:, keys.index(key)] = code
-        if getattr(self, "condition_latents", None) is None:  # said before the flow runs, not after
-            raise PySaveError("this model directory has no per-condition latent means (saved by an older pysave), which "
-                              "the latent shift needs; retrain the model, or generate without shift_from.")
-        return {"source": source, "changed": sorted(keys.index(k) for k in shift_from), "bandwidth": float(bandwidth),
+        changed = sorted(keys.index(k) for k in shift_from)
+        # Refused before the flow runs, not mid-stream: each distinct (source, target) row shifted once.
+        rows = np.unique(np.concatenate([source, codes], axis=1), axis=0)
+        self._shifted(torch.zeros(len(rows), self.params["latent_dim"]), rows[:, :len(keys)], rows[:, len(keys):], changed,
+                      float(bandwidth), "generate without shift_from")
+        return {"source": source, "changed": changed, "bandwidth": float(bandwidth),
                 "info": {"shift_from": {k: str(v) for k, v in shift_from.items()}}}
 
     def _generated_obs(self, codes: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:

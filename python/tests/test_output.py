@@ -339,6 +339,16 @@ def test_generate_shift_from(trained, tmp_path):
         model.generate({"cell_type": cell_type}, n_cells=2, shift_from={"batch": src})
     with pytest.raises(PySaveError, match="shift_bandwidth must be a positive number"):
         model.generate({"batch": tgt}, n_cells=2, shift_from={"batch": src}, shift_bandwidth=-1)
+    again = pysave.SAVE.load(trained["dir"], verbose=False)
+    again.condition_latents = None
+    with pytest.raises(PySaveError, match="older pysave.*generate without shift_from"):
+        again.generate({"batch": tgt}, n_cells=2, shift_from={"batch": src})
+    lonely = {k: v.copy() for k, v in model.condition_latents.items()}
+    lonely["counts"][lonely["codes"][:, keys.index("batch")] == model._code_of("batch", tgt)] = 1
+    again.condition_latents = lonely
+    with pytest.raises(PySaveError, match="needs training cells of both.*generate without shift_from"):
+        again.generate_to_h5ad(str(tmp_path / "never.h5ad"), pd.DataFrame({"batch": [tgt]}), shift_from={"batch": src})
+    assert not (tmp_path / "never.h5ad").exists()
     out = tmp_path / "cli.h5ad"
     result = CliRunner().invoke(main, ["generate", trained["dir"], "--set", f"batch={tgt}", "--set", f"cell_type={cell_type}",
                                        "--n", "4", "--shift-from", f"batch={src}", "--guidance", "1", "--out", str(out),
