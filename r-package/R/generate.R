@@ -50,7 +50,6 @@
   })
 }
 
-# One finite number; `whole`: a whole number in [lower, .Machine$integer.max].
 # Inf is allowed (equal weights), so not .check_number(); pysave says the same for <= 0 and NaN.
 .check_shift_bandwidth <- function(value, fun) {
   if (!is.numeric(value) || length(value) != 1 || is.na(value) || value <= 0) {
@@ -61,6 +60,7 @@
   as.numeric(value)
 }
 
+# One finite number; `whole`: a whole number in [lower, .Machine$integer.max].
 .check_number <- function(value, fun, name, whole = FALSE, lower = -Inf) {
   ok <- is.numeric(value) && length(value) == 1 && !is.na(value) && is.finite(value) && value >= lower &&
     (!whole || (value == round(value) && value <= .Machine$integer.max))
