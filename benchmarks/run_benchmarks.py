@@ -612,7 +612,7 @@ def main():
                 if method not in TASKS[task]["methods"] and not (task == "perturbation" and re.fullmatch(r"pysave_flow_w[0-9.]+", method)):
                     continue
                 for seed in args.seeds:
-                    held = "" if not args.held_out else "_" + "-".join(args.held_out)
+                    held = "" if not args.held_out else "_" + "-".join(args.held_out).replace(" ", "-")  # no spaces in file names
                     name = method + (args.tag if method.startswith("pysave") else "")
                     out = os.path.join(RESULTS, f"bench_{task}_{dataset}_{name}{held}_s{seed}.json")
                     if args.skip_existing and os.path.exists(out):
