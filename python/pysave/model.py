@@ -744,7 +744,7 @@ class SAVE:
         """Yield (start, log-normalized expression, latent) chunk by chunk, in order.
 
         With ``shift`` (from :meth:`_shift_plan`) the flow samples under ``shift["source"]``,
-        the latents take the latent shift to ``codes``, and ``shift["info"]`` collects the strata."""
+        and the latents take the latent shift to ``codes``."""
         generator = torch.Generator(device=self.device).manual_seed(int(seed))
         finish = self._output_sampler(output, seed)
         self.flow.eval()
@@ -756,10 +756,8 @@ class SAVE:
                                    solver, generator).float().cpu()
             z = z * self.latent_std + self.latent_mean
             if shift is not None:
-                z, info = self._shifted(z, sampled_under, chunk, shift["changed"], shift["bandwidth"],
-                                         "generate without shift_from")
-                strata = {**shift["info"].get("shift_strata", {}), **info["shift_strata"]}
-                shift["info"].update(info, shift_strata=strata)
+                z, _ = self._shifted(z, sampled_under, chunk, shift["changed"], shift["bandwidth"],
+                                      "generate without shift_from")
             yield start, finish(self._decode(z, chunk, precision=precision), chunk), z.numpy()
 
     def _shift_plan(self, codes: np.ndarray, shift_from: dict | None, bandwidth: float) -> dict | None:
@@ -781,10 +779,10 @@ class SAVE:
         changed = sorted(keys.index(k) for k in shift_from)
         # Refused before the flow runs, not mid-stream: each distinct (source, target) row shifted once.
         rows = np.unique(np.concatenate([source, codes], axis=1), axis=0)
-        self._shifted(torch.zeros(len(rows), self.params["latent_dim"]), rows[:, :len(keys)], rows[:, len(keys):], changed,
-                      float(bandwidth), "generate without shift_from")
+        _, info = self._shifted(torch.zeros(len(rows), self.params["latent_dim"]), rows[:, :len(keys)], rows[:, len(keys):],
+                                changed, float(bandwidth), "generate without shift_from")
         return {"source": source, "changed": changed, "bandwidth": float(bandwidth),
-                "info": {"shift_from": {k: str(v) for k, v in shift_from.items()}}}
+                "info": {"shift_from": {k: str(v) for k, v in shift_from.items()}, **info}}
 
     def _generated_obs(self, codes: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
         obs = self._obs_from_codes(codes, pd.Index([f"gen_{i}" for i in range(len(codes))]))
