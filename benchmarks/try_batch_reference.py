@@ -1,0 +1,42 @@
+"""Batch correction decoded three ways from one trained model (VAE only, fast network, 60 epochs):
+with the batch masked (correct()'s default), under each reference batch, and averaged over all
+batches (scVI's transform_batch list); scIB as in run_benchmarks.py.
+Usage: python benchmarks/try_batch_reference.py DATASET SEED KL_WEIGHT [PARAMS_JSON]."""
+import sys, json, time, os
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import numpy as np, torch
+import run_benchmarks as RB
+from pysave import metrics as M
+import pysave
+
+dataset, seed, kl = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+torch.set_num_threads(1)
+spec = RB.DATASETS[dataset]; bk, lk = spec["batch_key"], spec["label_key"]
+adata = RB.load(dataset)
+adata.obsm["X_pca"] = M.unintegrated_pca(adata, seed=seed)
+pysave.SAVE.setup_anndata(adata, [bk], batch_key=bk)
+model = pysave.SAVE(adata, seed=seed, verbose=False, **{**RB.FAST, "kl_weight": kl, **extra})
+t0 = time.time()
+model.train(flow_epochs=1, seed=seed, progress=False, max_epochs=60, lr=1e-3)
+print("trained", time.time() - t0, model.training_summary["vae"]["best_epoch"], flush=True)
+batches = sorted(adata.obs[bk].astype(str).unique())
+keys = []
+X = model.correct(adata, layer_added=None)  # the batch masked
+def emb(Xc):
+    a = adata.copy(); a.layers["c"] = Xc
+    return M.unintegrated_pca(a, layer="c", seed=seed)
+adata.obsm["masked"] = emb(X); keys.append("masked")
+acc = np.zeros_like(X)
+for b in batches:
+    Xb = model.correct(adata, reference=b, layer_added=None)
+    acc += Xb
+    k = f"ref_{b}"[:40]; adata.obsm[k] = emb(Xb); keys.append(k)
+adata.obsm["mean_batches"] = emb(acc / len(batches)); keys.append("mean_batches")
+adata.obsm["latent"] = model.get_latent_representation(adata, key_added=None); keys.append("latent")
+scored = M.batch_correction(adata, bk, lk, keys, pre_integrated_key="X_pca", seed=seed)
+t = scored["table"][["Bio conservation", "Batch correction", "Total"]]
+print(dataset, seed, kl, extra); print(t.round(3).to_string(), flush=True)
+out = os.path.join(HERE, "results", "batch_reference", f"batchvar_{dataset}_s{seed}_kl{kl}{'_' + '_'.join(f'{k}{v}' for k, v in extra.items()) if extra else ''}.json")
+json.dump({k: t.loc[k].to_dict() for k in keys}, open(out, "w"))
