@@ -2,13 +2,13 @@
 with the batch masked (correct()'s default), under each reference batch, and averaged over all
 batches (scVI's transform_batch list); scIB as in run_benchmarks.py.
 Usage: python benchmarks/try_batch_reference.py DATASET SEED KL_WEIGHT [PARAMS_JSON]."""
-import sys, json, time, os
+import sys, json, os
+from types import SimpleNamespace
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import numpy as np, torch
 import run_benchmarks as RB
 from pysave import metrics as M
-import pysave
 
 dataset, seed, kl = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
@@ -16,17 +16,16 @@ torch.set_num_threads(1)
 spec = RB.DATASETS[dataset]; bk, lk = spec["batch_key"], spec["label_key"]
 adata = RB.load(dataset)
 adata.obsm["X_pca"] = M.unintegrated_pca(adata, seed=seed)
-pysave.SAVE.setup_anndata(adata, [bk], batch_key=bk)
-model = pysave.SAVE(adata, seed=seed, verbose=False, **{**RB.FAST, "kl_weight": kl, **extra})
-t0 = time.time()
-model.train(flow_epochs=1, seed=seed, progress=False, max_epochs=60, lr=1e-3)
-print("trained", time.time() - t0, model.training_summary["vae"]["best_epoch"], flush=True)
+# The harness's own training (fast network, 60 epochs at lr 1e-3, the flow for one epoch only).
+args = SimpleNamespace(fast=True, params=json.dumps({"kl_weight": kl, **extra}), epochs=60, train_params="{}")
+model, train_seconds = RB.train_pysave(adata, [bk], bk, seed, args, flow=False)
+print("trained", train_seconds, model.training_summary["vae"]["best_epoch"], flush=True)
 batches = sorted(adata.obs[bk].astype(str).unique())
 keys = []
 X = model.correct(adata, layer_added=None)  # the batch masked
 def emb(Xc):
-    a = adata.copy(); a.layers["c"] = Xc
-    return M.unintegrated_pca(a, layer="c", seed=seed)
+    adata.layers["corrected"] = Xc  # overwritten by each variant: no copy of the AnnData per variant
+    return M.unintegrated_pca(adata, layer="corrected", seed=seed)
 adata.obsm["masked"] = emb(X); keys.append("masked")
 acc = np.zeros_like(X)
 for b in batches:
