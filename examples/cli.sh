@@ -11,4 +11,5 @@ pysave generate model --n 500 --set cell_type=B --set batch=10x_5prime --shift-f
 pysave transfer model "$DATA" --set batch=10x_3prime_v2 --out transferred.h5ad
 pysave embed model "$DATA" --out embedded.h5ad
 pysave correct model "$DATA" --out corrected.h5ad
+pysave correct model "$DATA" --reference all --out corrected_mean.h5ad   # averaged over every batch
 pysave attention model "$DATA" --by cell_type --out attention.tsv --plot attention.png

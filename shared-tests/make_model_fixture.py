@@ -4,8 +4,8 @@
     .venv/bin/python shared-tests/make_model_fixture.py --expectations-only    # same model, new outputs
 
 Writes fixtures/tiny_model/ (a pysave model directory, ~100 KB) trained on fixtures/pbmc_tiny.h5ad,
-and expectations/tiny_model.json: the latent (encoder means) of every fixture cell and a fixed-seed
-generation, which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
+and expectations/tiny_model.json: the latent (encoder means) of every fixture cell, a fixed-seed
+generation and the batch correction averaged over all batches, which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
 tolerance. Copies of the fixtures go to r-package/inst/extdata for the R package's examples.
 Re-run only when the engine's outputs change on purpose, and commit the results.
 """
@@ -29,6 +29,8 @@ TINY = dict(hidden_size=32, condition_dim=32, latent_dim=16, latent_token_size=8
 TRAIN = dict(max_epochs=20, flow_epochs=60, batch_size=32, lr=3e-3, flow_lr=3e-3, device="cpu", progress=False)
 # What both suites reproduce (R: GenerateCells(model, n = 6, conditions = list(cell_type = "B"), seed = 7)).
 GENERATE = dict(conditions={"cell_type": "B"}, n_cells=6, seed=7)
+# Batch correction averaged over every batch (R: RunSAVE(sce, model, corrected = TRUE, reference = "all")).
+CORRECT = dict(reference="all")
 
 
 def expected_outputs(model, adata) -> dict:
@@ -39,6 +41,8 @@ def expected_outputs(model, adata) -> dict:
         "latent": np.asarray(latent, dtype=float).round(7).tolist(),
         "generated_X": np.asarray(gen.X, dtype=float).round(7).tolist(),
         "generated_latent": np.asarray(gen.obsm["X_save"], dtype=float).round(7).tolist(),
+        "correct": CORRECT,
+        "corrected_X": np.asarray(model.correct(adata, layer_added=None, **CORRECT), dtype=float).round(7).tolist(),
         "genes": list(model.genes),
         "tolerance": 1e-4,
     }

@@ -72,6 +72,11 @@ def test_tiny_model_generation_matches_expectation(tiny_model, tiny_model_expect
                                atol=tiny_model_expected["tolerance"], rtol=0)
 
 
+def test_tiny_model_correction_over_all_batches_matches_expectation(tiny_model, tiny, tiny_model_expected):
+    corrected = tiny_model.correct(tiny.copy(), layer_added=None, **tiny_model_expected["correct"])
+    np.testing.assert_allclose(corrected, tiny_model_expected["corrected_X"], atol=tiny_model_expected["tolerance"], rtol=0)
+
+
 def test_r_package_copies_of_fixtures_are_identical():
     import filecmp
 

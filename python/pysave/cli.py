@@ -306,7 +306,9 @@ def embed(model_dir, data, out, key_added, device, overwrite, quiet):
 @click.argument("data", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Copy of DATA with the corrected layer and obsm['X_save'].")
 @click.option("--batch-key", default=None, help="Condition to remove (default: the model's batch key).")
-@click.option("--reference", default=None, help="Decode every cell as this batch (default: batch masked).")
+@click.option("--reference", multiple=True,
+              help="Decode every cell as this batch (default: batch masked). Give it more than once, or 'all', to "
+                   "average the decoded expression over those batches (or every batch of the model).")
 @click.option("--layer-added", default="save_corrected", show_default=True)
 # default = model.DEFAULT_CORRECT_VIA (a test keeps them equal)
 @click.option("--via", type=click.Choice(["decoder", "flow"]), default="decoder", show_default=True,
@@ -325,6 +327,8 @@ def correct(model_dir, data, out, batch_key, reference, layer_added, via, n_step
     check_output_path(out, overwrite, inputs=(data,))
     model = _load_model(model_dir, device, quiet)
     adata = _read_data(data)
+    # one --reference: that batch; several: their mean (correct() takes a list); none: masked
+    reference = None if not reference else reference[0] if len(reference) == 1 else list(reference)
     model.correct(adata, batch_key=batch_key, reference=reference, layer_added=layer_added, via=via, n_steps=n_steps)
     model.get_latent_representation(adata)
     write_h5ad(adata, out, overwrite=overwrite, inputs=(data,))

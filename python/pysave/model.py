@@ -995,11 +995,18 @@ class SAVE:
             adata.obsm[key_added] = latent
         return latent
 
-    def correct(self, adata=None, batch_key: str | None = None, reference: str | None = None,
+    def correct(self, adata=None, batch_key: str | None = None, reference: str | list | None = None,
                 layer_added: str | None = "save_corrected", batch_size: int = 1024, via: str = DEFAULT_CORRECT_VIA,
                 latent_key_added: str | None = "X_save_corrected", n_steps: int = 50) -> np.ndarray:
         """Batch-corrected log-normalized expression, with the batch masked (default) or set to
         ``reference``; written to ``layers[layer_added]`` and returned.
+
+        ``reference`` may also be a list of batches, or ``"all"`` for every batch the model
+        knows: each cell is then decoded under each of them and the log-normalized expressions
+        are averaged (scVI's ``transform_batch`` list). It costs one decoder pass per batch and
+        goes via the decoder only. On models trained with ``kl_weight=0.5`` it raised scIB Total
+        over the masked batch on pbmc_3tech (0.730 against 0.722) and Baron (0.727 against 0.725),
+        2 seeds each; with a 15-epoch lr warm-up it was level over 4 seeds (benchmarks/README.md).
 
         ``via="decoder"`` decodes each cell's encoder mean under the new batch: the latent stays.
         ``via="flow"`` first moves the latent through the flow, back to noise under the cell's
@@ -1026,14 +1033,65 @@ class SAVE:
         if key is None:
             raise PySaveError("no batch key: register one with setup_anndata(..., batch_key=) or pass batch_key=.")
         adata = self.adata if adata is None else adata
-        # guidance 1: the batch-masked field itself (w != 1 would push the other conditions too).
-        out = self.transfer(adata, {key: reference}, batch_size=batch_size, via=via, guidance=1.0, n_steps=n_steps)
+        references = self._correction_references(key, reference)
+        if len(references) == 1:
+            # guidance 1: the batch-masked field itself (w != 1 would push the other conditions too).
+            out = self.transfer(adata, {key: references[0]}, batch_size=batch_size, via=via, guidance=1.0, n_steps=n_steps)
+            X = out.X
+        elif via != "decoder":
+            raise PySaveError(f"averaging over several reference batches goes via the decoder (the flow moves each cell to "
+                              f"one batch); pass via='decoder', or one reference with via={via!r}.")
+        else:
+            X = self._decoded_over_batches(adata, key, references, batch_size)
         if adata is not None:
             if layer_added:
-                adata.layers[layer_added] = out.X
+                adata.layers[layer_added] = X
             if via == "flow" and latent_key_added:
                 adata.obsm[latent_key_added] = out.obsm["X_save"]
-        return out.X
+        return X
+
+    def _correction_references(self, key: str, reference) -> list:
+        """correct()'s ``reference`` as a list of batch values: [None] (masked), one, or several."""
+        self._code_of(key, None)  # raises when key is not a condition of this model
+        cats = self.registry["categories"][key]
+        if reference is None or isinstance(reference, str):
+            if reference == "all":
+                if "all" in cats:
+                    raise PySaveError(f"'all' is both a batch of {key!r} and the word for every batch; pass "
+                                      "reference=['all'] for that batch alone, or the list of batches to average over.")
+                return list(cats)
+            return [reference]
+        references = [str(r) for r in reference]
+        if not references:
+            raise PySaveError("reference is an empty list; name at least one batch, or 'all'.")
+        repeated = sorted({r for r in references if references.count(r) > 1})
+        if repeated:
+            raise PySaveError(f"reference names {repeated} more than once; name each batch once (the mean weighs them equally).")
+        masked = [r for r in references if r == D.MASK]
+        if masked and len(references) > 1:
+            raise PySaveError(f"{D.MASK} cannot be averaged with batches; pass reference=None for the batch masked.")
+        for r in references:
+            self._code_of(key, r)  # unknown batches are named with the known ones
+        return references
+
+    def _decoded_over_batches(self, adata, key: str, references: list, batch_size: int) -> np.ndarray:
+        """Mean over ``references`` of each cell's encoder mean decoded under that batch
+        (log-normalized); encoded once, averaged chunk by chunk so that memory stays that of the output."""
+        prep = self._prepare(adata)
+        mu, _ = self._encode(prep, batch_size=batch_size)
+        column = self.registry["condition_keys"].index(key)
+        reference_codes = [self._code_of(key, r) for r in references]
+        precision = self._precision("auto")  # as transfer() decodes one reference
+        out = np.empty((mu.shape[0], len(self.genes)), dtype=np.float32)
+        for start in range(0, mu.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            total = np.zeros((mu[sl].shape[0], len(self.genes)), dtype=np.float64)
+            for code in reference_codes:
+                codes = prep.codes[sl].copy()
+                codes[:, column] = code
+                total += self._decode(mu[sl], codes, precision=precision)
+            out[sl] = total / len(reference_codes)
+        return out
 
     def attention_by(self, adata=None, key: str | None = None, batch_size: int = 512) -> pd.DataFrame:
         """Mean encoder attention each gene block receives, per category of ``obs[key]``

@@ -86,6 +86,14 @@ def test_transfer_embed_correct_attention(trained, tmp_path):
     cf = ad.read_h5ad(tmp_path / "cf.h5ad")
     assert cf.obsm["X_save_corrected"].shape == (400, 32)
     assert not np.allclose(cf.layers["save_corrected"], c.layers["save_corrected"])
+    # --reference twice: the mean over those batches, as correct(reference=[...])
+    r = run("correct", trained["dir"], data, "--reference", "10x_5prime", "--reference", "10x_3prime_v2",
+            "--out", tmp_path / "cm.h5ad", "--quiet")
+    assert r.exit_code == 0, r.output
+    expected = trained["model"].correct(ad.read_h5ad(data), reference=["10x_5prime", "10x_3prime_v2"], layer_added=None)
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "cm.h5ad").layers["save_corrected"], expected, rtol=0, atol=1e-6)
+    r = run("correct", trained["dir"], data, "--reference", "all", "--via", "flow", "--out", tmp_path / "bad.h5ad", "--quiet")
+    assert r.exit_code != 0 and "goes via the decoder" in r.output and not (tmp_path / "bad.h5ad").exists()
     r = run("attention", trained["dir"], data, "--by", "cell_type", "--out", tmp_path / "a.tsv", "--plot", tmp_path / "a.png", "--quiet")
     assert r.exit_code == 0, r.output
     table = pd.read_csv(tmp_path / "a.tsv", sep="\t", index_col=0)

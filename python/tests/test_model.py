@@ -130,6 +130,40 @@ def test_correct_via_flow_moves_the_latent(trained):
         model.correct(adata, via="harmony")
 
 
+def test_correct_averages_over_reference_batches(trained):
+    model, adata = trained["model"], trained["adata"].copy()
+    batches = model.registry["categories"]["batch"]
+    each = [model.correct(adata, reference=b, layer_added=None) for b in batches]
+    # "all" = every batch of the model = the mean of the single-batch corrections; any chunk size
+    mean_all = model.correct(adata, reference="all", layer_added="mean_all", batch_size=37)
+    np.testing.assert_allclose(mean_all, np.mean(each, axis=0), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(adata.layers["mean_all"], mean_all)
+    np.testing.assert_allclose(model.correct(adata, reference=list(batches), layer_added=None), mean_all, rtol=0, atol=1e-5)
+    two = model.correct(adata, reference=batches[:2], layer_added=None)
+    np.testing.assert_allclose(two, (each[0] + each[1]) / 2, rtol=0, atol=1e-5)
+    # a list of one is that batch
+    np.testing.assert_array_equal(model.correct(adata, reference=[batches[2]], layer_added=None), each[2])
+    for bad, match in [([], "empty list"), (["nowhere"], "unknown value 'nowhere'.*10x_5prime"),
+                       ([batches[0], batches[0]], "more than once"), (["[MASK]", batches[0]], "cannot be averaged")]:
+        with pytest.raises(PySaveError, match=match):
+            model.correct(adata, reference=bad, layer_added="never")
+    with pytest.raises(PySaveError, match="goes via the decoder"):
+        model.correct(adata, reference="all", via="flow", layer_added="never")
+    assert "never" not in adata.layers  # a refused call writes nothing
+
+
+def test_correct_reference_all_when_a_batch_is_called_all(trained):
+    model = trained["model"]
+    saved = model.registry["categories"]["batch"]
+    model.registry["categories"]["batch"] = [*saved[:2], "all"]
+    try:
+        with pytest.raises(PySaveError, match=r"'all' is both a batch.*reference=\['all'\]"):
+            model._correction_references("batch", "all")
+        assert model._correction_references("batch", ["all"]) == ["all"]
+    finally:
+        model.registry["categories"]["batch"] = saved
+
+
 def test_genes_are_matched_by_name(trained):
     model, adata = trained["model"], trained["adata"]
     shuffled = adata[:, np.random.default_rng(0).permutation(adata.n_vars)].copy()

@@ -44,6 +44,21 @@ test_that("the tiny model gives the latent and generated cells that Python gives
   expect_true(all(gen$cell_type == spec$conditions$cell_type))
 })
 
+test_that("batch correction averaged over all batches is the one Python gives", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = TRUE)
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  out <- RunSAVE(sce, model = tiny_model_dir(), corrected = TRUE, reference = exp$correct$reference, verbose = FALSE)
+  X <- unname(t(as.matrix(SummarizedExperiment::assay(out, "save_corrected"))))
+  expect_identical(dim(X), dim(exp$corrected_X))
+  expect_lt(max(abs(X - exp$corrected_X)), exp$tolerance)
+  # a vector of batches is averaged too; one batch twice is refused with the reason
+  batches <- LoadSAVE(tiny_model_dir())$categories$batch
+  two <- RunSAVE(sce, model = tiny_model_dir(), corrected = TRUE, reference = batches[1:2], verbose = FALSE)
+  expect_false(isTRUE(all.equal(SummarizedExperiment::assay(two, "save_corrected"), SummarizedExperiment::assay(out, "save_corrected"))))
+  expect_error(RunSAVE(sce, model = tiny_model_dir(), corrected = TRUE, reference = batches[c(1, 1)], verbose = FALSE),
+               "more than once")
+})
+
 test_that("the package's example copies of the fixtures are the shared ones", {
   pairs <- list(c("pbmc_tiny.h5ad"), c("tiny_model", "config.json"), c("tiny_model", "weights.safetensors"))
   for (p in pairs) {
