@@ -1070,17 +1070,15 @@ class SAVE:
         masked = [r for r in references if r == D.MASK]
         if masked and len(references) > 1:
             raise PySaveError(f"{D.MASK} cannot be averaged with batches; pass reference=None for the batch masked.")
-        for r in references:
-            self._code_of(key, r)  # unknown batches are named with the known ones
-        return references
+        return references  # unknown batches: _code_of names the known ones (transfer, _decoded_over_batches)
 
     def _decoded_over_batches(self, adata, key: str, references: list, batch_size: int) -> np.ndarray:
         """Mean over ``references`` of each cell's encoder mean decoded under that batch
         (log-normalized); encoded once, averaged chunk by chunk so that memory stays that of the output."""
+        reference_codes = [self._code_of(key, r) for r in references]  # checked before any encoding
         prep = self._prepare(adata)
         mu, _ = self._encode(prep, batch_size=batch_size)
         column = self.registry["condition_keys"].index(key)
-        reference_codes = [self._code_of(key, r) for r in references]
         precision = self._precision("auto")  # as transfer() decodes one reference
         out = np.empty((mu.shape[0], len(self.genes)), dtype=np.float32)
         for start in range(0, mu.shape[0], batch_size):
