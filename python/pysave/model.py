@@ -199,8 +199,9 @@ class SAVE:
         Weight of the KL term. The lab's VAE used 0.5 because it sampled from N(0, I); with a
         flow as the prior the latent need not match N(0, I), and 0.5 collapsed it (KL ~5 nats,
         decoded cells near the population mean), so the default is 0.05. For batch correction
-        and integration, 0.2 is better (scIB Total +0.05 to +0.08 on three datasets), but such a
-        model generates worse cells and predicts perturbations worse (R^2 top-100 DEGs 0.68 vs 0.87).
+        and integration, 0.5 is better (scIB Total 0.72 / 0.87 / 0.73 on three datasets over 4
+        seeds, against 0.66 / 0.78 / 0.67 at 0.05), but such a model generates worse cells and
+        predicts perturbations worse (at 0.2 already: R^2 top-100 DEGs 0.68 vs 0.87).
     seed
         Seeds gene-block clustering, weight initialisation and, by default, training.
     """
@@ -627,6 +628,11 @@ class SAVE:
             raise PySaveError(f"unknown value {value!r} for condition {key!r}; the model knows: {', '.join(cats)}.")
         return cats.index(str(value))
 
+    def _name_of(self, key: str, code: int) -> str:
+        """The value a code stands for (the inverse of _code_of)."""
+        cats = self.registry["categories"][key]
+        return str(cats[code]) if code < len(cats) else D.MASK
+
     def _obs_from_codes(self, codes: np.ndarray, index) -> pd.DataFrame:
         obs = pd.DataFrame(index=index)
         for j, key in enumerate(self.registry["condition_keys"]):
@@ -981,10 +987,6 @@ class SAVE:
                 "shift_min_cells": MIN_SHIFT_CELLS, "shift_bandwidth": bandwidth}
         return mu + torch.from_numpy(shifts), info
 
-    def _name_of(self, key: str, code: int) -> str:
-        cats = self.registry["categories"][key]
-        return str(cats[code]) if code < len(cats) else D.MASK
-
     def get_latent_representation(self, adata=None, key_added: str | None = "X_save", batch_size: int = 1024) -> np.ndarray:
         """Encoder means (the latent used for integration); also written to ``obsm[key_added]``."""
         self._require_trained()
@@ -1004,9 +1006,9 @@ class SAVE:
         ``reference`` may also be a list of batches, or ``"all"`` for every batch the model
         knows: each cell is then decoded under each of them and the log-normalized expressions
         are averaged (scVI's ``transform_batch`` list). It costs one decoder pass per batch and
-        goes via the decoder only. On models trained with ``kl_weight=0.5`` it raised scIB Total
-        over the masked batch on pbmc_3tech (0.730 against 0.722) and Baron (0.727 against 0.725),
-        2 seeds each; with a 15-epoch lr warm-up it was level over 4 seeds (benchmarks/README.md).
+        goes via the decoder only. On models trained with ``kl_weight=0.5`` (4 seeds) it raised scIB
+        Total over the masked batch on pbmc_3tech (0.729 against 0.724) and lowered it on Baron
+        (0.723 against 0.731); CellBench was level (benchmarks/README.md).
 
         ``via="decoder"`` decodes each cell's encoder mean under the new batch: the latent stays.
         ``via="flow"`` first moves the latent through the flow, back to noise under the cell's
@@ -1020,11 +1022,12 @@ class SAVE:
         hold different cell lines, Bio 0.90 -> 0.63). Condition the model on the cell type when
         labels exist, or keep the decoder path (the default).
 
-        For integration, train a model with ``kl_weight=0.2``: the decoder path then scored scIB
-        Total 0.74 / 0.86 / 0.72 on pbmc_3tech / CellBench / Baron, ahead of Harmony and Scanorama
-        on all three, against 0.66 / 0.78 / 0.67 at the default 0.05 (0.5 scored 0.75 on Baron's
-        donor batches, 0.72 on pbmc_3tech). The default is kept because it generates better cells
-        and transfers perturbations better (benchmarks/README.md).
+        For integration, train a model with ``kl_weight=0.5``: the decoder path with the batch
+        masked then scored scIB Total 0.724 / 0.865 / 0.731 on pbmc_3tech / CellBench / Baron (4
+        seeds), ahead of Harmony and Scanorama by 0.02 to 0.04 on all three, against 0.66 / 0.78 /
+        0.67 at the default 0.05 (0.2 scored 0.74 / 0.86 / 0.72 with older code). The default is
+        kept because it generates better cells and transfers perturbations better
+        (benchmarks/README.md).
         """
         self._require_trained()
         if via not in CORRECT_VIAS:

@@ -21,7 +21,7 @@
 #' `n_decoder_layers` (3), `decoder_head_size` (NULL: `hidden_size`; 0: the paper's direct linear
 #' map), `n_heads` (4), `dropout` (0), `flow_hidden_size` (128),
 #' `flow_layers` (2), `flow_token_size` (32), `flow_heads` (4), `flow_condition_dim` (256), `mask_prob` (0.6),
-#' `vae_mask_prob` (0.2), `kl_weight` (0.05; use 0.2 when the model is for integration:
+#' `vae_mask_prob` (0.2), `kl_weight` (0.05; use 0.5 when the model is for integration:
 #' better scIB scores on three datasets, worse generated cells and perturbation transfer;
 #' see the pysave benchmarks).
 #' Training (`SAVE.train(...)`): `flow_epochs` (NULL: 2 x max_epochs, at least 4,000 steps),
