@@ -17,7 +17,9 @@ every such file: mean +/- standard deviation over seeds, wall time, training cel
 Tasks
 - perturbation (Kang, scGen protocol): each cell type in turn is the held-out type: its
   stimulated cells are removed from training and predicted from its control cells. Methods:
-  pysave (``transfer`` to condition=stimulated, decoder-mean output), scgen_scvi (scGen's latent
+  pysave (``transfer`` to condition=stimulated, decoder-mean output; ``_shift``: via the latent
+  shift; ``_shift_plus``: the same with ``output="input_plus_change"``, the control cells' own
+  expression plus the decoded change), scgen_scvi (scGen's latent
   arithmetic on an scVI model, peers venv), control (predict = the control cells) and the noise
   floor (half vs half of the real stimulated cells); scored by pysave.metrics.perturbation_evaluation.
 - batch (scIB): unintegrated PCA, Harmony, Scanorama, scVI, pysave latent (``X_save``), pysave
@@ -33,7 +35,8 @@ Tasks
   pysave_cfg (the same model and cells with w = --flow-guidance, default 2), pysave_shift_from
   (``generate_like(..., shift_from={condition: control})``: sampled as the type's control cells,
   then moved by the latent shift; labels only, w = --guidance), pysave_transfer (the
-  type's control cells moved by ``transfer(via="flow")``, sampled output: the input scvi gets), control (copy the
+  type's control cells moved by ``transfer(via="flow")``, sampled output: the input scvi gets;
+  ``_shift``: via the latent shift; ``_shift_plus``: via the shift with ``output="input_plus_change"``), control (copy the
   type's control cells), scvi (scVI with the condition as its batch: the type's control cells
   decoded as stimulated, ZINB counts; peers venv).
 - generation (80/20 stratified split): dual condition (pbmc_3tech, baron_human) and single
@@ -75,9 +78,10 @@ DATASETS = {
     "cellbench": dict(file="cellbench_lung_celllines_5batch.h5ad", batch_key="batch", label_key="cell_line"),
 }
 TASKS = {
-    "perturbation": dict(datasets=["kang", "kang_muscat"], methods=["pysave_flow", "pysave_shift", "pysave", "scgen_scvi", "scgen_scvi_weighted", "control"]),
+    "perturbation": dict(datasets=["kang", "kang_muscat"], methods=["pysave_flow", "pysave_shift", "pysave_shift_plus", "pysave",
+                                                                   "scgen_scvi", "scgen_scvi_weighted", "control"]),
     "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_shift_from", "pysave_transfer", "pysave_transfer_shift",
-                                               "control", "scvi"]),
+                                               "pysave_transfer_shift_plus", "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected",
                            "pysave_corrected_mean", "pysave_flow_latent", "pysave_flow_corrected"]),
@@ -188,6 +192,11 @@ def flow_guidance(method, args):
     return float(m.group(1)) if m else args.flow_guidance
 
 
+def perturbation_output(method, args):
+    """transfer's output of a pysave perturbation method: --transfer-output, or input_plus_change for ``*_plus``."""
+    return "input_plus_change" if method.endswith("_plus") else args.transfer_output
+
+
 def run_perturbation(dataset, method, seed, args):
     from pysave import metrics as M
 
@@ -200,12 +209,12 @@ def run_perturbation(dataset, method, seed, args):
         query = adata[(types == t) & (cond == ctrl)].copy()
         real = adata[types == t].copy()
         t0 = time.perf_counter()
-        if method in ("pysave", "pysave_shift") or method.startswith("pysave_flow"):
+        if method in ("pysave", "pysave_shift", "pysave_shift_plus") or method.startswith("pysave_flow"):
             model, train_s = held_out_model(dataset, t, seed, train, [ck, tk], args)
             t0 -= train_s
             via = (dict(via="flow", guidance=flow_guidance(method, args)) if method.startswith("pysave_flow")
-                   else dict(via="shift") if method == "pysave_shift" else dict(via="decoder"))
-            pred = model.transfer(query, {ck: stim}, output=args.transfer_output, seed=seed, precision=args.precision, **via)
+                   else dict(via="shift") if method.startswith("pysave_shift") else dict(via="decoder"))
+            pred = model.transfer(query, {ck: stim}, output=perturbation_output(method, args), seed=seed, precision=args.precision, **via)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
         elif method in ("scgen_scvi", "scgen_scvi_weighted"):
             with tempfile.TemporaryDirectory() as tmp:
@@ -233,7 +242,7 @@ def run_perturbation(dataset, method, seed, args):
             f"(control {row['control_degs_r2']:.3f}/{row['control_all_r2']:.3f}, floor {row['floor_degs_r2']:.3f}/"
             f"{row['floor_all_r2']:.3f}), {walls[-1]:.0f} s")
     return {**per_type_result(rows, walls, cells_per_s), "protocol": scored["protocol"], "n_genes": int(adata.n_vars),
-            "held_out": list(held_types), "scored_output": args.transfer_output if method.startswith("pysave") else method,
+            "held_out": list(held_types), "scored_output": perturbation_output(method, args) if method.startswith("pysave") else method,
             "guidance": flow_guidance(method, args) if method.startswith("pysave_flow") else None}
 
 
@@ -256,7 +265,7 @@ def run_unseen(dataset, method, seed, args):
         query = control[pick].copy()
         query.obs_names_make_unique()
         t0 = time.perf_counter()
-        if method in ("pysave", "pysave_cfg", "pysave_shift_from", "pysave_transfer", "pysave_transfer_shift"):
+        if method in ("pysave", "pysave_cfg", "pysave_shift_from", "pysave_transfer", "pysave_transfer_shift", "pysave_transfer_shift_plus"):
             model, seconds = held_out_model(dataset, t, seed, train, [ck, tk], args)
             train_s.append(seconds)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
@@ -265,6 +274,8 @@ def run_unseen(dataset, method, seed, args):
                                            precision=args.precision)
             elif method == "pysave_transfer_shift":  # the same input, moved by the training cells' latent shift
                 generated = model.transfer(query, {ck: stim}, output="sample", seed=seed, via="shift", precision=args.precision)
+            elif method == "pysave_transfer_shift_plus":  # the same, the change added to the input cells' own expression
+                generated = model.transfer(query, {ck: stim}, output="input_plus_change", via="shift", precision=args.precision)
             elif method == "pysave_shift_from":  # from labels: sampled as the type's control cells, then shifted
                 generated = model.generate_like(floor.obs[[ck, tk]], seed=seed, output="sample", guidance=args.guidance,
                                                 precision=args.precision, shift_from={ck: ctrl})
@@ -297,7 +308,7 @@ def run_unseen(dataset, method, seed, args):
             f"(floor {row['floor_mean_r2']:.3f})")
     return {**per_type_result(rows, walls, cells_per_s), "protocol": scored["protocol"], "n_genes": int(adata.n_vars),
             "held_out": [r["group"] for r in rows],
-            "scored_output": "sample" if method.startswith("pysave") else method,
+            "scored_output": ("input_plus_change" if method.endswith("_plus") else "sample") if method.startswith("pysave") else method,
             "guidance": {"pysave": args.guidance, "pysave_cfg": args.flow_guidance, "pysave_shift_from": args.guidance,
                          "pysave_transfer": args.flow_guidance}.get(method),
             "split": "held-out cells halved at random: half A = reference, half B = noise floor; n generated = |B|"}

@@ -129,7 +129,7 @@ def main():
 @click.option("--mask-prob", type=float, default=0.6, show_default=True, help="Condition masking while training the flow.")
 @click.option("--vae-mask-prob", type=float, default=0.2, show_default=True)
 @click.option("--kl-weight", type=float, default=0.05, show_default=True,
-              help="Weight of the KL term; 0.2 for a model meant for batch correction / integration (better scIB scores; worse generation and transfer).")
+              help="Weight of the KL term; 0.5 for a model meant for batch correction / integration (better scIB scores; worse generation and transfer).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--checkpoint-every", type=int, default=10, show_default=True,
               help="Write the training state to OUT.checkpoint every N epochs (0: never).")
@@ -244,8 +244,10 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
 @click.argument("data", type=click.Path())
 @click.option("--set", "sets", multiple=True, required=True, help="Target condition KEY=VALUE (VALUE [MASK] removes it).")
 @click.option("--out", required=True, type=click.Path())
-@click.option("--output-kind", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
-              help="mean: decoder mean of each cell's latent; sample: counts drawn around it, as log1p(CP10k).")
+@click.option("--output-kind", type=click.Choice(["mean", "sample", "input_plus_change"]), default="mean", show_default=True,
+              help="mean: decoder mean of each cell's latent; sample: counts drawn around it, as log1p(CP10k); "
+                   "input_plus_change: the cell's own log1p(CP10k) plus the predicted change (decoded under the target "
+                   "minus decoded under its own conditions), clipped at 0.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled output.")
 @click.option("--via", type=click.Choice(["flow", "decoder", "shift"]), default="flow", show_default=True,
               help="flow: move the cell's latent through the flow (back to noise under its conditions, forward under "

@@ -77,7 +77,9 @@ test_that("TransferCells rejects bad expression / via / guidance / steps / seed 
   # the strings TransferCells accepts are exactly pysave's transfer paths
   expect_setequal(unlist(reticulate::import("pysave.model")$TRANSFER_VIAS), eval(formals(TransferCells)$via))
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "counts"),
-               "TransferCells: expression must be one of \"mean\" or \"sample\"; got \"counts\"", fixed = TRUE)
+               "TransferCells: expression must be one of \"mean\" or \"sample\" or \"input_plus_change\"; got \"counts\"", fixed = TRUE)
+  # the strings TransferCells accepts are exactly pysave's transfer outputs
+  expect_setequal(unlist(reticulate::import("pysave.model")$TRANSFER_OUTPUTS), eval(formals(TransferCells)$expression))
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "sample"),
                "TransferCells: this model directory has no library-size statistics.*use expression = \"mean\"")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = -1),
@@ -120,4 +122,21 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "shift"),
                "TransferCells: this model directory has no per-condition latent means")
+})
+
+test_that("TransferCells expression = \"input_plus_change\" adds the decoded change to the cells' own expression", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  cells <- sce[, sce$batch == "10x_3prime_v2"]
+  counts <- as.matrix(SummarizedExperiment::assay(cells, "counts"))
+  own <- log1p(sweep(counts, 2, colSums(counts), "/") * 1e4)
+  moved <- TransferCells(cells, tiny_model_dir(), target = list(batch = "10x_5prime"), via = "decoder")
+  home <- TransferCells(cells, tiny_model_dir(), target = list(batch = "10x_3prime_v2"), via = "decoder")
+  plus <- TransferCells(cells, tiny_model_dir(), target = list(batch = "10x_5prime"), via = "decoder",
+                        expression = "input_plus_change")
+  expect_identical(S4Vectors::metadata(plus)$pysave$output, "input_plus_change")
+  got <- as.matrix(SummarizedExperiment::assay(plus, "logcounts"))
+  want <- pmax(own + as.matrix(SummarizedExperiment::assay(moved, "logcounts")) -
+                 as.matrix(SummarizedExperiment::assay(home, "logcounts")), 0)
+  expect_equal(unname(got), unname(want), tolerance = 1e-4)
+  expect_true(all(plus$batch == "10x_5prime"))
 })
