@@ -5,7 +5,8 @@
 
 Writes fixtures/tiny_model/ (a pysave model directory, ~100 KB) trained on fixtures/pbmc_tiny.h5ad,
 and expectations/tiny_model.json: the latent (encoder means) of every fixture cell, a fixed-seed
-generation and the batch correction averaged over all batches, which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
+generation, the batch correction averaged over all batches and a transfer with output
+"input_plus_change", which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
 tolerance. Copies of the fixtures go to r-package/inst/extdata for the R package's examples.
 Re-run only when the engine's outputs change on purpose, and commit the results.
 """
@@ -31,6 +32,9 @@ TRAIN = dict(max_epochs=20, flow_epochs=60, batch_size=32, lr=3e-3, flow_lr=3e-3
 GENERATE = dict(conditions={"cell_type": "B"}, n_cells=6, seed=7)
 # Batch correction averaged over every batch (R: RunSAVE(sce, model, corrected = TRUE, reference = "all")).
 CORRECT = dict(reference="all")
+# Transfer as the cells' own expression plus the decoded change (R: TransferCells(sce, model, target =
+# list(batch = "10x_5prime"), via = "decoder", expression = "input_plus_change")).
+TRANSFER = dict(target={"batch": "10x_5prime"}, via="decoder", output="input_plus_change")
 
 
 def expected_outputs(model, adata) -> dict:
@@ -43,6 +47,8 @@ def expected_outputs(model, adata) -> dict:
         "generated_latent": np.asarray(gen.obsm["X_save"], dtype=float).round(7).tolist(),
         "correct": CORRECT,
         "corrected_X": np.asarray(model.correct(adata, layer_added=None, **CORRECT), dtype=float).round(7).tolist(),
+        "transfer": TRANSFER,
+        "transferred_X": np.asarray(model.transfer(adata, **TRANSFER).X, dtype=float).round(7).tolist(),
         "genes": list(model.genes),
         "tolerance": 1e-4,
     }

@@ -77,6 +77,12 @@ def test_tiny_model_correction_over_all_batches_matches_expectation(tiny_model, 
     np.testing.assert_allclose(corrected, tiny_model_expected["corrected_X"], atol=tiny_model_expected["tolerance"], rtol=0)
 
 
+def test_tiny_model_transfer_input_plus_change_matches_expectation(tiny_model, tiny, tiny_model_expected):
+    spec = tiny_model_expected["transfer"]
+    moved = tiny_model.transfer(tiny.copy(), **spec)
+    np.testing.assert_allclose(moved.X, tiny_model_expected["transferred_X"], atol=tiny_model_expected["tolerance"], rtol=0)
+
+
 def test_r_package_copies_of_fixtures_are_identical():
     import filecmp
 

@@ -59,6 +59,16 @@ test_that("batch correction averaged over all batches is the one Python gives", 
                "more than once")
 })
 
+test_that("a transfer with expression = \"input_plus_change\" is the one Python gives", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = TRUE)
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  spec <- exp$transfer
+  out <- TransferCells(sce, tiny_model_dir(), target = as.list(spec$target), via = spec$via, expression = spec$output)
+  X <- unname(t(as.matrix(SummarizedExperiment::assay(out, "logcounts"))))
+  expect_identical(dim(X), dim(exp$transferred_X))
+  expect_lt(max(abs(X - exp$transferred_X)), exp$tolerance)
+})
+
 test_that("the package's example copies of the fixtures are the shared ones", {
   pairs <- list(c("pbmc_tiny.h5ad"), c("tiny_model", "config.json"), c("tiny_model", "weights.safetensors"))
   for (p in pairs) {
