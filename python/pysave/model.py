@@ -899,8 +899,10 @@ class SAVE:
         means follow the real cells more closely: on Kang with each type's stimulated cells held
         out (masking 0.6, ``via="shift"``, 7 types x 2 seeds) R^2 top-100 DEGs / all genes 0.899 /
         0.903 against 0.886 / 0.904 for the decoder mean, and the unseen combination's per-gene
-        mean r2 0.862 against 0.844 (benchmarks/README.md). It keeps the input's batch effects, so
-        it is no way to correct batches (scIB Total 0.571 against 0.721 on pbmc_3tech, one seed).
+        mean r2 0.862 against 0.844; level on a second Kang set, 0.865 / 0.927 against 0.867 /
+        0.927 (benchmarks/README.md). It keeps the input's batch effects, so
+        it is no way to correct batches (scIB Total 0.571 against 0.721 on pbmc_3tech, 0.815
+        against 0.865 on CellBench, one seed each).
 
         ``via="flow"`` (the default) moves the latent too: back through the flow to noise under
         the cell's conditions, forward under the target ones (``guidance`` w, ``n_steps`` Euler
