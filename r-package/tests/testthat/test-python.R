@@ -79,7 +79,7 @@ test_that("GenerateCells' and TransferCells' defaults are pysave's (generate_lik
   for (a in names(map)) {
     expect_identical(r_default(TransferCells, a), tr[[map[[a]]]], label = paste("TransferCells", a))
   }
-  expect_setequal(eval(formals(TransferCells)$expression), unlist(pymodel$OUTPUT_KINDS))
+  expect_setequal(eval(formals(TransferCells)$expression), unlist(pymodel$TRANSFER_OUTPUTS))
   expect_setequal(eval(formals(TransferCells)$via), unlist(pymodel$TRANSFER_VIAS))
 })
 
