@@ -600,9 +600,7 @@ class SAVE:
         counts of the model's genes beside the scaled values (``source.read``).
         """
         if keep_counts and adata is None:
-            adata = self.adata
-            if adata is None:
-                raise PySaveError("no data given; pass an AnnData (the model was loaded without its training data).")
+            adata = self.adata  # prepared again below, with its counts; None still raises below
         if adata is None or (adata is self.adata and self._data is not None and not keep_counts):
             if self._data is None:
                 raise PySaveError("no data given; pass an AnnData (the model was loaded without its training data).")

@@ -170,6 +170,10 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
     assert via.default == DEFAULT_CORRECT_VIA and set(via.type.choices) == set(CORRECT_VIAS)
     via = next(p for p in main.commands["transfer"].params if p.name == "via")
     assert via.default == DEFAULT_TRANSFER_VIA and set(via.type.choices) == set(TRANSFER_VIAS)
+    from pysave.model import OUTPUT_KINDS, TRANSFER_OUTPUTS
+
+    kind = {c: next(p for p in main.commands[c].params if p.name == "output_kind") for c in ("generate", "transfer")}
+    assert set(kind["transfer"].type.choices) == set(TRANSFER_OUTPUTS) and set(kind["generate"].type.choices) == set(OUTPUT_KINDS)
     from pysave.model import SHIFT_BANDWIDTH
 
     for command in ("transfer", "generate"):
