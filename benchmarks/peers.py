@@ -94,6 +94,13 @@ def _sample_log_normalized(model, z, library, batch_codes, cat_codes=None, seed=
     return np.log1p(counts / size * 1e4).astype(np.float32)
 
 
+def _expected_log_normalized(model, z, library, batch_codes, seed=0, draws=16):
+    """E[log1p(CP10k)] under scVI's likelihood at latents ``z``, averaged over ``draws`` ZINB draws
+    per cell (the scale real log-normalized cells are on; log1p of the decoder's mean would overstate
+    sparse genes)."""
+    return np.mean([_sample_log_normalized(model, z, library, batch_codes, seed=seed + i) for i in range(draws)], axis=0)
+
+
 def _codes(model, key, values):
     """scVI's integer codes of ``values`` for a registered categorical field ("batch" or a covariate)."""
     from scvi import REGISTRY_KEYS
@@ -162,7 +169,7 @@ def perturbation(args):
         X = _sample_log_normalized(model, zq, lib, _codes(model, "batch", [args.stimulated] * q.n_obs), seed=args.seed)
         return _write_prediction(args, query, X, {"method": "scVI, condition as batch, control latents decoded as stimulated"},
                                  t0, train_seconds, train.n_obs)
-    model, reg, train_seconds = _scvi_model(train, None, args.seed, args.epochs)
+    model, reg, train_seconds = _cached_scvi_model(train, args)
     z = model.get_latent_representation(reg)
     cond = train.obs[args.condition_key].astype(str).to_numpy()
     types = train.obs[args.cell_type_key].astype(str).to_numpy()
@@ -186,9 +193,41 @@ def perturbation(args):
     else:
         shift = np.mean(deltas, axis=0)
     lib = np.asarray(q.X.sum(1)).ravel().astype(np.float32)
-    X = _sample_log_normalized(model, (zq + shift).astype(np.float32), lib, np.zeros(q.n_obs, dtype=int), seed=args.seed)
+    zero = np.zeros(q.n_obs, dtype=int)
+    if args.output == "input_plus_change":
+        # pysave's transfer(output="input_plus_change") given to the peer: each control cell's own
+        # log1p(CP10k) plus the decoded change (shifted minus unshifted latent), clipped at 0.
+        change = (_expected_log_normalized(model, (zq + shift).astype(np.float32), lib, zero, seed=args.seed)
+                  - _expected_log_normalized(model, zq.astype(np.float32), lib, zero, seed=args.seed))
+        X = np.maximum(_log_norm(q.X) + change, 0).astype(np.float32)
+    else:
+        X = _sample_log_normalized(model, (zq + shift).astype(np.float32), lib, zero, seed=args.seed)
     return _write_prediction(args, query, X, {"method": f"scgen-style latent arithmetic on scVI ({args.method})",
-                                              "n_types_in_delta": len(deltas)}, t0, train_seconds, train.n_obs)
+                                              "output": args.output, "n_types_in_delta": len(deltas)},
+                             t0, train_seconds, train.n_obs)
+
+
+def _cached_scvi_model(train, args):
+    """scVI without batch on ``train``: loaded from ``--model-cache`` when an earlier call trained it
+    there (the arithmetic / weighted / input_plus_change variants share one model per held-out type
+    and seed), else trained (and saved there). Returns (model, registered AnnData, training seconds)."""
+    import os
+
+    import scvi
+
+    if args.model_cache and os.path.exists(os.path.join(args.model_cache, "model.pt")):
+        reg = train.copy()
+        reg.layers["counts"] = reg.X.copy()
+        scvi.model.SCVI.setup_anndata(reg, layer="counts")
+        model = scvi.model.SCVI.load(args.model_cache, adata=reg, accelerator="cpu")
+        with open(os.path.join(args.model_cache, "train_seconds.json")) as fh:
+            return model, reg, json.load(fh)["train_seconds"]
+    model, reg, train_seconds = _scvi_model(train, None, args.seed, args.epochs)
+    if args.model_cache:
+        model.save(args.model_cache, overwrite=True)
+        with open(os.path.join(args.model_cache, "train_seconds.json"), "w") as fh:
+            json.dump({"train_seconds": train_seconds}, fh)
+    return model, reg, train_seconds
 
 
 def _write_prediction(args, query, X, info, t0, train_seconds, n_train):
@@ -227,6 +266,11 @@ def main():
                    help="arithmetic: scGen's latent shift; weighted: the types' shifts weighted per cell as pysave's "
                         "via='shift' does; label: scVI with the condition as batch, decoded as stimulated")
     q.add_argument("--bandwidth", type=float, default=0.5, help="weighted: the kernel width (pysave's SHIFT_BANDWIDTH)")
+    q.add_argument("--model-cache", default=None, help="arithmetic/weighted: a folder to keep the trained scVI in and "
+                   "reuse it from (one per training set, seed and epochs)")
+    q.add_argument("--output", default="sample", choices=["sample", "input_plus_change"],
+                   help="arithmetic/weighted: counts sampled at the shifted latent, or the control cells' own "
+                        "log1p(CP10k) plus the change in expected log1p(CP10k) (pysave's input_plus_change)")
     g = sub.add_parser("generate")
     g.add_argument("--data", required=True, help="training cells (counts)")
     g.add_argument("--predict", required=True, help="an h5ad whose obs rows are the cells to generate")

@@ -20,7 +20,9 @@ Tasks
   pysave (``transfer`` to condition=stimulated, decoder-mean output; ``_shift``: via the latent
   shift; ``_shift_plus``: the same with ``output="input_plus_change"``, the control cells' own
   expression plus the decoded change), scgen_scvi (scGen's latent
-  arithmetic on an scVI model, peers venv), control (predict = the control cells) and the noise
+  arithmetic on an scVI model, peers venv; ``_weighted``: the types' shifts weighted per cell as
+  pysave's shift; ``_plus``: the control cells' own expression plus the change in scVI's expected
+  log1p(CP10k), pysave's input_plus_change given to the peer), control (predict = the control cells) and the noise
   floor (half vs half of the real stimulated cells); scored by pysave.metrics.perturbation_evaluation.
 - batch (scIB): unintegrated PCA, Harmony, Scanorama, scVI, pysave latent (``X_save``), pysave
   corrected expression (PCA of ``correct()``, batch masked; ``_mean``: decoded under every batch and
@@ -79,7 +81,8 @@ DATASETS = {
 }
 TASKS = {
     "perturbation": dict(datasets=["kang", "kang_muscat"], methods=["pysave_flow", "pysave_shift", "pysave_shift_plus", "pysave",
-                                                                   "scgen_scvi", "scgen_scvi_weighted", "control"]),
+                                                                   "scgen_scvi", "scgen_scvi_weighted", "scgen_scvi_plus",
+                                                                   "scgen_scvi_weighted_plus", "control"]),
     "unseen": dict(datasets=["kang"], methods=["pysave", "pysave_cfg", "pysave_shift_from", "pysave_transfer", "pysave_transfer_shift",
                                                "pysave_transfer_shift_plus", "control", "scvi"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
@@ -148,16 +151,22 @@ def peer(args, *cli):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def train_pysave(adata, keys, batch_key, seed, args, flow=True):
-    import pysave
+def peer_model_cache(args, dataset, cell_type, seed) -> list:
+    """With --model-dir, the scGen-style peers keep their scVI per (dataset, held-out type, seed,
+    epochs) there, so the variants (arithmetic, weighted, _plus) train it once."""
+    if args.model_dir is None:
+        return []
+    name = f"scvi_{dataset}_heldout_{re.sub(r'[^A-Za-z0-9.+-]', '-', cell_type)}_s{seed}_e{args.scvi_epochs}"
+    return ["--model-cache", os.path.join(args.model_dir, name)]
 
-    pysave.SAVE.setup_anndata(adata, keys, batch_key=batch_key)
-    model = pysave.SAVE(adata, seed=seed, verbose=False, **{**(FAST if args.fast else {}), **json.loads(args.params)})
-    t0 = time.perf_counter()
+
+def train_pysave(adata, keys, batch_key, seed, args, flow=True):
+    """A batch-task model (not kept on disk): eval_generation.trained_model with the harness's options.
+    Returns (model, training seconds)."""
+    params = {**(FAST if args.fast else {}), **json.loads(args.params)}
     # Transfer, latent and correction use only the VAE: the flow is trained for one epoch then.
-    options = eval_generation.train_options(args.epochs, json.loads(args.train_params))
-    model.train(flow_epochs=None if flow else 1, seed=seed, progress=False, **options)
-    return model, time.perf_counter() - t0
+    train_params = {**({} if flow else {"flow_epochs": 1}), **json.loads(args.train_params)}
+    return eval_generation.trained_model(None, seed, args.epochs, params, adata, keys, batch_key, None, train_params)
 
 
 # ----------------------------------------------------------------------------- perturbation
@@ -216,7 +225,7 @@ def run_perturbation(dataset, method, seed, args):
                    else dict(via="shift") if method.startswith("pysave_shift") else dict(via="decoder"))
             pred = model.transfer(query, {ck: stim}, output=perturbation_output(method, args), seed=seed, precision=args.precision, **via)
             cells_per_s.append(model.training_summary["vae"]["cells_per_second"])
-        elif method in ("scgen_scvi", "scgen_scvi_weighted"):
+        elif method in ("scgen_scvi", "scgen_scvi_weighted", "scgen_scvi_plus", "scgen_scvi_weighted_plus"):
             with tempfile.TemporaryDirectory() as tmp:
                 train.write_h5ad(os.path.join(tmp, "train.h5ad"))
                 query.write_h5ad(os.path.join(tmp, "query.h5ad"))
@@ -224,7 +233,9 @@ def run_perturbation(dataset, method, seed, args):
                             os.path.join(tmp, "query.h5ad"), "--out", os.path.join(tmp, "pred.h5ad"), "--seed", seed,
                             "--epochs", args.scvi_epochs, "--condition-key", ck, "--cell-type-key", tk,
                             "--control", ctrl, "--stimulated", stim,
-                            "--method", "weighted" if method == "scgen_scvi_weighted" else "arithmetic")
+                            "--method", "weighted" if method.startswith("scgen_scvi_weighted") else "arithmetic",
+                            "--output", "input_plus_change" if method.endswith("_plus") else "sample",
+                            *peer_model_cache(args, dataset, t, seed))
                 import anndata as ad
 
                 pred = ad.read_h5ad(os.path.join(tmp, "pred.h5ad"))

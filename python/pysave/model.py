@@ -940,6 +940,7 @@ class SAVE:
         if not target:
             raise PySaveError("no target conditions given; e.g. target={'condition': 'stimulated'}.")
         target_codes = {k: self._code_of(k, v) for k, v in target.items()}
+        adata = self.adata if adata is None else adata  # None: the training cells, as get_latent_representation
         prep = self._prepare(adata, keep_counts=plus_change)
         mu, _ = self._encode(prep, batch_size=batch_size)
         codes = prep.codes.copy()

@@ -152,6 +152,21 @@ def test_transfer_output_kinds(trained):
     assert np.array_equal(sample.X, model.transfer(cells, {"batch": "10x_5prime"}, output="sample", seed=1).X)
 
 
+def test_transfer_without_data_uses_the_training_cells(trained):
+    """transfer(None, ...) moves the training cells (as get_latent_representation(None) encodes
+    them); a model loaded without data says so instead of failing on None."""
+    model, adata = trained["model"], trained["adata"]
+    for output in ("mean", "input_plus_change"):
+        got = model.transfer(None, {"batch": "10x_5prime"}, output=output, via="decoder")
+        want = model.transfer(adata, {"batch": "10x_5prime"}, output=output, via="decoder")
+        np.testing.assert_allclose(got.X, want.X, atol=1e-6)
+        assert list(got.obs_names) == list(adata.obs_names)
+    loaded = pysave.SAVE.load(trained["dir"], verbose=False)
+    for output in ("mean", "input_plus_change"):
+        with pytest.raises(pysave.PySaveError, match="no data given"):
+            loaded.transfer(None, {"batch": "10x_5prime"}, output=output)
+
+
 def test_cli_output_kind(trained, tmp_path):
     import anndata as ad
 
