@@ -183,6 +183,19 @@ def scgen_prediction(method, dataset, cell_type, seed, train, query, args):
         return ad.read_h5ad(os.path.join(tmp, "pred.h5ad")), info
 
 
+def write_row_summary(name: str, rows: list, id_keys: tuple, **meta) -> dict:
+    """A diagnostic's results/<name>.json: ``meta``, its ``rows`` and their means over every column
+    but ``id_keys``; written atomically, the means printed. Returns the summary."""
+    from pysave.io import atomic_output
+
+    keys = [k for k in rows[0] if k not in id_keys]
+    summary = {**meta, "rows": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    with atomic_output(os.path.join(RESULTS, f"{name}.json")) as tmp, open(tmp, "w") as fh:
+        json.dump(summary, fh, indent=1)
+    print(json.dumps(summary["mean"], indent=1))
+    return summary
+
+
 def train_pysave(adata, keys, batch_key, seed, args, flow=True):
     """A batch-task model (not kept on disk): eval_generation.trained_model with the harness's options.
     Returns (model, training seconds)."""

@@ -82,14 +82,8 @@ def main():
                 row.update({f"{name}_degs_r2": float(s["degs_r2"]), f"{name}_all_r2": float(s["all_r2"])})
             rows.append(row)
             print(json.dumps(row), flush=True)
-    keys = [k for k in rows[0] if k not in ("seed", "type")]
-    summary = {"dataset": args.dataset, "seeds": args.seeds, "params": params, "rows": rows,
-               "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
-    out = os.path.join(HERE, "results", f"change_decoding_{args.dataset}.json")
-    with open(out + ".tmp", "w") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(out + ".tmp", out)
-    print(json.dumps(summary["mean"], indent=1))
+    RB.write_row_summary(f"change_decoding_{args.dataset}", rows, ("seed", "type"), dataset=args.dataset, seeds=args.seeds,
+                         params=params)
 
 
 if __name__ == "__main__":

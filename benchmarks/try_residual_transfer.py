@@ -79,14 +79,8 @@ def main():
                         f"unseen_{name}_mean_r2": float(s["mean_r2"]), "unseen_floor_mean_r2": float(s["floor_mean_r2"])})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    keys = [k for k in rows[0] if k != "type"]
-    summary = {"seed": args.seed, "params": params, "epochs": args.epochs, "rows": rows,
-               "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
-    out = os.path.join(HERE, "results", f"residual_transfer_s{args.seed}.json")
-    with open(out + ".tmp", "w") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(out + ".tmp", out)
-    print(json.dumps(summary["mean"], indent=1))
+    RB.write_row_summary(f"residual_transfer_s{args.seed}", rows, ("type",), seed=args.seed, params=params,
+                         epochs=args.epochs)
 
 
 if __name__ == "__main__":
