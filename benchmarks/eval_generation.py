@@ -175,6 +175,13 @@ def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_d
     saved = None if model_dir is None else os.path.join(model_dir, model_name(dataset, seed, epochs, params, held_out, train_params))
     if saved is not None and os.path.exists(saved):
         model = pysave.SAVE.load(saved, verbose=False, device="cpu")
+        stats = model.condition_latents
+        if stats is not None and "pc_means" not in stats:
+            # Kept before the expression PCs existed: add them as train() does now (same cells, same
+            # seed, so the same numbers), so that via="shift" weighs the strata as the product does.
+            from pysave.model import expression_pcs
+
+            stats.update(expression_pcs(model._prepare(train), model.scalers, seed))
         return model, model.training_summary.get("wall_seconds", float("nan"))
     pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
     model = pysave.SAVE(train, seed=seed, verbose=False, **params)

@@ -190,6 +190,7 @@ def write_row_summary(name: str, rows: list, id_keys: tuple, **meta) -> dict:
 
     keys = [k for k in rows[0] if k not in id_keys]
     summary = {**meta, "rows": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
+    os.makedirs(RESULTS, exist_ok=True)
     with atomic_output(os.path.join(RESULTS, f"{name}.json")) as tmp, open(tmp, "w") as fh:
         json.dump(summary, fh, indent=1)
     print(json.dumps(summary["mean"], indent=1))
@@ -657,6 +658,8 @@ def main():
         return build_table()
     import torch
 
+    from pysave.io import atomic_output
+
     torch.set_num_threads(args.threads)
     os.makedirs(RESULTS, exist_ok=True)
     for task in args.task:
@@ -679,7 +682,7 @@ def main():
                                    "pysave_config": (("fast " + json.dumps(FAST)) if args.fast else "paper") + " " + args.params,
                                    "pysave_epochs": args.epochs, "pysave_train_params": json.loads(args.train_params),
                                    "scvi_epochs": args.scvi_epochs})
-                    with open(out, "w") as fh:
+                    with atomic_output(out) as tmp, open(tmp, "w") as fh:  # a stopped run leaves no half-written result
                         json.dump(result, fh, indent=1, default=float)
     build_table()
 

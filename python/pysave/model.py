@@ -104,7 +104,7 @@ OUTPUT_DESCRIPTIONS = {
 # R^2 top-100 DEGs 0.901 against 0.887 for the decoder mean, unseen-combination r2 0.864 against
 # 0.848 (benchmarks/README.md; scGen-style arithmetic on scVI given the same output: 0.903).
 INPUT_PLUS_CHANGE = "input_plus_change"
-TRANSFER_OUTPUTS = ("mean", "sample", INPUT_PLUS_CHANGE)
+TRANSFER_OUTPUTS = (*OUTPUT_KINDS, INPUT_PLUS_CHANGE)
 
 # Classifier-free guidance weight of generation. Sampled output, 80/20 splits, seed 0: W1 to the
 # held-out cells 13.12 -> 12.54 (pbmc_3tech) and 15.82 -> 14.09 (Baron) from w = 1 to w = 2, MMD
@@ -132,6 +132,14 @@ MIN_SHIFT_CELLS = 3
 # at 1, 0.872 / 0.895 at 0.5, 0.874 / 0.895 at 0.25. Chosen there, then checked on muscat's Kang
 # set (5 types x 2 seeds): 0.833 / 0.910 equal, 0.853 / 0.921 at 0.5 (benchmarks/README.md).
 SHIFT_BANDWIDTH = 0.5
+# latent_shifts measures how close a cell lies to each stratum in this many principal components of
+# the training cells' log1p(CP10k), fitted on up to EXPRESSION_FIT_CELLS of them (by seed). The
+# conditioned encoder's latent keeps less of what tells cell types apart: muscat's Kang set, 5
+# types x 2 seeds held out, R^2 top-100 DEGs / all genes 0.881 / 0.936 weighing in expression
+# against 0.867 / 0.927 in the latent (CD14+ monocytes 0.75 against 0.68); Kang, 7 types x 2 seeds,
+# level (0.898 / 0.902 both; benchmarks/README.md).
+EXPRESSION_PCS = 30
+EXPRESSION_FIT_CELLS = 10_000
 
 # Cells decoded at a time on the CPU: 512 keep the decoder's activations in cache; 4,096 at once
 # decoded at 0.6x (paper network) and 0.45x (fast network) the speed (benchmarks/README.md, "Speed").
@@ -478,7 +486,7 @@ class SAVE:
         std = torch.exp(0.5 * dist_utils.all_gather_rows(logvar.to(dev), shares).cpu())
         del logvar
         self.latent_mean, self.latent_std = _latent_moments(mu, std, train_rows, seed)
-        self.condition_latents = condition_latent_means(mu, data.codes)
+        self.condition_latents = {**condition_latent_means(mu, data.codes), **expression_pcs(data, self.scalers, seed)}
         codes_all = torch.from_numpy(data.codes)
         gen = torch.Generator().manual_seed(seed + 1)
         val_t = torch.from_numpy(val_rows)
@@ -773,9 +781,10 @@ class SAVE:
                 z = sample_latents(self.flow, torch.from_numpy(sampled_under).to(self.device), float(guidance), int(n_steps),
                                    solver, generator).float().cpu()
             z = z * self.latent_std + self.latent_mean
-            if shift is not None:
-                z, _ = self._shifted(z, sampled_under, chunk, shift["changed"], shift["bandwidth"],
-                                      "generate without shift_from")
+            if shift is not None:  # weighed by where the sampled cells' decoded expression lies
+                z, _ = self._shifted(z, sampled_under, chunk, shift["changed"], shift["bandwidth"], "generate without shift_from",
+                                     expression=lambda stats: expression_positions(stats, self._decode(z, sampled_under,
+                                                                                                       precision=precision)))
             yield start, finish(self._decode(z, chunk, precision=precision), chunk), z.numpy()
 
     def _shift_plan(self, codes: np.ndarray, shift_from: dict | None, bandwidth: float) -> dict | None:
@@ -797,8 +806,10 @@ class SAVE:
         changed = sorted(keys.index(k) for k in shift_from)
         # Refused before the flow runs, not mid-stream: each distinct (source, target) row shifted once.
         rows = np.unique(np.concatenate([source, codes], axis=1), axis=0)
+        # Only checks coverage and records what will be done: the positions given here are placeholders.
         _, info = self._shifted(torch.zeros(len(rows), self.params["latent_dim"]), rows[:, :len(keys)], rows[:, len(keys):],
-                                changed, float(bandwidth), "generate without shift_from")
+                                changed, float(bandwidth), "generate without shift_from",
+                                expression=lambda stats: np.zeros((len(rows), stats["pc_means"].shape[1]), np.float32))
         return {"source": source, "changed": changed, "bandwidth": float(bandwidth),
                 "info": {"shift_from": {k: str(v) for k, v in shift_from.items()}, **info}}
 
@@ -913,8 +924,10 @@ class SAVE:
         target's (scGen's latent arithmetic in SAVE's latent): for each stratum, i.e. values of the
         other conditions, with at least ``MIN_SHIFT_CELLS`` training cells on both sides, mean
         latent(target) - mean latent(source); each cell takes their mean weighted by how close its
-        latent lies to each stratum's source mean (``latent_shifts``; the strata used are recorded
-        in ``uns["pysave"]["shift_strata"]``), then decodes under the target. ``shift_bandwidth``
+        expression lies to each stratum's source cells, in the training cells' first 30 principal
+        components of log1p(CP10k) (``latent_shifts``; models saved before 2026-12-01 weigh by the
+        latent; the strata used and the space are recorded in ``uns["pysave"]["shift_strata"]``
+        and ``["shift_weighed_in"]``), then decodes under the target. ``shift_bandwidth``
         sets the kernel's width in units of the median squared distance between the strata's source
         means: smaller takes the shift from the nearest strata only, ``float("inf")`` weighs them
         equally (scGen). On the same Kang
@@ -950,8 +963,13 @@ class SAVE:
         z = mu
         shift_info = {}
         if via == "shift":
+            def positions(stats):  # the input cells' own expression, batch by batch
+                n = prep.n_cells
+                return np.concatenate([expression_positions(stats, _log_normalized_rows(prep, self.scalers, s, min(s + batch_size, n)))
+                                       for s in range(0, n, batch_size)] or [np.zeros((0, stats["pc_means"].shape[1]), np.float32)])
+
             z, shift_info = self._shifted(mu, prep.codes, codes, [keys.index(k) for k in target_codes], float(shift_bandwidth),
-                                          "use via='flow'")
+                                          "use via='flow'", expression=positions)
         if via == "flow":
             self.flow.eval()
             parts = []
@@ -997,10 +1015,13 @@ class SAVE:
         return decoded
 
     def _shifted(self, mu: torch.Tensor, source: np.ndarray, target: np.ndarray, changed: list[int], bandwidth: float,
-                 instead: str):
+                 instead: str, expression=None):
         """transfer(via="shift") and generation with ``shift_from``: latents plus the training
         cells' mean latent shift from each cell's conditions to the target's (``latent_shifts``),
-        and what was averaged. ``instead`` names the way out when no stratum covers a pair."""
+        and what was averaged. ``expression`` (a function of the model's stats giving the cells'
+        positions in the expression PCs, ``expression_positions``) places the cells for the
+        weights; without it, or for models saved before the expression PCs existed, they are
+        weighed in the latent. ``instead`` names the way out when no stratum covers a pair."""
         stats = getattr(self, "condition_latents", None)
         if stats is None:
             raise PySaveError("this model directory has no per-condition latent means (saved by an older pysave), which "
@@ -1010,7 +1031,9 @@ class SAVE:
         if masks:
             raise PySaveError(f"the latent shift moves cells to a given value, but {masks} would be masked; name a "
                               f"value, or {instead}.")
-        shifts, pairs = latent_shifts(stats, mu.numpy(), source, target, changed, bandwidth=bandwidth)
+        in_expression = expression is not None and "pc_means" in stats
+        positions = expression(stats) if in_expression else None
+        shifts, pairs = latent_shifts(stats, mu.numpy(), source, target, changed, bandwidth=bandwidth, positions=positions)
 
         def names(values):
             return ", ".join(f"{keys[j]}={self._name_of(keys[j], v)}" for j, v in zip(changed, values))
@@ -1024,7 +1047,8 @@ class SAVE:
                 f"{missing[0][1]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + f"; {instead}.")
         # "source -> target": the number of strata averaged (a dict of ints, so that h5ad can store it)
         info = {"shift_strata": {f"{names(src)} -> {names(tgt)}": int(n) for src, tgt, n in pairs if n},
-                "shift_min_cells": MIN_SHIFT_CELLS, "shift_bandwidth": bandwidth}
+                "shift_min_cells": MIN_SHIFT_CELLS, "shift_bandwidth": bandwidth,
+                "shift_weighed_in": f"{stats['pc_means'].shape[1]} expression PCs" if in_expression else "latent"}
         return mu + torch.from_numpy(shifts), info
 
     def get_latent_representation(self, adata=None, key_added: str | None = "X_save", batch_size: int = 1024) -> np.ndarray:
@@ -1209,7 +1233,9 @@ class SAVE:
             self.latent_mean = tensors["extra.latent_mean"]
             self.latent_std = tensors["extra.latent_std"]
             # None in model directories saved before they existed (transfer(via="shift") needs them)
-            self.condition_latents = ({k: tensors[f"extra.condition_latent_{k}"].numpy() for k in ("codes", "counts", "means")}
+            # (the pc_* entries, for weighing strata in expression, only since 2026-12-01)
+            self.condition_latents = ({k[len("extra.condition_latent_"):]: v.numpy() for k, v in tensors.items()
+                                       if k.startswith("extra.condition_latent_")}
                                       if "extra.condition_latent_means" in tensors else None)
             self.history = config.get("history", {})
             self.training_summary = config.get("training", {})
@@ -1250,21 +1276,56 @@ def condition_latent_means(mu: torch.Tensor, codes: np.ndarray, batch: int = 65_
             "means": (sums / torch.from_numpy(counts)[:, None]).float().numpy()}
 
 
+def _log_normalized_rows(source, scalers, start: int, stop: int) -> np.ndarray:
+    """log1p(CP10k) of rows start..stop of a prepared source (its [0, 1] values times the scalers)."""
+    x01, _ = source.read(start, stop)
+    return x01.toarray() * scalers.values[source.scaler_index[start:stop]]
+
+
+def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PCS,
+                   fit_cells: int = EXPRESSION_FIT_CELLS, batch: int = 4096) -> dict:
+    """Principal components of the training cells' log1p(CP10k) (``pc_components``,
+    ``pc_center``; fitted on up to ``fit_cells`` cells drawn by ``seed``) and each combination of
+    conditions' mean position in them (``pc_means``, in ``condition_latent_means``' order), kept
+    with the model so that ``latent_shifts`` can weigh strata by expression. Empty for < 2 cells."""
+    from sklearn.decomposition import PCA
+
+    n = source.n_cells
+    if n < 2:
+        return {}
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, fit_cells), replace=False))
+    sample = source.take(rows)
+    X = _log_normalized_rows(sample, scalers, 0, len(rows))
+    pca = PCA(max(1, min(n_components, X.shape[0] - 1, X.shape[1])), random_state=seed).fit(X)
+    stats = {"pc_components": pca.components_.astype(np.float32), "pc_center": pca.mean_.astype(np.float32)}
+    positions = np.concatenate([expression_positions(stats, _log_normalized_rows(source, scalers, s, min(s + batch, n)))
+                                for s in range(0, n, batch)])
+    return {**stats, "pc_means": condition_latent_means(torch.from_numpy(positions), source.codes)["means"]}
+
+
+def expression_positions(stats: dict, lognorm: np.ndarray) -> np.ndarray:
+    """Cells' log1p(CP10k) (cells x the model's genes) in the training cells' expression PCs."""
+    return ((np.asarray(lognorm, dtype=np.float64) - stats["pc_center"]) @ stats["pc_components"].T.astype(np.float64)).astype(np.float32)
+
+
 def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: np.ndarray, changed: list[int],
-                  min_cells: int = MIN_SHIFT_CELLS, bandwidth: float = SHIFT_BANDWIDTH):
+                  min_cells: int = MIN_SHIFT_CELLS, bandwidth: float = SHIFT_BANDWIDTH, positions: np.ndarray | None = None):
     """Per-cell latent shift from the cell's conditions ``source`` to ``target`` (cells x keys).
 
     For each distinct (source, target) pair of values of the ``changed`` columns, the strata (one
     value of each other column, as in the training data) with at least ``min_cells`` cells on both
     sides each give a shift: mean latent(target values, stratum) - mean latent(source values,
     stratum). A cell's shift is their weighted mean, with weights exp(-d_s / h): d_s is the squared
-    distance from the cell's latent (``latents``) to stratum s's source mean, less the smallest
-    such distance, and h is ``bandwidth`` times the median squared distance between the strata's
-    source means. Cells take most of their shift from the strata they resemble (a held-out
-    monocyte type from the other monocytes); ``bandwidth=inf`` weighs the strata equally, as scGen
-    does. Returns (shifts, pairs): pairs lists each pair's strata count, or None for a pair no
-    stratum covers."""
-    table = {tuple(c): (n, m) for c, n, m in zip(stats["codes"].tolist(), stats["counts"].tolist(), stats["means"])}
+    distance from the cell to stratum s's source mean, less the smallest such distance, and h is
+    ``bandwidth`` times the median squared distance between the strata's source means. Cells take
+    most of their shift from the strata they resemble (a held-out monocyte type from the other
+    monocytes); ``bandwidth=inf`` weighs the strata equally, as scGen does. The distances are
+    measured between ``positions`` (cells x PCs, ``expression_positions``) and
+    ``stats["pc_means"]`` when given (what the model does), else between the cells' ``latents``
+    and the strata's mean latents. Returns (shifts, pairs): pairs lists each pair's strata count,
+    or None for a pair no stratum covers."""
+    places = stats["means"] if positions is None else stats["pc_means"]
+    table = {tuple(c): (n, m, p) for c, n, m, p in zip(stats["codes"].tolist(), stats["counts"].tolist(), stats["means"], places)}
     shifts = np.zeros((len(source), stats["means"].shape[1]), dtype=np.float32)
     pairs = []
     key = np.concatenate([source[:, changed], target[:, changed]], axis=1)
@@ -1275,7 +1336,7 @@ def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: 
             pairs.append((src, tgt, 0))
             continue
         deltas, origins = [], []
-        for combo, (n, mean) in table.items():
+        for combo, (n, mean, place) in table.items():
             combo = np.asarray(combo)
             if n < min_cells or not (combo[changed] == src).all():
                 continue
@@ -1284,10 +1345,11 @@ def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: 
             hit = table.get(tuple(partner.tolist()))
             if hit is not None and hit[0] >= min_cells:
                 deltas.append(hit[1].astype(np.float64) - mean)
-                origins.append(mean.astype(np.float64))
+                origins.append(place.astype(np.float64))
         pairs.append((src, tgt, len(deltas) if deltas else None))
         if deltas:
-            shifts[rows] = _stratum_weights(latents[rows], np.stack(origins), bandwidth) @ np.stack(deltas)
+            where = latents if positions is None else positions
+            shifts[rows] = _stratum_weights(where[rows], np.stack(origins), bandwidth) @ np.stack(deltas)
     return shifts, pairs
 
 

@@ -236,31 +236,55 @@ def test_transfer_via_shift(trained, tmp_path):
     counts = obs.groupby(["batch", "cell_type"]).size()
     assert [counts[n] for n in names] == stats["counts"].tolist()
     np.testing.assert_allclose(stats["means"], grouped.loc[names].to_numpy(), atol=1e-5)
+    # The expression PCs kept beside them: fitted on the training cells' log1p(CP10k) (all of them,
+    # fewer than EXPRESSION_FIT_CELLS here), with each combination's mean position.
+    from pysave.metrics import log_normalized
+
+    lognorm = log_normalized(adata[:, model.genes])
+    np.testing.assert_allclose(stats["pc_center"], lognorm.mean(0), atol=1e-4)
+    pcs = stats["pc_components"].astype(np.float64)
+    assert pcs.shape == (pysave.model.EXPRESSION_PCS, len(model.genes))
+    np.testing.assert_allclose(pcs @ pcs.T, np.eye(len(pcs)), atol=1e-4)
+    positions = pysave.model.expression_positions(stats, lognorm)
+    grouped_pcs = pd.DataFrame(positions).groupby([obs["batch"].to_numpy(), obs["cell_type"].to_numpy()]).mean()
+    np.testing.assert_allclose(stats["pc_means"], grouped_pcs.loc[names].to_numpy(), atol=1e-3)
     # The shift: per cell type with >= MIN_SHIFT_CELLS cells in both batches, the difference of the
     # two batches' mean latents; each cell takes their mean weighted by a Gaussian kernel on its
-    # squared distance to each type's source-batch mean (width: SHIFT_BANDWIDTH x the median squared
-    # distance between those means).
+    # squared distance, in the expression PCs, to each type's source-batch mean there (width:
+    # SHIFT_BANDWIDTH x the median squared distance between those means).
     src, tgt = "10x_3prime_v2", "10x_5prime"
     types = [t for t in obs["cell_type"].unique()
              if counts.get((src, t), 0) >= pysave.model.MIN_SHIFT_CELLS and counts.get((tgt, t), 0) >= pysave.model.MIN_SHIFT_CELLS]
     assert len(types) >= 2
     deltas = np.stack([grouped.loc[(tgt, t)].to_numpy() - grouped.loc[(src, t)].to_numpy() for t in types])
     origins = np.stack([grouped.loc[(src, t)].to_numpy() for t in types])
-    cells = adata[obs["batch"].to_numpy() == src][:30].copy()
+    pc_origins = np.stack([grouped_pcs.loc[(src, t)].to_numpy() for t in types])
+    in_source = obs["batch"].to_numpy() == src
+    cells = adata[in_source][:30].copy()
     mu = model.get_latent_representation(cells, key_added=None)
-    d = ((mu[:, None, :].astype(np.float64) - origins[None]) ** 2).sum(-1)
-    width = pysave.model.SHIFT_BANDWIDTH * np.median([((origins[i] - origins[j]) ** 2).sum()
+    where = positions[in_source][:30].astype(np.float64)
+    d = ((where[:, None, :] - pc_origins[None]) ** 2).sum(-1)
+    width = pysave.model.SHIFT_BANDWIDTH * np.median([((pc_origins[i] - pc_origins[j]) ** 2).sum()
                                                       for i in range(len(types)) for j in range(i + 1, len(types))])
     weights = np.exp(-(d - d.min(1, keepdims=True)) / width)
     expected = (weights / weights.sum(1, keepdims=True)) @ deltas
     moved = model.transfer(cells, {"batch": tgt}, via="shift")
-    np.testing.assert_allclose(moved.obsm["X_save"] - mu, expected, atol=1e-5)
-    assert np.ptp(moved.obsm["X_save"] - mu, axis=0).max() > 1e-3  # the shift depends on the cell
-    # An infinite width weighs the strata equally (scGen's mean); a narrow one gives a cell sitting
-    # on a stratum's source mean that stratum's own shift.
+    np.testing.assert_allclose(moved.obsm["X_save"] - mu, expected, atol=1e-4)
+    assert moved.uns["pysave"]["shift_weighed_in"] == f"{pysave.model.EXPRESSION_PCS} expression PCs"
+    # Without positions (and for models saved before the PCs existed) the latent places the cells.
     source_codes = model._prepare(cells).codes
     moved_codes = source_codes.copy()
     moved_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
+    d = ((mu[:, None, :].astype(np.float64) - origins[None]) ** 2).sum(-1)
+    width = pysave.model.SHIFT_BANDWIDTH * np.median([((origins[i] - origins[j]) ** 2).sum()
+                                                      for i in range(len(types)) for j in range(i + 1, len(types))])
+    weights = np.exp(-(d - d.min(1, keepdims=True)) / width)
+    in_latent, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")])
+    np.testing.assert_allclose(in_latent, (weights / weights.sum(1, keepdims=True)) @ deltas, atol=1e-5)
+    assert np.abs(in_latent - expected).max() > 1e-4  # the two places differ
+    assert np.ptp(moved.obsm["X_save"] - mu, axis=0).max() > 1e-3  # the shift depends on the cell
+    # An infinite width weighs the strata equally (scGen's mean); a narrow one gives a cell sitting
+    # on a stratum's source mean that stratum's own shift.
     flat, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
     np.testing.assert_allclose(flat, np.tile(deltas.mean(0), (len(mu), 1)), atol=1e-5)
     equal = model.transfer(cells, {"batch": tgt}, via="shift", shift_bandwidth=float("inf"))
@@ -285,6 +309,11 @@ def test_transfer_via_shift(trained, tmp_path):
     # The means travel with the model directory.
     again = pysave.SAVE.load(trained["dir"], verbose=False)
     assert np.array_equal(again.transfer(cells, {"batch": tgt}, via="shift").X, moved.X)
+    # A model directory saved before the expression PCs existed weighs in the latent, and says so.
+    again.condition_latents = {k: v for k, v in stats.items() if not k.startswith("pc_")}
+    older = again.transfer(cells, {"batch": tgt}, via="shift")
+    np.testing.assert_allclose(older.obsm["X_save"] - mu, in_latent, atol=1e-5)
+    assert older.uns["pysave"]["shift_weighed_in"] == "latent"
     # Refused, with the reason: a masked target, no stratum with both sides, an old model directory, correct().
     with pytest.raises(PySaveError, match="moves cells to a given value"):
         model.transfer(cells, {"batch": None}, via="shift")
@@ -340,7 +369,7 @@ def test_transfer_input_plus_change(trained, tmp_path):
     np.testing.assert_allclose(model.transfer(backed, {"batch": tgt}, output="input_plus_change", via="shift").X,
                                model.transfer(cells, {"batch": tgt}, output="input_plus_change", via="shift").X, atol=1e-5)
     backed.file.close()
-    with pytest.raises(PySaveError, match=r"transfer's output must be one of \['mean', 'sample', 'input_plus_change'\]"):
+    with pytest.raises(PySaveError, match=r"transfer's output must be one of \['sample', 'mean', 'input_plus_change'\]"):
         model.transfer(cells, {"batch": tgt}, output="residual")
     with pytest.raises(PySaveError, match="output must be one of"):
         model.generate({"cell_type": "B"}, n_cells=2, output="input_plus_change")
@@ -366,14 +395,17 @@ def test_generate_shift_from(trained, tmp_path):
     source_codes = model._generation_plan(base.obs[keys].astype(str), 1, 10, "midpoint")[1]
     target_codes = source_codes.copy()
     target_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
-    shifts, _ = pysave.model.latent_shifts(model.condition_latents, base.obsm["X_save"], source_codes, target_codes,
-                                           [keys.index("batch")])
-    np.testing.assert_allclose(moved.obsm["X_save"], base.obsm["X_save"] + shifts, atol=1e-5)
+    # Weighed by where each sampled cell's decoded expression (base.X) lies in the expression PCs.
+    stats = model.condition_latents
+    shifts, _ = pysave.model.latent_shifts(stats, base.obsm["X_save"], source_codes, target_codes, [keys.index("batch")],
+                                           positions=pysave.model.expression_positions(stats, base.X))
+    np.testing.assert_allclose(moved.obsm["X_save"], base.obsm["X_save"] + shifts, atol=1e-4)
     assert np.abs(shifts).max() > 1e-3
     np.testing.assert_allclose(moved.X, model._decode(torch_from(moved.obsm["X_save"]), target_codes), atol=1e-6)
     assert moved.obs["batch"].astype(str).eq(tgt).all()
     info = moved.uns["pysave"]
     assert info["shift_from"] == {"batch": src} and info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH
+    assert info["shift_weighed_in"] == f"{pysave.model.EXPRESSION_PCS} expression PCs"
     counts = trained["adata"].obs.groupby(["batch", "cell_type"], observed=False).size()
     n_strata = sum(min(counts.get((src, t), 0), counts.get((tgt, t), 0)) >= pysave.model.MIN_SHIFT_CELLS
                    for t in model.registry["categories"]["cell_type"])

@@ -244,8 +244,9 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
 #'   see pysave's benchmarks), "decoder" (decode the encoder mean under the target
 #'   conditions; the latent stays; much faster) or "shift" (add the training cells' mean
 #'   latent shift between the source and target values, per value of the other conditions that
-#'   has both, as scGen does, averaged with more weight on the values whose cells lie closest to
-#'   the cell moved, then decode under the target; needs a target
+#'   has both, as scGen does, averaged with more weight on the values whose cells' expression lies
+#'   closest to the cell moved (in 30 principal components of the training cells'
+#'   log-normalized expression), then decode under the target; needs a target
 #'   value, not `NA`, and a model saved with per-condition latent means (retrain older ones); the
 #'   strata used are in the provenance). CLI `--via`.
 #' @param shift_bandwidth Width of `via = "shift"`'s weighting, in units of the median squared

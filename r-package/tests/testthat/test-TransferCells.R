@@ -106,6 +106,7 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   v2 <- d[src == "10x_3prime_v2", , drop = FALSE]
   expect_gt(max(abs(sweep(v2, 2, v2[1, ]))), 1e-4)  # three strata, weighted by each cell's closeness to them
   expect_equal(info$shift_bandwidth, 0.5)
+  expect_match(info$shift_weighed_in, "^[0-9]+ expression PCs$")  # closeness measured in expression
   # An infinite width weighs the three strata equally: every v2 cell takes the same shift.
   flat <- TransferCells(fit, target = target, via = "shift", shift_bandwidth = Inf)
   expect_equal(S4Vectors::metadata(flat)$pysave$shift_bandwidth, Inf)
