@@ -140,6 +140,7 @@ SHIFT_BANDWIDTH = 0.5
 # level (0.898 / 0.902 both; benchmarks/README.md).
 EXPRESSION_PCS = 30
 EXPRESSION_FIT_CELLS = 10_000
+EXPRESSION_FIT_VALUES = 50_000_000  # cells x genes held for the fit (float32): 10,000 cells up to 5,000 genes
 
 # Cells decoded at a time on the CPU: 512 keep the decoder's activations in cache; 4,096 at once
 # decoded at 0.6x (paper network) and 0.45x (fast network) the speed (benchmarks/README.md, "Speed").
@@ -1285,7 +1286,7 @@ def _log_normalized_rows(source, scalers, start: int, stop: int) -> np.ndarray:
 def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PCS,
                    fit_cells: int = EXPRESSION_FIT_CELLS, batch: int = 4096) -> dict:
     """Principal components of the training cells' log1p(CP10k) (``pc_components``,
-    ``pc_center``; fitted on up to ``fit_cells`` cells drawn by ``seed``) and each combination of
+    ``pc_center``; fitted on up to ``fit_cells`` cells drawn by ``seed``, fewer above 5,000 genes) and each combination of
     conditions' mean position in them (``pc_means``, in ``condition_latent_means``' order), kept
     with the model so that ``latent_shifts`` can weigh strata by expression. Empty for < 2 cells."""
     from sklearn.decomposition import PCA
@@ -1293,6 +1294,9 @@ def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PC
     n = source.n_cells
     if n < 2:
         return {}
+    # The fit holds its cells densely: at most ~200 MB of them, so fewer cells when there are many genes.
+    n_genes = len(scalers.values[0])
+    fit_cells = min(fit_cells, max(1_000, EXPRESSION_FIT_VALUES // max(1, n_genes)))
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n, fit_cells), replace=False))
     sample = source.take(rows)
     X = _log_normalized_rows(sample, scalers, 0, len(rows))
