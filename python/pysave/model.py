@@ -964,13 +964,9 @@ class SAVE:
         z = mu
         shift_info = {}
         if via == "shift":
-            def positions(stats):  # the input cells' own expression, batch by batch
-                n = prep.n_cells
-                return np.concatenate([expression_positions(stats, _log_normalized_rows(prep, self.scalers, s, min(s + batch_size, n)))
-                                       for s in range(0, n, batch_size)] or [np.zeros((0, stats["pc_means"].shape[1]), np.float32)])
-
             z, shift_info = self._shifted(mu, prep.codes, codes, [keys.index(k) for k in target_codes], float(shift_bandwidth),
-                                          "use via='flow'", expression=positions)
+                                          "use via='flow'",  # placed by the input cells' own expression
+                                          expression=lambda stats: _source_positions(stats, prep, self.scalers, batch_size))
         if via == "flow":
             self.flow.eval()
             parts = []
@@ -1302,9 +1298,15 @@ def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PC
     X = _log_normalized_rows(sample, scalers, 0, len(rows))
     pca = PCA(max(1, min(n_components, X.shape[0] - 1, X.shape[1])), random_state=seed).fit(X)
     stats = {"pc_components": pca.components_.astype(np.float32), "pc_center": pca.mean_.astype(np.float32)}
-    positions = np.concatenate([expression_positions(stats, _log_normalized_rows(source, scalers, s, min(s + batch, n)))
-                                for s in range(0, n, batch)])
+    positions = _source_positions(stats, source, scalers, batch)
     return {**stats, "pc_means": condition_latent_means(torch.from_numpy(positions), source.codes)["means"]}
+
+
+def _source_positions(stats: dict, source, scalers, batch: int) -> np.ndarray:
+    """Every cell of a prepared source in the expression PCs, read ``batch`` rows at a time."""
+    n = source.n_cells
+    return np.concatenate([expression_positions(stats, _log_normalized_rows(source, scalers, s, min(s + batch, n)))
+                           for s in range(0, n, batch)] or [np.zeros((0, len(stats["pc_components"])), np.float32)])
 
 
 def expression_positions(stats: dict, lognorm: np.ndarray) -> np.ndarray:

@@ -259,15 +259,18 @@ def test_transfer_via_shift(trained, tmp_path):
     deltas = np.stack([grouped.loc[(tgt, t)].to_numpy() - grouped.loc[(src, t)].to_numpy() for t in types])
     origins = np.stack([grouped.loc[(src, t)].to_numpy() for t in types])
     pc_origins = np.stack([grouped_pcs.loc[(src, t)].to_numpy() for t in types])
+
+    def kernel_shift(points, strata_means):  # the weighted mean of deltas, computed by hand
+        d = ((np.asarray(points, dtype=np.float64)[:, None, :] - strata_means[None]) ** 2).sum(-1)
+        width = pysave.model.SHIFT_BANDWIDTH * np.median([((strata_means[i] - strata_means[j]) ** 2).sum()
+                                                          for i in range(len(types)) for j in range(i + 1, len(types))])
+        weights = np.exp(-(d - d.min(1, keepdims=True)) / width)
+        return (weights / weights.sum(1, keepdims=True)) @ deltas
+
     in_source = obs["batch"].to_numpy() == src
     cells = adata[in_source][:30].copy()
     mu = model.get_latent_representation(cells, key_added=None)
-    where = positions[in_source][:30].astype(np.float64)
-    d = ((where[:, None, :] - pc_origins[None]) ** 2).sum(-1)
-    width = pysave.model.SHIFT_BANDWIDTH * np.median([((pc_origins[i] - pc_origins[j]) ** 2).sum()
-                                                      for i in range(len(types)) for j in range(i + 1, len(types))])
-    weights = np.exp(-(d - d.min(1, keepdims=True)) / width)
-    expected = (weights / weights.sum(1, keepdims=True)) @ deltas
+    expected = kernel_shift(positions[in_source][:30], pc_origins)
     moved = model.transfer(cells, {"batch": tgt}, via="shift")
     np.testing.assert_allclose(moved.obsm["X_save"] - mu, expected, atol=1e-4)
     assert moved.uns["pysave"]["shift_weighed_in"] == f"{pysave.model.EXPRESSION_PCS} expression PCs"
@@ -275,12 +278,8 @@ def test_transfer_via_shift(trained, tmp_path):
     source_codes = model._prepare(cells).codes
     moved_codes = source_codes.copy()
     moved_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
-    d = ((mu[:, None, :].astype(np.float64) - origins[None]) ** 2).sum(-1)
-    width = pysave.model.SHIFT_BANDWIDTH * np.median([((origins[i] - origins[j]) ** 2).sum()
-                                                      for i in range(len(types)) for j in range(i + 1, len(types))])
-    weights = np.exp(-(d - d.min(1, keepdims=True)) / width)
     in_latent, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")])
-    np.testing.assert_allclose(in_latent, (weights / weights.sum(1, keepdims=True)) @ deltas, atol=1e-5)
+    np.testing.assert_allclose(in_latent, kernel_shift(mu, origins), atol=1e-5)
     assert np.abs(in_latent - expected).max() > 1e-4  # the two places differ
     assert np.ptp(moved.obsm["X_save"] - mu, axis=0).max() > 1e-3  # the shift depends on the cell
     # An infinite width weighs the strata equally (scGen's mean); a narrow one gives a cell sitting
