@@ -1,8 +1,8 @@
 """Scale benchmark (not a test): in-memory vs backed training, 1 vs 2 torchrun processes,
-bf16 vs fp32, and streaming generation, on SYNTHETIC atlases made by make_synthetic_atlas.py.
+bf16 vs fp32, the expression-PC pass of training, and streaming generation, on SYNTHETIC atlases made by make_synthetic_atlas.py.
 
     .venv/bin/python benchmarks/make_synthetic_atlas.py --n-cells 100000 --out DIR/syn_100k.h5ad  # and 10k, 1M
-    .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision generation]
+    .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision expression_pcs generation]
 
 Every measurement runs in a child process, so peak RSS (ru_maxrss) is that run's own.
 Training throughput: the real training loop (pysave.train.fit fed by pysave.loader, exactly
@@ -30,6 +30,7 @@ RESULTS = os.path.join(HERE, "results", "scale.json")
 FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
 THREADS = 2
 SIZES = {"10k": "syn_10k.h5ad", "100k": "syn_100k.h5ad", "1M": "syn_1M.h5ad"}
+PARTS = ("training", "precision", "ddp", "expression_pcs", "generation")
 
 
 def _rss_mb() -> float:
@@ -68,6 +69,38 @@ def child_train(path: str, backed: bool, steps: int, precision: str, config: str
             "train_cells_per_second": result["summary"]["cells_per_second"],
             "train_seconds": result["summary"]["seconds"], "peak_rss_mb": _rss_mb(),
             "final_train_loss": result["history"]["train_loss"][-1]}
+
+
+def child_expression_pcs(path: str, backed: bool) -> dict:
+    """What train() adds after the flow's encoding pass: the expression PCs that weigh the strata
+    of transfer(via="shift"), fitted on a seeded sample of cells and then every cell placed in them."""
+    import anndata as ad
+    import torch
+
+    from pysave import SAVE
+    from pysave.model import expression_pcs
+
+    torch.set_num_threads(THREADS)
+    adata = ad.read_h5ad(path, backed="r" if backed else None)
+    SAVE.setup_anndata(adata, ["clusters", "batch"], batch_key="batch")
+    model = SAVE(adata, verbose=False, **FAST)
+    rss_setup = _rss_mb()
+    start = time.perf_counter()
+    stats = expression_pcs(model._data, model.scalers, 0)
+    seconds = time.perf_counter() - start
+    return {"n_cells": model._data.n_cells, "backed": backed, "expression_pcs_seconds": seconds,
+            "cells_per_second": model._data.n_cells / seconds, "n_pcs": int(stats["pc_components"].shape[0]),
+            "rss_after_setup_mb": rss_setup, "peak_rss_mb": _rss_mb()}
+
+
+def part_expression_pcs(data_dir: str, sizes: list[str]) -> list[dict]:
+    rows = []
+    for size in sizes:
+        r = run_child(["pcs", os.path.join(data_dir, SIZES[size]), "1", "0", "32", "fast"])
+        r.update(size=size, mode="backed")
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    return rows
 
 
 def run_child(args: list[str]) -> dict:
@@ -156,7 +189,10 @@ def part_generation(data_dir: str, n_cells: int, steps: int) -> list[dict]:
 
 def render_table(results: dict) -> str:
     """Markdown tables of the results (written between the scale-table markers of README.md)."""
-    out = [f"Measured {results.get('date', '?')} on {results['machine']['cpus']} CPU cores ({THREADS} threads); "
+    # Parts can be rerun alone (--parts), so each keeps the date it was measured on.
+    dates = {part: results.get("dates", {}).get(part, results.get("date", "?")) for part in PARTS if results.get(part)}
+    when = ", ".join(f"{part} {day}" for part, day in dates.items())
+    out = [f"Measured on {results['machine']['cpus']} CPU cores ({THREADS} threads; {when}); "
            "data: SYNTHETIC resampled pancreas cells, 2,000 genes (throughput and memory only).", ""]
     train = [r for r in results.get("training", []) if "error" not in r]
     if train:
@@ -186,6 +222,14 @@ def render_table(results: dict) -> str:
             out.append(f"| {r['processes']} x {r['threads_per_process']} | {r['wall_seconds']:.0f} | {r['vae_cells_per_second']:.0f} | "
                        f"{r['flow_cells_per_second']:.0f} | {v} | {f} |")
         out.append("")
+    pcs = [r for r in results.get("expression_pcs", []) if "error" not in r]
+    if pcs:
+        out += ["The expression PCs train() keeps for `transfer(via=\"shift\")` (fit on a seeded sample, then every cell "
+                "placed in them; backed, one extra read of the file):", "",
+                "| cells | seconds | cells/s | RSS before MB | peak RSS MB |", "|---|---|---|---|---|"]
+        out += [f"| {r['size']} | {r['expression_pcs_seconds']:.0f} | {r['cells_per_second']:.0f} | "
+                f"{r['rss_after_setup_mb']:.0f} | {r['peak_rss_mb']:.0f} |" for r in pcs]
+        out.append("")
     for r in results.get("generation", []):
         out += [f"Streaming generation: {r['n_cells']:,} cells with {r['euler_steps']} Euler step(s): {r['wall_seconds']:.0f} s "
                 f"({r['cells_per_second']:.0f} cells/s), peak RSS {r['peak_rss_mb']:.0f} MB, file {r['file_gb']:.1f} GB.", ""]
@@ -199,11 +243,14 @@ def write_readme(results: dict) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, kind, path, backed, steps, precision, config = sys.argv
-        print(json.dumps(child_train(path, backed == "1", int(steps), precision, config)))
+        if kind == "pcs":
+            print(json.dumps(child_expression_pcs(path, backed == "1")))
+        else:
+            print(json.dumps(child_train(path, backed == "1", int(steps), precision, config)))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--parts", nargs="+", default=["training", "precision", "ddp", "generation"])
+    parser.add_argument("--parts", nargs="+", default=list(PARTS))
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--in-memory-sizes", nargs="+", default=["10k", "100k"],
@@ -225,9 +272,11 @@ def main() -> None:
         results["precision"] = part_precision(args.data_dir, 100)
     if "ddp" in args.parts:
         results["ddp"] = part_ddp(args.data_dir, args.ddp_epochs)
+    if "expression_pcs" in args.parts:
+        results["expression_pcs"] = part_expression_pcs(args.data_dir, args.sizes)
     if "generation" in args.parts:
         results["generation"] = part_generation(args.data_dir, args.generate_cells, args.generate_steps)
-    results["date"] = time.strftime("%Y-%m-%d")
+    results.setdefault("dates", {}).update({part: time.strftime("%Y-%m-%d") for part in args.parts})
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS + ".tmp", "w") as f:
         json.dump(results, f, indent=1)

@@ -136,6 +136,21 @@ def diagnostic_main(doc: str, run, stem: str, guidance: bool = False) -> dict:
     return r
 
 
+def scored_result(model_dir, dataset, seed, train, test, keys, sets: dict, **extra) -> dict:
+    """A diagnostic's result: each generated set of ``sets`` scored by ``score`` (its W1 / W2 / MMD /
+    per-gene-mean r2 under its own name), with the floor, the Gaussian and ``extra``."""
+    summary = score(train, test, keys, seed, sets)
+    return {"model_dir": model_dir, "dataset": dataset, "seed": seed, **extra, "floor": summary["noise_floor"],
+            "gaussian": summary["gaussian_pca"], **{k: v["pysave"] for k, v in summary["outputs"].items()}}
+
+
+def print_scored_sets(result: dict) -> None:
+    """Print W1 / MMD of each generated set a diagnostic scored (the floor and Gaussian are printed by diagnostic_main)."""
+    for name, value in result.items():
+        if isinstance(value, dict) and "W1" in value and name not in ("floor", "gaussian"):
+            print(f"  {name}: {value['W1']:.3f} / {value['MMD']:.3f}")
+
+
 def train_options(epochs, train_params=None) -> dict:
     """``model.train`` options of the harness: ``epochs`` VAE epochs at lr 1e-3 (fast, the harness's
     default), or with ``"product"`` the product's own training (epochs by the scvi-tools rule,

@@ -46,9 +46,7 @@ def run(model_dir, dataset, seed) -> dict:
             sets[f"w{w:g} t in [{lo:g}, {hi:g}]"] = model.generate_like(test.obs[keys], seed=seed, output="sample", guidance=w)
     finally:
         flow.guided_velocity = guided
-    summary = eval_generation.score(train, test, keys, seed, sets)
-    return {"model_dir": model_dir, "dataset": dataset, "seed": seed, "floor": summary["noise_floor"],
-            "gaussian": summary["gaussian_pca"], **{k: v["pysave"] for k, v in summary["outputs"].items()}}
+    return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets)
 
 
 def main():

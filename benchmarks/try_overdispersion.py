@@ -105,12 +105,11 @@ def run(model_dir, dataset, seed, guidance=2.0) -> dict:
         return ad.AnnData(X=X, obs=test.obs.copy(), var=test.var[[]].copy(),
                           uns={"pysave": {"X": "log1p(CP10k)", "output": "sample"}})
 
-    summary = eval_generation.score(train, test, keys, seed, {k: sampled(k) for k in ("poisson", "negative_binomial")})
     finite = np.isfinite(THETAS[theta_index])
-    return {"model_dir": model_dir, "dataset": dataset, "seed": seed, "guidance": guidance,
-            "floor": summary["noise_floor"], "gaussian": summary["gaussian_pca"],
-            **{k: v["pysave"] for k, v in summary["outputs"].items()},
-            "genes_poisson": int((~finite).sum()), "theta_median_overdispersed": float(np.median(THETAS[theta_index][finite]))}
+    return eval_generation.scored_result(
+        model_dir, dataset, seed, train, test, keys, {k: sampled(k) for k in ("poisson", "negative_binomial")},
+        guidance=guidance, genes_poisson=int((~finite).sum()),
+        theta_median_overdispersed=float(np.median(THETAS[theta_index][finite])))
 
 
 def main():

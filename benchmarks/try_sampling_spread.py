@@ -106,10 +106,7 @@ def run(model_dir, dataset, seed) -> dict:
         knob[0] = value
         with patched(attr, replacement):
             sets[name] = model.generate_like(test.obs[keys], guidance=w, **product)
-    summary = eval_generation.score(train, test, keys, seed, sets)
-    return {"model_dir": model_dir, "dataset": dataset, "seed": seed, "floor": summary["noise_floor"],
-            "gaussian": summary["gaussian_pca"], "oracle": oracle,
-            **{k: v["pysave"] for k, v in summary["outputs"].items()}}
+    return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets, oracle=oracle)
 
 
 def main():
@@ -120,8 +117,7 @@ def main():
     for part, o in r["oracle"].items():
         if isinstance(o, dict):
             print(f"  oracle, {part}: " + ", ".join(f"{k} {v:.3f}" for k, v in o.items()))
-    for name in (k for k, v in r.items() if isinstance(v, dict) and "W1" in v and k not in ("floor", "gaussian")):
-        print(f"  {name}: {r[name]['W1']:.3f} / {r[name]['MMD']:.3f}")
+    eval_generation.print_scored_sets(r)
 
 
 if __name__ == "__main__":

@@ -21,105 +21,65 @@ results/shift_weights_<dataset><tag>.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "python"))
-
-N_PCS = 30
+import shift_cases  # beside this script
 
 
 def main():
-    import anndata as ad
     import torch
-    from sklearn.decomposition import PCA
 
-    import eval_generation
     import run_benchmarks as RB
-    from pysave import metrics as M
     from pysave.model import SHIFT_BANDWIDTH, _stratum_weights
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="kang_muscat")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    ap.add_argument("--types", nargs="*")
-    ap.add_argument("--params", default="{}", help="pysave parameters over the fast set and VAE masking 0.6, JSON")
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--model-dir")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    adata, ck, tk, ctrl, stim, cond, types = RB.perturbation_data(args.dataset)
-    params = {**RB.FAST, "vae_mask_prob": 0.6, **json.loads(args.params)}
+    args = shift_cases.parse_args(__doc__)
     rows = []
-    for seed in args.seeds:
-        for t in args.types or sorted(set(types)):
-            held = RB.held_out_cells(adata, args.dataset, t)
-            train = adata[~held].copy()
-            model, _ = eval_generation.trained_model(args.dataset, seed, 60, params, train, [ck, tk], None,
-                                                     args.model_dir, {"flow_epochs": 1}, held_out=t)
-            keys = model.registry["condition_keys"]
-            jc, jt = keys.index(ck), keys.index(tk)
-            type_mask = model.vae.condition_embedding.mask_codes[jt]
-            query = adata[(types == t) & (cond == ctrl)].copy()
-            real = adata[types == t].copy()
-            own = M.log_normalized(query[:, model.genes])
+    for case in shift_cases.cases(args):
+        model, t, ctrl, stim = case.model, case.type, case.ctrl, case.stim
+        keys = model.registry["condition_keys"]
+        jc, jt = keys.index(case.ck), keys.index(case.tk)
+        type_mask = model.vae.condition_embedding.mask_codes[jt]
+        strata = case.strata
 
-            # The strata: the other types, each with its control and stimulated training cells.
-            train_types = train.obs[tk].astype(str).to_numpy()
-            train_cond = train.obs[ck].astype(str).to_numpy()
-            strata = [s for s in sorted(set(train_types)) if s != t]
-            prep = model._prepare(query)
-            mu = model._encode(prep)[0]
-            train_mu = model._encode(model._prepare(train))[0].numpy()
-            means = {(c, s): train_mu[(train_types == s) & (train_cond == c)].mean(0) for s in strata for c in (ctrl, stim)}
-            deltas = np.stack([means[(stim, s)] - means[(ctrl, s)] for s in strata])
-            stimulated = model._prepare(real[real.obs[ck].astype(str) == stim].copy())
-            oracle = model._encode(stimulated)[0].numpy().mean(0) - mu.numpy().mean(0)
+        # The strata: the other types, each with its control and stimulated training cells.
+        prep = model._prepare(case.query)
+        mu = model._encode(prep)[0]
+        train_mu = model._encode(model._prepare(case.train))[0].numpy()
+        means = {(c, s): train_mu[(case.train_types == s) & (case.train_cond == c)].mean(0) for s in strata for c in (ctrl, stim)}
+        deltas = np.stack([means[(stim, s)] - means[(ctrl, s)] for s in strata])
+        stimulated = model._prepare(case.real[case.real.obs[case.ck].astype(str) == stim].copy())
+        oracle = model._encode(stimulated)[0].numpy().mean(0) - mu.numpy().mean(0)
 
-            pca = PCA(N_PCS, random_state=seed).fit(M.log_normalized(train[:, model.genes]))
-            cells_pc, train_pc = pca.transform(own), pca.transform(M.log_normalized(train[:, model.genes]))
-            origins_pc = np.stack([train_pc[(train_types == s) & (train_cond == ctrl)].mean(0) for s in strata])
-            origins_latent = np.stack([means[(ctrl, s)] for s in strata])
-            weights = {"latent": _stratum_weights(mu.numpy(), origins_latent, SHIFT_BANDWIDTH),
-                       **{f"expr_bw{b:g}": _stratum_weights(cells_pc, origins_pc, b) for b in (0.25, 0.5, 1.0)},
-                       "equal": np.full((len(mu), len(strata)), 1.0 / len(strata))}
+        cells_pc, origins_pc = shift_cases.expression_places(case)
+        origins_latent = np.stack([means[(ctrl, s)] for s in strata])
+        weights = {"latent": _stratum_weights(mu.numpy(), origins_latent, SHIFT_BANDWIDTH),
+                   **{f"expr_bw{b:g}": _stratum_weights(cells_pc, origins_pc, b) for b in (0.25, 0.5, 1.0)},
+                   "equal": np.full((len(mu), len(strata)), 1.0 / len(strata))}
 
-            def score(change):
-                pred = ad.AnnData(np.maximum(own + change, 0).astype(np.float32), obs=query.obs.copy(),
-                                  var=query[:, model.genes].var.copy())
-                pred.obs[ck] = stim
-                s = M.perturbation_evaluation(real[:, model.genes], pred, ck, ctrl, stim, tk, n_degs=100, seed=seed)
-                s = s["per_group"].iloc[0]
-                return float(s["degs_r2"]), float(s["all_r2"])
-
-            row = {"seed": seed, "type": t}
-            for decoding in ("typed", "type_masked"):
-                home_codes = prep.codes.copy()
-                if decoding == "type_masked":
-                    home_codes[:, jt] = type_mask
-                target_codes = home_codes.copy()
-                target_codes[:, jc] = model._code_of(ck, stim)
-                home = model._decode(mu, home_codes)
-                for name, shift in [*((n, w @ deltas) for n, w in weights.items()), ("oracle", np.tile(oracle, (len(mu), 1)))]:
-                    moved = mu + torch.from_numpy(np.ascontiguousarray(shift, dtype=np.float32))
-                    degs, every = score(model._decode(moved, target_codes) - home)
-                    row.update({f"{decoding}_{name}_degs_r2": degs, f"{decoding}_{name}_all_r2": every})
-            row.update({f"weight_{name}_{s}": float(w[:, i].mean()) for name in ("latent", "expr_bw0.5")
-                        for i, s in enumerate(strata) for w in [weights[name]]})
-            rows.append(row)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        row = {"seed": case.seed, "type": t}
+        for decoding in ("typed", "type_masked"):
+            home_codes = prep.codes.copy()
+            if decoding == "type_masked":
+                home_codes[:, jt] = type_mask
+            target_codes = home_codes.copy()
+            target_codes[:, jc] = model._code_of(case.ck, stim)
+            home = model._decode(mu, home_codes)
+            for name, shift in [*((n, w @ deltas) for n, w in weights.items()), ("oracle", np.tile(oracle, (len(mu), 1)))]:
+                moved = mu + torch.from_numpy(np.ascontiguousarray(shift, dtype=np.float32))
+                degs, every = shift_cases.score(case, model._decode(moved, target_codes) - home)
+                row.update({f"{decoding}_{name}_degs_r2": degs, f"{decoding}_{name}_all_r2": every})
+        row.update({f"weight_{name}_{s}": float(w[:, i].mean()) for name in ("latent", "expr_bw0.5")
+                    for i, s in enumerate(strata) for w in [weights[name]]})
+        rows.append(row)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     # The weight columns name each held-out type's strata, so they are kept apart from the scores' means.
     scores = [{k: v for k, v in r.items() if not k.startswith("weight_")} for r in rows]
     mean_weights = [{k: v for k, v in r.items() if k in ("seed", "type") or k.startswith("weight_")} for r in rows]
     RB.write_row_summary(f"shift_weights_{args.dataset}{args.tag}", scores, ("seed", "type"), dataset=args.dataset,
-                         seeds=args.seeds, params=params, bandwidth=SHIFT_BANDWIDTH, n_pcs=N_PCS, mean_weights=mean_weights)
+                         seeds=args.seeds, params=args.model_params, bandwidth=SHIFT_BANDWIDTH, n_pcs=shift_cases.N_PCS,
+                         mean_weights=mean_weights)
 
 
 if __name__ == "__main__":
