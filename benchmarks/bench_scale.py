@@ -1,5 +1,6 @@
 """Scale benchmark (not a test): in-memory vs backed training, 1 vs 2 torchrun processes,
-bf16 vs fp32, the expression-PC pass of training, and streaming generation, on SYNTHETIC atlases made by make_synthetic_atlas.py.
+bf16 vs fp32, the expression-PC pass of training, and streaming generation, on SYNTHETIC
+atlases made by make_synthetic_atlas.py.
 
     .venv/bin/python benchmarks/make_synthetic_atlas.py --n-cells 100000 --out DIR/syn_100k.h5ad  # and 10k, 1M
     .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision expression_pcs generation]

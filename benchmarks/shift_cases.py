@@ -63,18 +63,38 @@ def cases(args):
                 strata=[s for s in sorted(set(train_types)) if s != t])
 
 
-def expression_places(case):
-    """The control cells and each stratum's training control cells (mean) in 30 PCs of the
-    training cells' log1p(CP10k), fitted on all of them (train() draws up to 10,000)."""
+def expression_pcs(case):
+    """30 PCs of the training cells' log1p(CP10k), fitted on all of them (train() draws up to
+    10,000): the projection (log1p(CP10k) -> PCs) and the training cells in them."""
     from sklearn.decomposition import PCA
 
     from pysave import metrics as M
 
     train_x = M.log_normalized(case.train[:, case.model.genes])
     pca = PCA(N_PCS, random_state=case.seed).fit(train_x)
-    train_pc = pca.transform(train_x)
+    return pca.transform, pca.transform(train_x)
+
+
+def expression_places(case):
+    """The control cells, and each stratum's training control cells (their mean), in ``expression_pcs``."""
+    project, train_pc = expression_pcs(case)
+    cells_pc = project(case.own)
     origins = np.stack([train_pc[(case.train_types == s) & (case.train_cond == case.ctrl)].mean(0) for s in case.strata])
-    return pca.transform(case.own), origins
+    return cells_pc, origins
+
+
+def unseen_split(case):
+    """The unseen-combination protocol of run_benchmarks.run_unseen, drawn the same way: the held-out
+    (stimulated) cells halved at random (``reference`` = half A, ``floor`` = half B) and |B| of the
+    type's control cells (``query``) as the input."""
+    held = case.real[case.real.obs[case.ck].astype(str) == case.stim]
+    order = np.random.default_rng(case.seed).permutation(held.n_obs)
+    reference, floor = held[order[: len(order) // 2]].copy(), held[order[len(order) // 2:]].copy()
+    control = case.query
+    pick = np.random.default_rng(case.seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
+    query = control[pick].copy()
+    query.obs_names_make_unique()
+    return reference, floor, query
 
 
 def score(case, change) -> tuple[float, float]:
