@@ -191,12 +191,15 @@ def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_d
     if saved is not None and os.path.exists(saved):
         model = pysave.SAVE.load(saved, verbose=False, device="cpu")
         stats = model.condition_latents
-        if stats is not None and "pc_means" not in stats:
-            # Kept before the expression PCs existed: add them as train() does now (same cells, same
-            # seed, so the same numbers), so that via="shift" weighs the strata as the product does.
-            from pysave.model import expression_pcs
+        if stats is not None and "cell_latents" not in stats:
+            # Kept before the expression PCs (or the kept cells of the local shifts) existed: add
+            # them as train() does now (same cells, same seed, so the same numbers), so that
+            # via="shift" works as the product does.
+            from pysave.model import expression_pcs, kept_shift_cells
 
-            stats.update(expression_pcs(model._prepare(train), model.scalers, seed))
+            prep = model._prepare(train)
+            pcs, positions = expression_pcs(prep, model.scalers, seed, return_positions=True)
+            stats.update({**pcs, **kept_shift_cells(model._encode(prep)[0], positions, prep.codes, seed)})
         return model, model.training_summary.get("wall_seconds", float("nan"))
     pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)
     model = pysave.SAVE(train, seed=seed, verbose=False, **params)

@@ -89,7 +89,8 @@ def _python(case, model_dir, tmp_path):
     if action == "generate":
         model.generate(options["set"], n_cells=3)
     elif action == "transfer":
-        model.transfer(read_h5ad(src), options["set"], **{k: options[k] for k in ("via", "shift_bandwidth") if k in options})
+        model.transfer(read_h5ad(src), options["set"],
+                       **{k: options[k] for k in ("via", "shift_bandwidth", "shift_neighbours") if k in options})
     elif action == "embed":
         return model.get_latent_representation(read_h5ad(src), key_added=None)
     elif action == "write":
@@ -120,7 +121,7 @@ def _cli(case, model_dir, tmp_path):
         args = ["transfer", model_dir, src, "--out", str(tmp_path / "t.h5ad")]
         for k, v in options["set"].items():
             args += ["--set", f"{k}={v}"]
-        for k in ("via", "shift_bandwidth"):
+        for k in ("via", "shift_bandwidth", "shift_neighbours"):
             if k in options:
                 args += ["--" + k.replace("_", "-"), str(options[k])]
     elif action in ("embed", "load", "write"):

@@ -211,15 +211,18 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
               help="KEY=VALUE (repeat): sample the flow with these values instead, then add the training cells' latent "
                    "shift to the asked ones (e.g. --shift-from stim=control for a cell type never seen stimulated; "
                    "try --guidance 1).")
+@click.option("--shift-neighbours", type=int, default=30, show_default=True,
+              help="--shift-from's local shifts: each cell takes the mean of its N nearest training cells' transport "
+                   "displacements (as in transfer --shift-neighbours); 0 weighs the strata's mean shifts instead.")
 @click.option("--shift-bandwidth", type=float, default=0.5, show_default=True,
-              help="Width of --shift-from's weighting over the strata (as in transfer --shift-bandwidth).")
+              help="Width of --shift-from's weighting over the strata with --shift-neighbours 0 (as in transfer).")
 @sampling_precision
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
 def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, output_kind, shift_from,
-             shift_bandwidth, precision, device, overwrite, quiet):
+             shift_neighbours, shift_bandwidth, precision, device, overwrite, quiet):
     """Generate cells from MODEL_DIR for given conditions (any subset, unseen combinations too)."""
     from .io import check_output_path
 
@@ -234,7 +237,8 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
     model.generate_to_h5ad(out, table, guidance=guidance, n_steps=n_steps, solver=solver, seed=seed,
                            batch_size=chunk_size, overwrite=overwrite, extra_uns={"model_dir": os.path.abspath(model_dir)},
                            output=output_kind, precision=precision,
-                           shift_from=_parse_sets(shift_from, "--shift-from") or None, shift_bandwidth=shift_bandwidth)
+                           shift_from=_parse_sets(shift_from, "--shift-from") or None, shift_bandwidth=shift_bandwidth,
+                           shift_neighbours=shift_neighbours)
     if not quiet:
         _log(f"wrote generated cells to {out}")
 
@@ -252,21 +256,26 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
 @click.option("--via", type=click.Choice(["flow", "decoder", "shift"]), default="flow", show_default=True,
               help="flow: move the cell's latent through the flow (back to noise under its conditions, forward under "
                    "the target), then decode; decoder: decode the cell's latent under the target (faster, less accurate "
-                   "for perturbations); shift: add the training cells' mean latent shift between the conditions "
-                   "(scGen's latent arithmetic, averaged over the other conditions' values), then decode under the target.")
+                   "for perturbations); shift: add the training cells' latent shift between the conditions "
+                   "(scGen's latent arithmetic, per cell from the training cells it resembles), then decode under the target.")
 @click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow.")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
-# model.SHIFT_BANDWIDTH written out (a test keeps them equal): --help must not import torch.
+# model.SHIFT_NEIGHBOURS and SHIFT_BANDWIDTH written out (a test keeps them equal): --help must not import torch.
+@click.option("--shift-neighbours", type=int, default=30, show_default=True,
+              help="--via shift: each cell takes the mean displacement of its N nearest training cells (in expression), "
+                   "each matched to the target's cells of its stratum by optimal transport; 0 weighs the strata's "
+                   "mean shifts with --shift-bandwidth instead (also what models saved before 2026-12-01 do).")
 @click.option("--shift-bandwidth", type=float, default=0.5, show_default=True,
-              help="Width of --via shift's weighting, in units of the median squared distance between the strata's "
-                   "source means: smaller takes the shift from the strata nearest each cell; inf weighs them equally.")
+              help="With --shift-neighbours 0: width of the weighting over the strata, in units of the median squared "
+                   "distance between their source means; smaller takes the shift from the nearest strata; inf weighs "
+                   "them equally.")
 @sampling_precision
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_steps, shift_bandwidth, precision, device,
-             overwrite, quiet):
+def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_steps, shift_neighbours, shift_bandwidth,
+             precision, device, overwrite, quiet):
     """Encode the cells of DATA and decode them under other conditions (perturbation, batch)."""
     from .io import check_output_path, write_h5ad
 
@@ -274,7 +283,8 @@ def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_ste
     target = _parse_sets(sets)
     model = _load_model(model_dir, device, quiet)
     result = model.transfer(_read_data(data), target, output=output_kind, seed=seed, via=via, guidance=guidance,
-                            n_steps=n_steps, precision=precision, shift_bandwidth=shift_bandwidth)
+                            n_steps=n_steps, precision=precision, shift_bandwidth=shift_bandwidth,
+                            shift_neighbours=shift_neighbours)
     result.uns["pysave"]["model_dir"] = os.path.abspath(model_dir)
     write_h5ad(result, out, overwrite=overwrite, inputs=(data,))
     if not quiet:

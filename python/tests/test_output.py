@@ -271,7 +271,7 @@ def test_transfer_via_shift(trained, tmp_path):
     cells = adata[in_source][:30].copy()
     mu = model.get_latent_representation(cells, key_added=None)
     expected = kernel_shift(positions[in_source][:30], pc_origins)
-    moved = model.transfer(cells, {"batch": tgt}, via="shift")
+    moved = model.transfer(cells, {"batch": tgt}, via="shift", shift_neighbours=0)  # the kernel over stratum means
     np.testing.assert_allclose(moved.obsm["X_save"] - mu, expected, atol=1e-4)
     assert moved.uns["pysave"]["shift_weighed_in"] == f"{pysave.model.EXPRESSION_PCS} expression PCs"
     # Without positions (and for models saved before the PCs existed) the latent places the cells.
@@ -286,7 +286,7 @@ def test_transfer_via_shift(trained, tmp_path):
     # on a stratum's source mean that stratum's own shift.
     flat, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
     np.testing.assert_allclose(flat, np.tile(deltas.mean(0), (len(mu), 1)), atol=1e-5)
-    equal = model.transfer(cells, {"batch": tgt}, via="shift", shift_bandwidth=float("inf"))
+    equal = model.transfer(cells, {"batch": tgt}, via="shift", shift_bandwidth=float("inf"), shift_neighbours=0)
     np.testing.assert_allclose(equal.obsm["X_save"] - mu, flat, atol=1e-5)
     assert equal.uns["pysave"]["shift_bandwidth"] == float("inf")
     for bad in (0, -1.0, float("nan"), "wide", True):
@@ -297,7 +297,7 @@ def test_transfer_via_shift(trained, tmp_path):
     np.testing.assert_allclose(sharp[0], deltas[0], atol=1e-5)
     info = moved.uns["pysave"]
     assert info["via"] == "shift" and info["shift_strata"] == {f"batch={src} -> batch={tgt}": len(types)}
-    assert info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH
+    assert info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH and info["shift_neighbours"] == 0
     assert "guidance" not in info
     # Decoded under the target conditions: the same latents through the decoder give the same cells.
     assert np.array_equal(moved.X, model._decode(torch_from(moved.obsm["X_save"]), moved_codes))
@@ -305,14 +305,44 @@ def test_transfer_via_shift(trained, tmp_path):
     # To the cells' own batch: no shift.
     same = model.transfer(cells, {"batch": src}, via="shift")
     np.testing.assert_array_equal(same.obsm["X_save"], mu)
-    # The means travel with the model directory.
+    # Local shifts (the default): the kept training cells (all of them here, fewer than
+    # SHIFT_KEPT_CELLS per combination) of each stratum matched source to target by exact optimal
+    # transport in the latent; a cell takes the mean displacement of its SHIFT_NEIGHBOURS nearest
+    # kept source cells in the expression PCs.
+    import ot
+
+    k = pysave.model.SHIFT_NEIGHBOURS
+    assert len(stats["cell_latents"]) == adata.n_obs
+    np.testing.assert_allclose(stats["cell_latents"], mu_all, atol=1e-5)
+    np.testing.assert_allclose(stats["cell_positions"], positions, atol=1e-3)
+    moves, places = [], []
+    for t in types:
+        a, b = (mu_all[(obs["batch"] == side).to_numpy() & (obs["cell_type"] == t).to_numpy()].astype(np.float64)
+                for side in (src, tgt))
+        plan = ot.emd(ot.unif(len(a)), ot.unif(len(b)), ot.dist(a, b))
+        moves.append(plan @ b / plan.sum(1, keepdims=True) - a)
+        places.append(stats["cell_positions"][(obs["batch"] == src).to_numpy() & (obs["cell_type"] == t).to_numpy()])
+    moves, places = np.concatenate(moves), np.concatenate(places).astype(np.float64)
+    assert len(places) > k
+    d = ((positions[in_source][:30].astype(np.float64)[:, None, :] - places[None]) ** 2).sum(-1)
+    expected_local = moves[np.argsort(d, axis=1)[:, :k]].mean(1)
+    local = model.transfer(cells, {"batch": tgt}, via="shift")
+    np.testing.assert_allclose(local.obsm["X_save"] - mu, expected_local, atol=1e-4)
+    assert local.uns["pysave"]["shift_neighbours"] == k and local.uns["pysave"]["shift_strata"] == info["shift_strata"]
+    assert np.abs(expected_local - expected).max() > 1e-3  # not the kernel's shift
+    for bad in (-1, 2.5, "many", True):
+        with pytest.raises(PySaveError, match="shift_neighbours must be a whole number"):
+            model.transfer(cells, {"batch": tgt}, via="shift", shift_neighbours=bad)
+    # The means and the kept cells travel with the model directory.
     again = pysave.SAVE.load(trained["dir"], verbose=False)
-    assert np.array_equal(again.transfer(cells, {"batch": tgt}, via="shift").X, moved.X)
-    # A model directory saved before the expression PCs existed weighs in the latent, and says so.
-    again.condition_latents = {k: v for k, v in stats.items() if not k.startswith("pc_")}
+    assert np.array_equal(again.transfer(cells, {"batch": tgt}, via="shift", shift_neighbours=0).X, moved.X)
+    np.testing.assert_array_equal(again.transfer(cells, {"batch": tgt}, via="shift").X, local.X)
+    # A model directory saved before the expression PCs and kept cells existed weighs stratum means
+    # in the latent, and says so.
+    again.condition_latents = {k: v for k, v in stats.items() if not k.startswith(("pc_", "cell_"))}
     older = again.transfer(cells, {"batch": tgt}, via="shift")
     np.testing.assert_allclose(older.obsm["X_save"] - mu, in_latent, atol=1e-5)
-    assert older.uns["pysave"]["shift_weighed_in"] == "latent"
+    assert older.uns["pysave"]["shift_weighed_in"] == "latent" and older.uns["pysave"]["shift_neighbours"] == 0
     # Refused, with the reason: a masked target, no stratum with both sides, an old model directory, correct().
     with pytest.raises(PySaveError, match="moves cells to a given value"):
         model.transfer(cells, {"batch": None}, via="shift")
@@ -328,12 +358,13 @@ def test_transfer_via_shift(trained, tmp_path):
         model.correct(cells, via="shift")
     out = tmp_path / "shift.h5ad"
     result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", f"batch={tgt}", "--via", "shift",
-                                       "--shift-bandwidth", "0.25", "--out", str(out), "--quiet"], catch_exceptions=False)
+                                       "--shift-neighbours", "0", "--shift-bandwidth", "0.25", "--out", str(out), "--quiet"],
+                           catch_exceptions=False)
     assert result.exit_code == 0, result.output
     written = ad.read_h5ad(out).uns["pysave"]
     # every cell of the file: two source batches move (the target's own cells stay, with no entry)
     assert written["via"] == "shift" and written["shift_strata"][f"batch={src} -> batch={tgt}"] == len(types)
-    assert written["shift_bandwidth"] == 0.25
+    assert written["shift_bandwidth"] == 0.25 and written["shift_neighbours"] == 0
     assert set(written["shift_strata"]) == {f"batch={b} -> batch={tgt}" for b in set(obs["batch"]) - {tgt}}
 
 
@@ -397,7 +428,8 @@ def test_generate_shift_from(trained, tmp_path):
     # Weighed by where each sampled cell's decoded expression (base.X) lies in the expression PCs.
     stats = model.condition_latents
     shifts, _ = pysave.model.latent_shifts(stats, base.obsm["X_save"], source_codes, target_codes, [keys.index("batch")],
-                                           positions=pysave.model.expression_positions(stats, base.X))
+                                           positions=pysave.model.expression_positions(stats, base.X),
+                                           neighbours=pysave.model.SHIFT_NEIGHBOURS)
     np.testing.assert_allclose(moved.obsm["X_save"], base.obsm["X_save"] + shifts, atol=1e-4)
     assert np.abs(shifts).max() > 1e-3
     np.testing.assert_allclose(moved.X, model._decode(torch_from(moved.obsm["X_save"]), target_codes), atol=1e-6)
@@ -405,6 +437,10 @@ def test_generate_shift_from(trained, tmp_path):
     info = moved.uns["pysave"]
     assert info["shift_from"] == {"batch": src} and info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH
     assert info["shift_weighed_in"] == f"{pysave.model.EXPRESSION_PCS} expression PCs"
+    assert info["shift_neighbours"] == pysave.model.SHIFT_NEIGHBOURS
+    kernel = model.generate({"batch": tgt, "cell_type": cell_type}, n_cells=12, seed=3, guidance=1, output="mean",
+                            shift_from={"batch": src}, shift_neighbours=0)
+    assert kernel.uns["pysave"]["shift_neighbours"] == 0 and np.abs(kernel.obsm["X_save"] - moved.obsm["X_save"]).max() > 1e-4
     counts = trained["adata"].obs.groupby(["batch", "cell_type"], observed=False).size()
     n_strata = sum(min(counts.get((src, t), 0), counts.get((tgt, t), 0)) >= pysave.model.MIN_SHIFT_CELLS
                    for t in model.registry["categories"]["cell_type"])
@@ -506,3 +542,28 @@ def test_bf16_sampling_is_close_recorded_and_checked(trained, tmp_path):
     assert ad.read_h5ad(moved_out).uns["pysave"]["precision"] == "bf16"
     bad = CliRunner().invoke(main, ["generate", trained["dir"], "--n", "2", "--precision", "16", "--out", str(tmp_path / "x.h5ad")])
     assert bad.exit_code != 0 and "--precision" in bad.output and not os.path.exists(tmp_path / "x.h5ad")
+
+
+def test_kept_shift_cells(monkeypatch):
+    """train() keeps up to SHIFT_KEPT_CELLS cells of each combination (by seed) for the local shifts,
+    fewer of each when the combinations would hold more than SHIFT_KEPT_TOTAL."""
+    import torch
+
+    codes = np.random.default_rng(0).integers(0, 3, size=(600, 2))
+    mu = torch.randn(600, 8, generator=torch.Generator().manual_seed(0))
+    positions = np.random.default_rng(1).random((600, 5)).astype(np.float32)
+    combos, group = np.unique(codes, axis=0, return_inverse=True)
+    group = np.asarray(group).reshape(-1)
+    kept = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
+    assert np.bincount(kept["cell_groups"], minlength=len(combos)).tolist() == [min(20, n) for n in np.bincount(group)]
+    # each kept row is one training cell: its latent, its position and its combination
+    rows = [int(np.flatnonzero((mu.numpy() == z).all(1))[0]) for z in kept["cell_latents"]]
+    np.testing.assert_array_equal(kept["cell_positions"], positions[rows])
+    np.testing.assert_array_equal(kept["cell_groups"], group[rows])
+    assert len(set(rows)) == len(rows)
+    again = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
+    np.testing.assert_array_equal(again["cell_latents"], kept["cell_latents"])  # the seed decides
+    monkeypatch.setattr(pysave.model, "SHIFT_KEPT_TOTAL", 45)
+    capped = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
+    assert np.bincount(capped["cell_groups"]).max() == 45 // len(combos)
+    assert pysave.model.kept_shift_cells(mu, None, codes, seed=3) == {}

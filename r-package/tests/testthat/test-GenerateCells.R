@@ -123,6 +123,7 @@ test_that("GenerateCells shift_from samples under other values, then adds the la
   # pbmc_tiny: Mono_CD14, T_CD4 and T_CD8 have >= 3 cells in both batches
   expect_identical(info$shift_strata[["batch=10x_3prime_v2 -> batch=10x_5prime"]], 3L)
   expect_equal(info$shift_bandwidth, 0.5)
+  expect_equal(info$shift_neighbours, 30)
   # the same flow samples (same seed), each moved by its own weighted shift
   d <- SingleCellExperiment::reducedDim(moved, "SAVE") - SingleCellExperiment::reducedDim(base, "SAVE")
   expect_gt(max(abs(d)), 1e-3)
@@ -136,4 +137,7 @@ test_that("GenerateCells shift_from samples under other values, then adds the la
   expect_error(do.call(GenerateCells, c(args, list(conditions = list(batch = "10x_5prime"), shift_from = list(batch = "10x_3prime_v2"),
                                                    shift_bandwidth = -1))),
                "GenerateCells: shift_bandwidth must be a positive number", fixed = TRUE)
+  expect_error(do.call(GenerateCells, c(args, list(conditions = list(batch = "10x_5prime"), shift_from = list(batch = "10x_3prime_v2"),
+                                                   shift_neighbours = 2.5))),
+               "GenerateCells: shift_neighbours must be a whole number >= 0", fixed = TRUE)
 })

@@ -91,7 +91,7 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   fit <- sampling_fit()
   target <- list(batch = "10x_5prime")
   dec <- TransferCells(fit, target = target, via = "decoder")
-  shf <- TransferCells(fit, target = target, via = "shift")
+  shf <- TransferCells(fit, target = target, via = "shift", shift_neighbours = 0)  # the kernel over stratum means
   info <- S4Vectors::metadata(shf)$pysave
   expect_identical(info$via, "shift")
   # strata = cell types with >= 3 cells in both batches (pbmc_tiny: T_CD4 for v1; Mono_CD14, T_CD4, T_CD8 for v2)
@@ -106,9 +106,19 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   v2 <- d[src == "10x_3prime_v2", , drop = FALSE]
   expect_gt(max(abs(sweep(v2, 2, v2[1, ]))), 1e-4)  # three strata, weighted by each cell's closeness to them
   expect_equal(info$shift_bandwidth, 0.5)
+  expect_equal(info$shift_neighbours, 0)
   expect_match(info$shift_weighed_in, "^[0-9]+ expression PCs$")  # closeness measured in expression
+  # The default: local shifts, each cell from its 30 nearest training cells' transport displacements.
+  loc <- TransferCells(fit, target = target, via = "shift")
+  expect_equal(S4Vectors::metadata(loc)$pysave$shift_neighbours, 30)
+  expect_identical(S4Vectors::metadata(loc)$pysave$shift_strata, info$shift_strata)
+  dl <- SingleCellExperiment::reducedDim(loc, "SAVE") - SingleCellExperiment::reducedDim(dec, "SAVE")
+  expect_lt(max(abs(dl[src == "10x_5prime", ])), 1e-6)
+  expect_gt(max(abs(dl - d)), 1e-4)  # not the kernel's shift
+  expect_error(TransferCells(fit, target = target, via = "shift", shift_neighbours = -1),
+               "TransferCells: shift_neighbours must be a whole number >= 0", fixed = TRUE)
   # An infinite width weighs the three strata equally: every v2 cell takes the same shift.
-  flat <- TransferCells(fit, target = target, via = "shift", shift_bandwidth = Inf)
+  flat <- TransferCells(fit, target = target, via = "shift", shift_bandwidth = Inf, shift_neighbours = 0)
   expect_equal(S4Vectors::metadata(flat)$pysave$shift_bandwidth, Inf)
   e2 <- (SingleCellExperiment::reducedDim(flat, "SAVE") - SingleCellExperiment::reducedDim(dec, "SAVE"))[src == "10x_3prime_v2", , drop = FALSE]
   expect_lt(max(abs(sweep(e2, 2, e2[1, ]))), 1e-5)

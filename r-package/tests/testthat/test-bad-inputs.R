@@ -66,7 +66,7 @@ run_case <- function(case) {
     },
     generate = GenerateCells(good_model_dir(), n = 3, conditions = opts$set, output = "SingleCellExperiment"),
     transfer = do.call(TransferCells, c(list(ReadH5AD(src), model = good_model_dir(), target = opts$set),
-                                        opts[intersect(c("via", "shift_bandwidth"), names(opts))])),
+                                        opts[intersect(c("via", "shift_bandwidth", "shift_neighbours"), names(opts))])),
     embed = {
       out <- RunSAVE(ReadH5AD(src), model = good_model_dir(), verbose = FALSE)
       latent <- SingleCellExperiment::reducedDim(out, "SAVE")
