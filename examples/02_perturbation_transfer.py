@@ -25,7 +25,8 @@ model.train(max_epochs=EPOCHS, flow_epochs=None if EPOCHS >= 20 else EPOCHS, lr=
 
 control = adata[((adata.obs["cell_type"] == held_type) & (adata.obs["condition"] == "control")).to_numpy()].copy()
 predicted = model.transfer(control, {"condition": "stimulated"})                # through the flow (the default)
-shifted = model.transfer(control, {"condition": "stimulated"}, via="shift")    # + the other types' latent shifts, nearest weighted most
+# + the latent shifts of the 30 training cells of other types each cell resembles most (shift_neighbours)
+shifted = model.transfer(control, {"condition": "stimulated"}, via="shift")
 # the control cells' own expression plus the decoded change: the VAE's reconstruction error cancels
 plus = model.transfer(control, {"condition": "stimulated"}, via="shift", output="input_plus_change")
 
