@@ -1045,7 +1045,7 @@ class SAVE:
     def _shifted(self, mu: torch.Tensor, source: np.ndarray, target: np.ndarray, changed: list[int], bandwidth: float,
                  instead: str, expression=None, neighbours: int = 0):
         """transfer(via="shift") and generation with ``shift_from``: latents plus the training
-        cells' mean latent shift from each cell's conditions to the target's (``latent_shifts``),
+        cells' latent shift from each cell's conditions to the target's (``latent_shifts``),
         and what was averaged. ``expression`` (a function of the model's stats giving the cells'
         positions in the expression PCs, ``expression_positions``) places the cells for the
         weights; without it, or for models saved before the expression PCs existed, they are
@@ -1445,6 +1445,7 @@ def _local_shifts(stats: dict, strata: list, positions: np.ndarray, neighbours: 
     moves, places = np.concatenate(moves), np.concatenate(places)
     k = min(int(neighbours), len(places))
     out = np.empty((len(positions), moves.shape[1]), dtype=np.float32)
+    batch = max(1, min(batch, 20_000_000 // len(places)))  # at most ~160 MB of distances at a time
     for start in range(0, len(positions), batch):  # cells x kept cells distances, a batch at a time
         d = cdist(np.asarray(positions[start:start + batch], dtype=np.float64), places, "sqeuclidean")
         out[start:start + batch] = moves[np.argpartition(d, k - 1, axis=1)[:, :k]].mean(1)
