@@ -87,7 +87,7 @@ def child_expression_pcs(path: str, backed: bool) -> dict:
     model = SAVE(adata, verbose=False, **FAST)
     rss_setup = _rss_mb()
     start = time.perf_counter()
-    stats = expression_pcs(model._data, model.scalers, 0)
+    stats, _ = expression_pcs(model._data, model.scalers, 0)
     seconds = time.perf_counter() - start
     return {"n_cells": model._data.n_cells, "backed": backed, "expression_pcs_seconds": seconds,
             "cells_per_second": model._data.n_cells / seconds, "n_pcs": int(stats["pc_components"].shape[0]),

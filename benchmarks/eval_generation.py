@@ -198,7 +198,7 @@ def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_d
             from pysave.model import expression_pcs, kept_shift_cells
 
             prep = model._prepare(train)
-            pcs, positions = expression_pcs(prep, model.scalers, seed, return_positions=True)
+            pcs, positions = expression_pcs(prep, model.scalers, seed)
             stats.update({**pcs, **kept_shift_cells(model._encode(prep)[0], positions, prep.codes, seed)})
         return model, model.training_summary.get("wall_seconds", float("nan"))
     pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)

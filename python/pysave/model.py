@@ -503,7 +503,7 @@ class SAVE:
         del logvar
         self.latent_mean, self.latent_std = _latent_moments(mu, std, train_rows, seed)
         latents = condition_latent_means(mu, data.codes)
-        pcs, positions = expression_pcs(data, self.scalers, seed, return_positions=True)
+        pcs, positions = expression_pcs(data, self.scalers, seed)
         self.condition_latents = {**latents, **pcs, **kept_shift_cells(mu, positions, data.codes, seed)}
         codes_all = torch.from_numpy(data.codes)
         gen = torch.Generator().manual_seed(seed + 1)
@@ -803,7 +803,7 @@ class SAVE:
                 z, _ = self._shifted(z, sampled_under, chunk, shift["changed"], shift["bandwidth"], "generate without shift_from",
                                      expression=lambda stats: expression_positions(stats, self._decode(z, sampled_under,
                                                                                                        precision=precision)),
-                                     neighbours=shift["neighbours"])
+                                     neighbours=shift["neighbours"], transport=shift["transport"])
             yield start, finish(self._decode(z, chunk, precision=precision), chunk), z.numpy()
 
     def _shift_plan(self, codes: np.ndarray, shift_from: dict | None, bandwidth: float, neighbours: int) -> dict | None:
@@ -826,12 +826,15 @@ class SAVE:
         changed = sorted(keys.index(k) for k in shift_from)
         # Refused before the flow runs, not mid-stream: each distinct (source, target) row shifted once.
         rows = np.unique(np.concatenate([source, codes], axis=1), axis=0)
-        # Only checks coverage and records what will be done: the positions given here are placeholders.
+        # Checks coverage and records what will be done (the positions given here are placeholders),
+        # and solves the transport of the local shifts once for every chunk.
+        transport = {}
         _, info = self._shifted(torch.zeros(len(rows), self.params["latent_dim"]), rows[:, :len(keys)], rows[:, len(keys):],
                                 changed, float(bandwidth), "generate without shift_from",
                                 expression=lambda stats: np.zeros((len(rows), stats["pc_means"].shape[1]), np.float32),
-                                neighbours=int(neighbours))
+                                neighbours=int(neighbours), transport=transport)
         return {"source": source, "changed": changed, "bandwidth": float(bandwidth), "neighbours": int(neighbours),
+                "transport": transport,
                 "info": {"shift_from": {k: str(v) for k, v in shift_from.items()}, **info}}
 
     def _generated_obs(self, codes: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
@@ -1043,7 +1046,7 @@ class SAVE:
         return decoded
 
     def _shifted(self, mu: torch.Tensor, source: np.ndarray, target: np.ndarray, changed: list[int], bandwidth: float,
-                 instead: str, expression=None, neighbours: int = 0):
+                 instead: str, expression=None, neighbours: int = 0, transport: dict | None = None):
         """transfer(via="shift") and generation with ``shift_from``: latents plus the training
         cells' latent shift from each cell's conditions to the target's (``latent_shifts``),
         and what was averaged. ``expression`` (a function of the model's stats giving the cells'
@@ -1051,7 +1054,8 @@ class SAVE:
         weights; without it, or for models saved before the expression PCs existed, they are
         weighed in the latent. ``neighbours`` > 0 takes local shifts (``latent_shifts``) where the
         model kept training cells for them (models saved from 2026-12-01 on), else the kernel over
-        stratum means. ``instead`` names the way out when no stratum covers a pair."""
+        stratum means (``transport``: as in ``latent_shifts``). ``instead`` names the way out when no
+        stratum covers a pair."""
         stats = getattr(self, "condition_latents", None)
         if stats is None:
             raise PySaveError("this model directory has no per-condition latent means (saved by an older pysave), which "
@@ -1065,7 +1069,7 @@ class SAVE:
         positions = expression(stats) if in_expression else None
         local = int(neighbours) if in_expression and "cell_latents" in stats else 0
         shifts, pairs = latent_shifts(stats, mu.numpy(), source, target, changed, bandwidth=bandwidth, positions=positions,
-                                      neighbours=local)
+                                      neighbours=local, transport=transport)
 
         def names(values):
             return ", ".join(f"{keys[j]}={self._name_of(keys[j], v)}" for j, v in zip(changed, values))
@@ -1315,17 +1319,17 @@ def _log_normalized_rows(source, scalers, start: int, stop: int) -> np.ndarray:
 
 
 def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PCS,
-                   fit_cells: int = EXPRESSION_FIT_CELLS, batch: int = 4096, return_positions: bool = False):
+                   fit_cells: int = EXPRESSION_FIT_CELLS, batch: int = 4096) -> tuple[dict, np.ndarray | None]:
     """Principal components of the training cells' log1p(CP10k) (``pc_components``,
     ``pc_center``; fitted on up to ``fit_cells`` cells drawn by ``seed``, fewer above 5,000 genes) and each combination of
     conditions' mean position in them (``pc_means``, in ``condition_latent_means``' order), kept
-    with the model so that ``latent_shifts`` can weigh strata by expression. Empty for < 2 cells.
-    With ``return_positions``: (that dict, every cell's position, or None for < 2 cells)."""
+    with the model so that ``latent_shifts`` can weigh strata by expression; and every cell's
+    position in them (for ``kept_shift_cells``). ({}, None) for < 2 cells."""
     from sklearn.decomposition import PCA
 
     n = source.n_cells
     if n < 2:
-        return ({}, None) if return_positions else {}
+        return {}, None
     # The fit holds its cells densely: at most ~200 MB of them, so fewer cells when there are many genes.
     n_genes = len(scalers.values[0])
     fit_cells = min(fit_cells, max(1_000, EXPRESSION_FIT_VALUES // max(1, n_genes)))
@@ -1336,7 +1340,7 @@ def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PC
     stats = {"pc_components": pca.components_.astype(np.float32), "pc_center": pca.mean_.astype(np.float32)}
     positions = _source_positions(stats, source, scalers, batch)
     stats["pc_means"] = condition_latent_means(torch.from_numpy(positions), source.codes)["means"]
-    return (stats, positions) if return_positions else stats
+    return stats, positions
 
 
 def kept_shift_cells(mu: torch.Tensor, positions: np.ndarray | None, codes: np.ndarray, seed: int,
@@ -1373,7 +1377,7 @@ def expression_positions(stats: dict, lognorm: np.ndarray) -> np.ndarray:
 
 def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: np.ndarray, changed: list[int],
                   min_cells: int = MIN_SHIFT_CELLS, bandwidth: float = SHIFT_BANDWIDTH, positions: np.ndarray | None = None,
-                  neighbours: int = 0):
+                  neighbours: int = 0, transport: dict | None = None):
     """Per-cell latent shift from the cell's conditions ``source`` to ``target`` (cells x keys).
 
     For each distinct (source, target) pair of values of the ``changed`` columns, the strata (one
@@ -1393,8 +1397,10 @@ def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: 
     matched by exact optimal transport in the latent (POT, uniform weights, squared Euclidean
     cost), each source cell's displacement is its barycentric image minus itself, and a cell takes
     the mean displacement of its ``neighbours`` nearest kept source cells, all strata pooled, in
-    the expression PCs. Returns (shifts, pairs): pairs lists each pair's strata count, or None for a
-    pair no stratum covers."""
+    the expression PCs. ``transport`` (a dict) keeps the solved displacements between calls, so
+    that generation, which shifts chunk after chunk, solves each stratum's transport once.
+    Returns (shifts, pairs): pairs lists each pair's strata count, or None for a pair no stratum
+    covers."""
     places = stats["means"] if positions is None else stats["pc_means"]
     table = {tuple(c): (n, m, p, i) for i, (c, n, m, p) in
              enumerate(zip(stats["codes"].tolist(), stats["counts"].tolist(), stats["means"], places))}
@@ -1422,27 +1428,38 @@ def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: 
                 strata.append((row, hit[3]))
         pairs.append((src, tgt, len(deltas) if deltas else None))
         if deltas and local:
-            shifts[rows] = _local_shifts(stats, strata, positions[rows], neighbours)
+            shifts[rows] = _local_shifts(stats, strata, positions[rows], neighbours, transport)
         elif deltas:
             where = latents if positions is None else positions
             shifts[rows] = _stratum_weights(where[rows], np.stack(origins), bandwidth) @ np.stack(deltas)
     return shifts, pairs
 
 
-def _local_shifts(stats: dict, strata: list, positions: np.ndarray, neighbours: int, batch: int = 4096) -> np.ndarray:
+def _local_shifts(stats: dict, strata: list, positions: np.ndarray, neighbours: int, transport: dict | None = None,
+                  batch: int = 4096) -> np.ndarray:
     """``latent_shifts``' local shifts: ``strata`` lists (source row, target row) of the
     combinations in ``stats["codes"]``; each cell (``positions``, expression PCs) takes the mean
     optimal-transport displacement of its ``neighbours`` nearest kept source cells."""
-    import ot
+    key = tuple(strata)
+    solved = None if transport is None else transport.get(key)
+    if solved is None:
+        import ot
 
-    kept = stats["cell_latents"].astype(np.float64)
-    moves, places = [], []
-    for src, tgt in strata:
-        a, b = kept[stats["cell_groups"] == src], kept[stats["cell_groups"] == tgt]
-        plan = ot.emd(ot.unif(len(a)), ot.unif(len(b)), ot.dist(a, b))
-        moves.append(plan @ b / plan.sum(1, keepdims=True) - a)
-        places.append(stats["cell_positions"][stats["cell_groups"] == src].astype(np.float64))
-    moves, places = np.concatenate(moves), np.concatenate(places)
+        kept = stats["cell_latents"].astype(np.float64)
+        moves, places = [], []
+        for src, tgt in strata:
+            a, b = kept[stats["cell_groups"] == src], kept[stats["cell_groups"] == tgt]
+            plan = ot.emd(ot.unif(len(a)), ot.unif(len(b)), ot.dist(a, b))
+            moves.append(plan @ b / plan.sum(1, keepdims=True) - a)
+            places.append(stats["cell_positions"][stats["cell_groups"] == src].astype(np.float64))
+        solved = np.concatenate(moves), np.concatenate(places)
+        if transport is not None:
+            transport[key] = solved
+    return _nearest_mean(*solved, positions, neighbours, batch)
+
+
+def _nearest_mean(moves: np.ndarray, places: np.ndarray, positions: np.ndarray, neighbours: int, batch: int) -> np.ndarray:
+    """The mean of ``moves`` over each position's ``neighbours`` nearest ``places``."""
     k = min(int(neighbours), len(places))
     out = np.empty((len(positions), moves.shape[1]), dtype=np.float32)
     batch = max(1, min(batch, 20_000_000 // len(places)))  # at most ~160 MB of distances at a time

@@ -567,3 +567,32 @@ def test_kept_shift_cells(monkeypatch):
     capped = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
     assert np.bincount(capped["cell_groups"]).max() == 45 // len(combos)
     assert pysave.model.kept_shift_cells(mu, None, codes, seed=3) == {}
+
+
+def test_local_shifts_solve_transport_once(trained, monkeypatch):
+    """Generation shifts chunk after chunk: with a ``transport`` dict the strata's optimal transport
+    is solved on the first call only, and the shifts are those of a fresh solve."""
+    import ot
+
+    model, keys = trained["model"], trained["model"].registry["condition_keys"]
+    stats = model.condition_latents
+    src, tgt = model._code_of("batch", "10x_3prime_v2"), model._code_of("batch", "10x_5prime")
+    rows = stats["codes"][:, keys.index("batch")] == src
+    source = stats["codes"][rows]
+    target = source.copy()
+    target[:, keys.index("batch")] = tgt
+    positions, latents = stats["pc_means"][rows], stats["means"][rows]
+    fresh, _ = pysave.model.latent_shifts(stats, latents, source, target, [keys.index("batch")], positions=positions,
+                                          neighbours=pysave.model.SHIFT_NEIGHBOURS)
+    solves = []
+    emd = ot.emd
+    monkeypatch.setattr(ot, "emd", lambda *a, **k: solves.append(1) or emd(*a, **k))
+    transport = {}
+    for call in range(3):
+        again, pairs = pysave.model.latent_shifts(stats, latents, source, target, [keys.index("batch")],
+                                                  positions=positions, neighbours=pysave.model.SHIFT_NEIGHBOURS,
+                                                  transport=transport)
+        np.testing.assert_array_equal(again, fresh)
+        n_strata = pairs[0][2]
+        assert n_strata >= 2 and len(solves) == n_strata  # each stratum solved on the first call only
+    assert len(transport) == 1
