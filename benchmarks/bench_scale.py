@@ -1,9 +1,10 @@
 """Scale benchmark (not a test): in-memory vs backed training, 1 vs 2 torchrun processes,
-bf16 vs fp32, the expression-PC pass of training, and streaming generation, on SYNTHETIC
-atlases made by make_synthetic_atlas.py.
+bf16 vs fp32, the expression-PC pass of training, streaming generation, on SYNTHETIC atlases
+made by make_synthetic_atlas.py, and the local latent shifts of transfer(via="shift") at an
+atlas's number of strata (synthetic kept cells, no data file).
 
     .venv/bin/python benchmarks/make_synthetic_atlas.py --n-cells 100000 --out DIR/syn_100k.h5ad  # and 10k, 1M
-    .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision expression_pcs generation]
+    .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision expression_pcs generation local_shifts]
 
 Every measurement runs in a child process, so peak RSS (ru_maxrss) is that run's own.
 Training throughput: the real training loop (pysave.train.fit fed by pysave.loader, exactly
@@ -31,7 +32,7 @@ RESULTS = os.path.join(HERE, "results", "scale.json")
 FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
 THREADS = 2
 SIZES = {"10k": "syn_10k.h5ad", "100k": "syn_100k.h5ad", "1M": "syn_1M.h5ad"}
-PARTS = ("training", "precision", "ddp", "expression_pcs", "generation")
+PARTS = ("training", "precision", "ddp", "expression_pcs", "generation", "local_shifts")
 
 
 def _rss_mb() -> float:
@@ -99,6 +100,68 @@ def part_expression_pcs(data_dir: str, sizes: list[str]) -> list[dict]:
     for size in sizes:
         r = run_child(["pcs", os.path.join(data_dir, SIZES[size]), "1", "0", "32", "fast"])
         r.update(size=size, mode="backed")
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    return rows
+
+
+def child_local_shifts(n_types: int, n_donors: int, n_cells: int, reference_cells: int) -> dict:
+    """transfer(via="shift")'s local shifts (``latent_shifts`` with ``SHIFT_NEIGHBOURS``) for an
+    atlas of n_types x n_donors x (control, stimulated) combinations, each with its share of the
+    SHIFT_KEPT_TOTAL kept cells, and ``n_cells`` control cells moved to stimulated. The kept cells
+    are synthetic (types apart in 30 PCs with a decaying spectrum, donors close, a per-type latent
+    response): only the cost is measured. Also times the neighbour search as it was before
+    2026-12-01's fifth session (scipy cdist + argpartition) on ``reference_cells`` cells."""
+    import numpy as np
+    import torch
+    from scipy.spatial.distance import cdist
+
+    from pysave import model as M
+
+    torch.set_num_threads(THREADS)
+    rng = np.random.default_rng(0)
+    combos = np.array([(s, t, d) for s in range(2) for t in range(n_types) for d in range(n_donors)], dtype=np.int64)
+    per = min(M.SHIFT_KEPT_CELLS, M.SHIFT_KEPT_TOTAL // len(combos))
+    spread = np.sqrt(np.linspace(40, 0.5, 30))
+    type_place, type_latent = rng.normal(size=(n_types, 30)) * spread, rng.normal(size=(n_types, 128)) * 2
+    response = rng.normal(size=(n_types, 128))
+    groups = np.repeat(np.arange(len(combos)), per)
+    s, t, d = combos[groups].T
+    positions = type_place[t] + 0.1 * rng.normal(size=(n_donors, 30))[d] + 0.3 * spread * rng.normal(size=(len(groups), 30))
+    latents = type_latent[t] + s[:, None] * response[t] + rng.normal(size=(len(groups), 128))
+    stats = {"codes": combos, "counts": np.full(len(combos), per), "pc_means": np.zeros((len(combos), 30)),
+             "means": np.zeros((len(combos), 128)), "cell_latents": latents.astype(np.float32),
+             "cell_positions": positions.astype(np.float32), "cell_groups": groups}
+    cells = rng.integers(0, n_types, n_cells)
+    query = (type_place[cells] + 0.3 * spread * rng.normal(size=(n_cells, 30))).astype(np.float32)
+    source = np.stack([np.zeros(n_cells, np.int64), cells, rng.integers(0, n_donors, n_cells)], 1)
+    target = source.copy()
+    target[:, 0] = 1
+    transport = {}
+    start = time.perf_counter()
+    M.latent_shifts(stats, None, source[:1], target[:1], [0], positions=query[:1], neighbours=M.SHIFT_NEIGHBOURS,
+                    transport=transport)
+    solve_s = time.perf_counter() - start
+    start = time.perf_counter()
+    M.latent_shifts(stats, None, source, target, [0], positions=query, neighbours=M.SHIFT_NEIGHBOURS, transport=transport)
+    shift_s = time.perf_counter() - start
+    moves, places = next(iter(transport.values()))
+    start = time.perf_counter()
+    batch = max(1, min(4096, 20_000_000 // len(places)))
+    for lo in range(0, reference_cells, batch):
+        dist = cdist(query[lo:min(lo + batch, reference_cells)].astype(np.float64), places, "sqeuclidean")
+        moves[np.argpartition(dist, M.SHIFT_NEIGHBOURS - 1, axis=1)[:, :M.SHIFT_NEIGHBOURS]].mean(1)
+    before_s = time.perf_counter() - start
+    return {"combinations": len(combos), "strata": n_types * n_donors, "kept_per_combination": per,
+            "kept_source_cells": len(places), "n_cells": n_cells, "transport_seconds": solve_s,
+            "shift_seconds": shift_s, "cells_per_second": n_cells / shift_s, "reference_cells": reference_cells,
+            "before_cells_per_second": reference_cells / before_s, "peak_rss_mb": _rss_mb()}
+
+
+def part_local_shifts(n_cells: int) -> list[dict]:
+    rows = []
+    for n_types, n_donors in ((10, 2), (50, 10)):
+        r = run_child(["shifts", str(n_types), str(n_donors), str(n_cells), str(min(n_cells, 10_000))])
         print(json.dumps(r), flush=True)
         rows.append(r)
     return rows
@@ -231,6 +294,17 @@ def render_table(results: dict) -> str:
         out += [f"| {r['size']} | {r['expression_pcs_seconds']:.0f} | {r['cells_per_second']:.0f} | "
                 f"{r['rss_after_setup_mb']:.0f} | {r['peak_rss_mb']:.0f} |" for r in pcs]
         out.append("")
+    shifts = [r for r in results.get("local_shifts", []) if "error" not in r]
+    if shifts:
+        out += ["Local latent shifts of `transfer(via=\"shift\")` (synthetic kept cells; control to stimulated; "
+                f"{shifts[0]['n_cells']:,} cells moved; 'before' is the neighbour search until 2026-12-01, scipy cdist + "
+                "argpartition, timed on the first 10,000 cells):", "",
+                "| combinations | strata | kept cells per combination | kept source cells | optimal transport s | "
+                "shift cells/s | before: cells/s | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['combinations']:,} | {r['strata']:,} | {r['kept_per_combination']} | {r['kept_source_cells']:,} | "
+                f"{r['transport_seconds']:.1f} | {r['cells_per_second']:,.0f} | {r['before_cells_per_second']:,.0f} | "
+                f"{r['peak_rss_mb']:.0f} |" for r in shifts]
+        out.append("")
     for r in results.get("generation", []):
         out += [f"Streaming generation: {r['n_cells']:,} cells with {r['euler_steps']} Euler step(s): {r['wall_seconds']:.0f} s "
                 f"({r['cells_per_second']:.0f} cells/s), peak RSS {r['peak_rss_mb']:.0f} MB, file {r['file_gb']:.1f} GB.", ""]
@@ -243,6 +317,9 @@ def write_readme(results: dict) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        if sys.argv[2] == "shifts":  # the four numbers of child_local_shifts
+            print(json.dumps(child_local_shifts(*(int(x) for x in sys.argv[3:7]))))
+            return
         _, _, kind, path, backed, steps, precision, config = sys.argv
         if kind == "pcs":
             print(json.dumps(child_expression_pcs(path, backed == "1")))
@@ -259,6 +336,7 @@ def main() -> None:
     parser.add_argument("--ddp-epochs", type=int, default=5)
     parser.add_argument("--generate-cells", type=int, default=1_000_000)
     parser.add_argument("--generate-steps", type=int, default=1)
+    parser.add_argument("--shift-cells", type=int, default=100_000, help="local_shifts: cells moved")
     parser.add_argument("--table-only", action="store_true", help="Only rewrite the README table from results/scale.json.")
     args = parser.parse_args()
     if args.table_only:
@@ -277,6 +355,8 @@ def main() -> None:
         results["expression_pcs"] = part_expression_pcs(args.data_dir, args.sizes)
     if "generation" in args.parts:
         results["generation"] = part_generation(args.data_dir, args.generate_cells, args.generate_steps)
+    if "local_shifts" in args.parts:
+        results["local_shifts"] = part_local_shifts(args.shift_cells)
     results.setdefault("dates", {}).update({part: time.strftime("%Y-%m-%d") for part in args.parts})
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS + ".tmp", "w") as f:

@@ -569,6 +569,20 @@ def test_kept_shift_cells(monkeypatch):
     assert pysave.model.kept_shift_cells(mu, None, codes, seed=3) == {}
 
 
+def test_nearest_mean_matches_a_full_sort():
+    """The local shifts' neighbour search (one matrix product and torch's top-k per batch) finds
+    the same neighbours as sorting the exact distances, across batches and with k >= the pool."""
+    rng = np.random.default_rng(0)
+    places, moves = rng.normal(size=(300, 5)) * [5, 3, 2, 1, 0.5], rng.normal(size=(300, 4))
+    positions = rng.normal(size=(70, 5)).astype(np.float32) * 3
+    d = ((positions.astype(np.float64)[:, None] - places[None]) ** 2).sum(-1)
+    for k in (1, 7, 300, 500):
+        expected = moves[np.argsort(d, axis=1)[:, :min(k, 300)]].mean(1)
+        got = pysave.model._nearest_mean(moves, places, positions, k, batch=16)  # 5 batches, the last short
+        assert got.dtype == np.float32 and got.shape == (70, 4)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
 def test_local_shifts_solve_transport_once(trained, monkeypatch):
     """Generation shifts chunk after chunk: with a ``transport`` dict the strata's optimal transport
     is solved on the first call only, and the shifts are those of a fresh solve."""
