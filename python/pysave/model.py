@@ -923,53 +923,74 @@ class SAVE:
         """Encode cells under their own conditions and decode them under ``target``.
 
         Perturbation prediction (``{"condition": "stimulated"}``) and batch transfer
-        (``{"batch": "ref"}``, or ``None`` / "[MASK]" to remove the batch). The original values
-        are kept in ``obs[f"{key}_source"]``; X holds log-normalized expression: the decoder
-        mean (``output="mean"``, the default: the best estimate of each cell's expression under
-        the target), or counts sampled around it (``"sample"``, library size drawn for the
-        target conditions; ``seed`` seeds it), or ``"input_plus_change"``: each cell's own
-        log1p(CP10k) plus the change the model predicts for it (the decoder mean under the target
-        minus the decoder mean of its encoder mean under its own conditions), clipped at 0. The
-        VAE's reconstruction error cancels and each cell keeps its measured noise, so per-gene
-        means follow the real cells more closely: on Kang with each type's stimulated cells held
-        out (masking 0.6, ``via="shift"``, 7 types x 4 seeds) R^2 top-100 DEGs / all genes 0.901 /
-        0.903 against 0.887 / 0.904 for the decoder mean, and the unseen combination's per-gene
-        mean r2 0.864 against 0.848; level on a second Kang set, 0.865 / 0.927 against 0.867 /
-        0.927 (benchmarks/README.md). It keeps the input's batch effects, so
-        it is no way to correct batches (scIB Total 0.571 against 0.721 on pbmc_3tech, 0.815
-        against 0.865 on CellBench, one seed each).
+        (``{"batch": "ref"}``, or ``None`` / "[MASK]" to remove the batch).
 
-        ``via="flow"`` (the default) moves the latent too: back through the flow to noise under
-        the cell's conditions, forward under the target ones (``guidance`` w, ``n_steps`` Euler
-        steps each way), then decodes under the target. ``via="decoder"`` decodes the encoder mean
-        under the target conditions (the latent stays; ~200x less compute). The flow learned how
-        each condition shifts the latent distribution, which the decoder alone applies only in
-        part: on Kang with each cell type's stimulated cells held out, R^2 on the top-100 DEGs is
-        about 0.86 via the flow and 0.64 via the decoder (benchmarks/README.md). ``via="shift"``
-        adds to each encoder mean the training cells' mean latent shift from its conditions to the
-        target's (scGen's latent arithmetic in SAVE's latent): for each stratum, i.e. values of the
-        other conditions, with at least ``MIN_SHIFT_CELLS`` training cells on both sides, mean
-        latent(target) - mean latent(source); each cell takes their mean weighted by how close its
-        expression lies to each stratum's source cells, in the training cells' first 30 principal
-        components of log1p(CP10k) (``latent_shifts``; models saved before 2026-12-01 weigh by the
-        latent; the strata used and the space are recorded in ``uns["pysave"]["shift_strata"]``
-        and ``["shift_weighed_in"]``), then decodes under the target. ``shift_bandwidth``
-        sets the kernel's width in units of the median squared distance between the strata's source
-        means: smaller takes the shift from the nearest strata only, ``float("inf")`` weighs them
-        equally (scGen). That kernel is used with ``shift_neighbours=0`` and for models saved before
-        2026-12-01 (fourth session); otherwise (the default, 30) the shift is local: each stratum's
-        kept training cells (``SHIFT_KEPT_CELLS`` per combination) are matched source to target by
-        optimal transport in the latent, and a cell takes the mean displacement of its
-        ``shift_neighbours`` nearest kept source cells in the expression PCs (recorded in
-        ``uns["pysave"]["shift_neighbours"]``; 0 when the kernel was used). Local shifts scored
-        0.906 / 0.906 against the kernel's 0.900 / 0.903 (Kang, 7 types x 4 seeds, masking 0.6,
-        input + change) and 0.901 / 0.943 against 0.881 / 0.936 on muscat's Kang set. On the same Kang
-        models it scored 0.872 / 0.895 (R^2 top-100 DEGs / all genes, 7 types x 2 seeds; 0.855 /
-        0.885 with equal weights) against 0.836 / 0.861 via the flow, which carries only about half
-        of the stimulation effect into a cell type whose stimulated cells it never saw. It needs a target
-        value (not a mask) and training cells of both values under the same other conditions.
-        ``guidance`` and ``n_steps`` only matter for ``via="flow"``. :meth:`correct` uses the decoder.
-        ``precision`` of the flow and the decoder: as in :meth:`generate_like`.
+        Parameters
+        ----------
+        adata
+            Cells with the model's genes and condition columns (raw counts); ``None``: the
+            training cells.
+        target
+            ``{condition key: value}`` to decode under; the other conditions stay the cells' own.
+        output
+            What X holds, log-normalized: ``"mean"`` (the default), the decoder mean, the best
+            estimate of each cell's expression under the target; ``"sample"``, counts sampled
+            around it (library size drawn for the target conditions; ``seed`` seeds it); or
+            ``"input_plus_change"``, each cell's own log1p(CP10k) plus the change the model
+            predicts for it (decoder mean under the target minus decoder mean of its encoder mean
+            under its own conditions), clipped at 0. With it the VAE's reconstruction error
+            cancels and each cell keeps its measured noise, so per-gene means follow real cells
+            more closely; it also keeps the input's batch effects, so it is no way to correct
+            batches (scIB Total 0.571 against 0.721 on pbmc_3tech).
+        via
+            How the latent moves. ``"flow"`` (the default): back through the flow to noise under
+            the cell's conditions, forward under the target ones (``guidance`` w, ``n_steps``
+            Euler steps each way). ``"decoder"``: the encoder mean stays, only the decoder's
+            conditions change (~200x less compute; what :meth:`correct` uses). ``"shift"``: the
+            encoder mean plus the training cells' latent shift between the conditions (scGen's
+            latent arithmetic in SAVE's latent, see Notes); it needs a target value (not a mask)
+            and training cells of both values under the same other conditions.
+        shift_neighbours
+            ``via="shift"``: a cell takes the mean optimal-transport displacement of this many
+            nearest kept training cells (default ``SHIFT_NEIGHBOURS``); 0 weighs the strata's mean
+            shifts with a kernel instead.
+        shift_bandwidth
+            ``via="shift"`` with ``shift_neighbours=0``: the kernel's width in units of the median
+            squared distance between the strata's source means; ``float("inf")`` weighs the strata
+            equally, as scGen does.
+        guidance, n_steps
+            ``via="flow"`` only.
+        batch_size, precision
+            Cells per forward pass; precision of the flow and the decoder, as in
+            :meth:`generate_like`.
+
+        Returns
+        -------
+        AnnData
+            X as chosen by ``output``; ``obs`` with the target values and the original ones in
+            ``obs[f"{key}_source"]``; ``obsm["X_save"]`` the moved latent; ``uns["pysave"]`` what
+            ran (``via``, and for the shift ``shift_strata``, ``shift_weighed_in`` and
+            ``shift_neighbours``: 0 when the kernel was used).
+
+        Notes
+        -----
+        The shift (``latent_shifts``): a stratum is one value of each other condition with at
+        least ``MIN_SHIFT_CELLS`` training cells on both sides. By default each stratum's kept
+        training cells (``SHIFT_KEPT_CELLS`` per combination, saved with the model) are matched
+        source to target by exact optimal transport in the latent, and a cell takes the mean
+        displacement of its ``shift_neighbours`` nearest kept source cells, found in the training
+        cells' first 30 principal components of log1p(CP10k). With ``shift_neighbours=0``, and for
+        model directories saved before 2026-12-01, a cell takes the strata's mean shifts (mean
+        latent(target) - mean latent(source)) weighed by a Gaussian kernel on its distance to
+        each stratum's source cells (older directories measure it in the latent).
+
+        Measured (benchmarks/README.md): on Kang with each cell type's stimulated cells held out
+        (masking 0.6, 7 types x 4 seeds, ``input_plus_change``) the local shift gives R^2 of
+        per-gene means 0.906 on the top-100 DEGs and 0.906 on all genes, the kernel 0.900 /
+        0.903; on muscat's Kang set 0.901 / 0.943 against 0.881 / 0.936. The flow carries only
+        about half of the stimulation effect into a cell type whose stimulated cells it never
+        saw (0.836 / 0.861 against the shift's 0.872 / 0.895 on the same models, 2 seeds); the
+        decoder alone less (about 0.64 on the DEGs).
         """
         self._require_trained()
         if output is not None and output not in TRANSFER_OUTPUTS:
