@@ -18,6 +18,7 @@ import numbers
 import os
 import platform
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -1010,7 +1011,14 @@ class SAVE:
         target_codes = {k: self._code_of(k, v) for k, v in target.items()}
         adata = self.adata if adata is None else adata  # None: the training cells, as get_latent_representation
         prep = self._prepare(adata, keep_counts=plus_change)
+        began = time.perf_counter()
+
+        def progress(step: str) -> None:  # stages of a call that takes more than one batch
+            if prep.n_cells > batch_size:
+                self._log(f"transfer: {step} ({time.perf_counter() - began:.0f} s)")
+
         mu, _ = self._encode(prep, batch_size=batch_size)
+        progress(f"encoded {prep.n_cells} cells")
         codes = prep.codes.copy()
         keys = self.registry["condition_keys"]
         for key, code in target_codes.items():
@@ -1022,6 +1030,7 @@ class SAVE:
                                           "use via='flow'",  # placed by the input cells' own expression
                                           expression=lambda stats: _source_positions(stats, prep, self.scalers, batch_size),
                                           neighbours=int(shift_neighbours))
+            progress(f"shifted by {'local' if shift_info.get('shift_neighbours') else 'stratum-mean'} latent shifts")
         if via == "flow":
             self.flow.eval()
             parts = []
@@ -1033,8 +1042,10 @@ class SAVE:
                                               torch.from_numpy(codes[sl]).to(self.device), float(guidance), int(n_steps))
                 parts.append(moved.float().cpu() * self.latent_std + self.latent_mean)
             z = torch.cat(parts)
+            progress("moved through the flow")
         X = self._decode(z, codes, precision=precision)
         X = self._input_plus_change(X, mu, prep, precision) if plus_change else self._output_sampler(output, seed)(X, codes)
+        progress("decoded under the target")
         obs = adata.obs.copy()
         new = self._obs_from_codes(codes, obs.index)
         for key in target:

@@ -569,6 +569,25 @@ def test_kept_shift_cells(monkeypatch):
     assert pysave.model.kept_shift_cells(mu, None, codes, seed=3) == {}
 
 
+def test_transfer_reports_its_stages(trained, capsys, monkeypatch):
+    """Long transfers show progress: each stage on stderr when the call takes more than one
+    batch, nothing for a call of one batch or a quiet model."""
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[:40].copy()
+    monkeypatch.setattr(model, "verbose", True)
+    model.transfer(cells, {"batch": "10x_5prime"}, via="shift", batch_size=16)
+    err = capsys.readouterr().err
+    for stage in ("encoded 40 cells", "shifted by local latent shifts", "decoded under the target"):
+        assert f"transfer: {stage}" in err
+    model.transfer(cells, {"batch": "10x_5prime"}, via="flow", n_steps=2, batch_size=16)
+    assert "transfer: moved through the flow" in capsys.readouterr().err
+    model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", batch_size=64)
+    assert "transfer:" not in capsys.readouterr().err
+    monkeypatch.setattr(model, "verbose", False)
+    model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", batch_size=16)
+    assert "transfer:" not in capsys.readouterr().err
+
+
 def test_nearest_mean_matches_a_full_sort():
     """The local shifts' neighbour search (one matrix product and torch's top-k per batch) finds
     the same neighbours as sorting the exact distances, across batches and with k >= the pool."""
