@@ -1,10 +1,10 @@
 """Scale benchmark (not a test): in-memory vs backed training, 1 vs 2 torchrun processes,
 bf16 vs fp32, the expression-PC pass of training, streaming generation, on SYNTHETIC atlases
-made by make_synthetic_atlas.py, and the local latent shifts of transfer(via="shift") at an
-atlas's number of strata (synthetic kept cells, no data file).
+made by make_synthetic_atlas.py, the local latent shifts of transfer(via="shift") at an
+atlas's number of strata (synthetic kept cells, no data file), and `pysave transfer` of 100k cells.
 
     .venv/bin/python benchmarks/make_synthetic_atlas.py --n-cells 100000 --out DIR/syn_100k.h5ad  # and 10k, 1M
-    .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision expression_pcs generation local_shifts]
+    .venv/bin/python benchmarks/bench_scale.py --data-dir DIR [--parts training ddp precision expression_pcs generation local_shifts transfer]
 
 Every measurement runs in a child process, so peak RSS (ru_maxrss) is that run's own.
 Training throughput: the real training loop (pysave.train.fit fed by pysave.loader, exactly
@@ -32,7 +32,7 @@ RESULTS = os.path.join(HERE, "results", "scale.json")
 FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
 THREADS = 2
 SIZES = {"10k": "syn_10k.h5ad", "100k": "syn_100k.h5ad", "1M": "syn_1M.h5ad"}
-PARTS = ("training", "precision", "ddp", "expression_pcs", "generation", "local_shifts")
+PARTS = ("training", "precision", "ddp", "expression_pcs", "generation", "local_shifts", "transfer")
 
 
 def _rss_mb() -> float:
@@ -174,14 +174,20 @@ def run_child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# Runs a command and prints its own peak RSS: RUSAGE_CHILDREN of this process is the maximum over
+# every child it ever waited for, so it would carry an earlier, larger run's peak into a later row.
+_PEAK_OF_ONE = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+                "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+
+
 def run_cli(cmd: list[str], env: dict | None = None) -> tuple[float, float, subprocess.CompletedProcess]:
-    """(wall seconds, peak RSS MB of the largest child, result) of a command."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(wall seconds, peak RSS MB of the command's largest process, result) of a command."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run([sys.executable, "-c", _PEAK_OF_ONE] + cmd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(before, after) / 1024, proc
+    peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("peak_rss_kb ")]
+    return wall, int(peak[-1]) / 1024 if peak else float("nan"), proc
 
 
 def part_training(data_dir: str, steps: int, sizes: list[str], in_memory_sizes: list[str]) -> list[dict]:
@@ -251,6 +257,37 @@ def part_generation(data_dir: str, n_cells: int, steps: int) -> list[dict]:
     return [row]
 
 
+def part_transfer(data_dir: str, size: str) -> list[dict]:
+    """`pysave transfer` of every cell of a synthetic atlas to batch b0, by the latent shift and by
+    the decoder, from a model trained 1 epoch (VAE and flow); the stages' times come from
+    transfer's progress lines."""
+    import re
+
+    path = os.path.join(data_dir, SIZES[size])
+    rows = []
+    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
+        model = os.path.join(tmp, "model")
+        train = [sys.executable, "-m", "pysave", "train", path, "--condition", "clusters", "--condition", "batch",
+                 "--batch-key", "batch", "--epochs", "1", "--flow-epochs", "1", "--n-blocks", "16", "--hidden-size", "128",
+                 "--condition-dim", "256", "--encoder-layers", "2", "--decoder-layers", "2", "--checkpoint-every", "0",
+                 "--quiet", "--out", model]
+        subprocess.run(train, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+        for via in ("shift", "decoder"):
+            out = os.path.join(tmp, f"moved_{via}.h5ad")
+            cmd = [sys.executable, "-m", "pysave", "transfer", model, path, "--set", "batch=b0", "--via", via,
+                   "--output-kind", "input_plus_change" if via == "shift" else "mean", "--out", out]
+            wall, rss, proc = run_cli(cmd, env={"OMP_NUM_THREADS": str(THREADS)})
+            stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"transfer: (.+?) \((\d+) s\)", proc.stderr)}
+            n_cells = int(next((k.split()[1] for k in stages if k.startswith("encoded")), 0))
+            row = {"size": size, "via": via, "n_cells": n_cells, "wall_seconds": wall, "cells_per_second": n_cells / wall,
+                   "stage_seconds": stages, "peak_rss_mb": rss, "returncode": proc.returncode}
+            if proc.returncode != 0:
+                row["error"] = proc.stderr[-2000:]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def render_table(results: dict) -> str:
     """Markdown tables of the results (written between the scale-table markers of README.md)."""
     # Parts can be rerun alone (--parts), so each keeps the date it was measured on.
@@ -305,6 +342,16 @@ def render_table(results: dict) -> str:
                 f"{r['transport_seconds']:.1f} | {r['cells_per_second']:,.0f} | {r['before_cells_per_second']:,.0f} | "
                 f"{r['peak_rss_mb']:.0f} |" for r in shifts]
         out.append("")
+    moved = [r for r in results.get("transfer", []) if "error" not in r]
+    if moved:
+        out += ["`pysave transfer` of every cell to batch b0 (in memory; model trained 1 epoch; "
+                "stage times are cumulative, from transfer's progress lines):", "",
+                "| cells | via | output | wall s | cells/s | stages (s since the input was read) | peak RSS MB |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['n_cells']:,} | {r['via']} | {'input_plus_change' if r['via'] == 'shift' else 'mean'} | "
+                f"{r['wall_seconds']:.0f} | {r['cells_per_second']:,.0f} | "
+                + "; ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items()) + f" | {r['peak_rss_mb']:.0f} |" for r in moved]
+        out.append("")
     for r in results.get("generation", []):
         out += [f"Streaming generation: {r['n_cells']:,} cells with {r['euler_steps']} Euler step(s): {r['wall_seconds']:.0f} s "
                 f"({r['cells_per_second']:.0f} cells/s), peak RSS {r['peak_rss_mb']:.0f} MB, file {r['file_gb']:.1f} GB.", ""]
@@ -357,6 +404,8 @@ def main() -> None:
         results["generation"] = part_generation(args.data_dir, args.generate_cells, args.generate_steps)
     if "local_shifts" in args.parts:
         results["local_shifts"] = part_local_shifts(args.shift_cells)
+    if "transfer" in args.parts:
+        results["transfer"] = part_transfer(args.data_dir, "100k")
     results.setdefault("dates", {}).update({part: time.strftime("%Y-%m-%d") for part in args.parts})
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS + ".tmp", "w") as f:

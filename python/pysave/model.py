@@ -1067,10 +1067,11 @@ class SAVE:
     def _input_plus_change(self, decoded: np.ndarray, mu: torch.Tensor, prep, precision: str) -> np.ndarray:
         """transfer's "input_plus_change": each cell's own log1p(CP10k) (from the counts ``prep``
         kept) plus ``decoded`` minus the decoder mean of ``mu`` under the cell's own conditions,
-        clipped at 0. Works in place on ``decoded``, chunk by chunk (backed input too)."""
-        decoded -= self._decode(mu, prep.codes, precision=precision)
+        clipped at 0. Works in place on ``decoded``, chunk by chunk (backed input too), so that no
+        second cells x genes array is made."""
         for start in range(0, prep.n_cells, loader.DEFAULT_CHUNK_SIZE):
             stop = min(start + loader.DEFAULT_CHUNK_SIZE, prep.n_cells)
+            decoded[start:stop] -= self._decode(mu[start:stop], prep.codes[start:stop], precision=precision)
             _, counts = prep.read(start, stop)
             library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
             decoded[start:stop] += D.log_normalize(counts, library).toarray()
