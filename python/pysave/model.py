@@ -1213,7 +1213,10 @@ class SAVE:
         (log-normalized); encoded once, averaged chunk by chunk so that memory stays that of the output."""
         reference_codes = [self._code_of(key, r) for r in references]  # checked before any encoding
         prep = self._prepare(adata)
+        began = time.perf_counter()
         mu, _ = self._encode(prep, batch_size=batch_size)
+        if prep.n_cells > batch_size:  # progress, as transfer() shows it
+            self._log(f"correct: encoded {prep.n_cells} cells ({time.perf_counter() - began:.0f} s)")
         column = self.registry["condition_keys"].index(key)
         precision = self._precision("auto")  # as transfer() decodes one reference
         out = np.empty((mu.shape[0], len(self.genes)), dtype=np.float32)
@@ -1225,6 +1228,8 @@ class SAVE:
                 codes[:, column] = code
                 total += self._decode(mu[sl], codes, precision=precision)
             out[sl] = total / len(reference_codes)
+        if prep.n_cells > batch_size:
+            self._log(f"correct: decoded under {len(reference_codes)} batches and averaged ({time.perf_counter() - began:.0f} s)")
         return out
 
     def attention_by(self, adata=None, key: str | None = None, batch_size: int = 512) -> pd.DataFrame:

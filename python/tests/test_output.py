@@ -570,8 +570,8 @@ def test_kept_shift_cells(monkeypatch):
 
 
 def test_transfer_reports_its_stages(trained, capsys, monkeypatch):
-    """Long transfers show progress: each stage on stderr when the call takes more than one
-    batch, nothing for a call of one batch or a quiet model."""
+    """Long transfers and corrections show progress: each stage on stderr when the call takes
+    more than one batch, nothing for a call of one batch or a quiet model."""
     model, adata = trained["model"], trained["adata"]
     cells = adata[:40].copy()
     monkeypatch.setattr(model, "verbose", True)
@@ -583,6 +583,9 @@ def test_transfer_reports_its_stages(trained, capsys, monkeypatch):
     assert "transfer: moved through the flow" in capsys.readouterr().err
     model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", batch_size=64)
     assert "transfer:" not in capsys.readouterr().err
+    model.correct(cells, reference="all", batch_size=16, layer_added=None, latent_key_added=None)
+    err = capsys.readouterr().err
+    assert "correct: encoded 40 cells" in err and "correct: decoded under" in err
     monkeypatch.setattr(model, "verbose", False)
     model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", batch_size=16)
     assert "transfer:" not in capsys.readouterr().err
