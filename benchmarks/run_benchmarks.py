@@ -142,6 +142,18 @@ def held_out_cells(adata, dataset, cell_type):
             & (adata.obs[spec["condition_key"]].astype(str) == spec["stimulated"])).to_numpy()
 
 
+def unseen_split(held, control, seed):
+    """The unseen-combination task's split: the held-out cells ``held`` halved at random
+    (``reference`` = half A, ``floor`` = half B) and |B| of the type's ``control`` cells drawn as
+    the input (``query``), all by ``seed``. Shared with the diagnostics so they draw the same cells."""
+    order = np.random.default_rng(seed).permutation(held.n_obs)
+    reference, floor = held[order[: len(order) // 2]].copy(), held[order[len(order) // 2:]].copy()
+    pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
+    query = control[pick].copy()
+    query.obs_names_make_unique()
+    return reference, floor, query
+
+
 def peer(args, *cli):
     """Run benchmarks/peers.py in the peers' environment; its last stdout line is JSON."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -295,13 +307,8 @@ def run_unseen(dataset, method, seed, args):
     for t in args.held_out or sorted(set(types)):
         held = held_out_cells(adata, dataset, t)
         train = adata[~held].copy()
-        order = np.random.default_rng(seed).permutation(np.flatnonzero(held))
-        reference, floor = adata[order[: len(order) // 2]].copy(), adata[order[len(order) // 2:]].copy()
-        control = adata[(types == t) & (cond == ctrl)]
         # The input of the methods that start from cells: |B| of the type's control cells.
-        pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
-        query = control[pick].copy()
-        query.obs_names_make_unique()
+        reference, floor, query = unseen_split(adata[held], adata[(types == t) & (cond == ctrl)], seed)
         t0 = time.perf_counter()
         if method in ("pysave", "pysave_cfg", "pysave_shift_from", "pysave_transfer", "pysave_transfer_shift", "pysave_transfer_shift_plus"):
             model, seconds = held_out_model(dataset, t, seed, train, [ck, tk], args)

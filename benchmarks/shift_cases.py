@@ -84,17 +84,12 @@ def expression_places(case):
 
 
 def unseen_split(case):
-    """The unseen-combination protocol of run_benchmarks.run_unseen, drawn the same way: the held-out
-    (stimulated) cells halved at random (``reference`` = half A, ``floor`` = half B) and |B| of the
-    type's control cells (``query``) as the input."""
-    held = case.real[case.real.obs[case.ck].astype(str) == case.stim]
-    order = np.random.default_rng(case.seed).permutation(held.n_obs)
-    reference, floor = held[order[: len(order) // 2]].copy(), held[order[len(order) // 2:]].copy()
-    control = case.query
-    pick = np.random.default_rng(case.seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
-    query = control[pick].copy()
-    query.obs_names_make_unique()
-    return reference, floor, query
+    """The unseen-combination protocol of run_benchmarks.run_unseen (``run_benchmarks.unseen_split``):
+    half A of the held-out (stimulated) cells as ``reference``, half B as ``floor``, |B| of the
+    type's control cells as ``query``."""
+    import run_benchmarks as RB
+
+    return RB.unseen_split(case.real[case.real.obs[case.ck].astype(str) == case.stim], case.query, case.seed)
 
 
 def score(case, change) -> tuple[float, float]:

@@ -39,13 +39,8 @@ def main() -> None:
     for seed in args.seeds:
         for t in sorted(set(types)):
             # The harness's split and input, drawn the same way (run_benchmarks.run_unseen).
-            held = RB.held_out_cells(adata, "kang", t)
-            order = np.random.default_rng(seed).permutation(np.flatnonzero(held))
-            reference, floor = adata[order[: len(order) // 2]].copy(), adata[order[len(order) // 2:]].copy()
             control = adata[(types == t) & (cond == ctrl)]
-            pick = np.random.default_rng(seed).choice(control.n_obs, floor.n_obs, replace=control.n_obs < floor.n_obs)
-            query = control[pick].copy()
-            query.obs_names_make_unique()
+            reference, floor, query = RB.unseen_split(adata[RB.held_out_cells(adata, "kang", t)], control, seed)
             change = log_normalized(floor).mean(0) - log_normalized(control).mean(0)
             moved = ad.AnnData(np.maximum(log_normalized(query) + change, 0).astype(np.float32), obs=query.obs.copy(),
                                var=query.var.copy())
