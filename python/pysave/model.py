@@ -310,6 +310,16 @@ class SAVE:
         if self.verbose:
             _log(message)
 
+    def _stages(self, task: str, n_cells: int, batch_size: int):
+        """A reporter of a call's stages ("task: stage (N s)" since now), silent for calls of one
+        batch: long transfers and corrections show how far they got."""
+        began = time.perf_counter()
+
+        def report(stage: str) -> None:
+            if n_cells > batch_size:
+                self._log(f"{task}: {stage} ({time.perf_counter() - began:.0f} s)")
+        return report
+
     def _batch_column(self) -> int | None:
         key = self.registry.get("batch_key")
         return None if key is None else self.registry["condition_keys"].index(key)
@@ -1011,12 +1021,7 @@ class SAVE:
         target_codes = {k: self._code_of(k, v) for k, v in target.items()}
         adata = self.adata if adata is None else adata  # None: the training cells, as get_latent_representation
         prep = self._prepare(adata, keep_counts=plus_change)
-        began = time.perf_counter()
-
-        def progress(step: str) -> None:  # stages of a call that takes more than one batch
-            if prep.n_cells > batch_size:
-                self._log(f"transfer: {step} ({time.perf_counter() - began:.0f} s)")
-
+        progress = self._stages("transfer", prep.n_cells, batch_size)
         mu, _ = self._encode(prep, batch_size=batch_size)
         progress(f"encoded {prep.n_cells} cells")
         codes = prep.codes.copy()
@@ -1213,10 +1218,9 @@ class SAVE:
         (log-normalized); encoded once, averaged chunk by chunk so that memory stays that of the output."""
         reference_codes = [self._code_of(key, r) for r in references]  # checked before any encoding
         prep = self._prepare(adata)
-        began = time.perf_counter()
+        progress = self._stages("correct", prep.n_cells, batch_size)
         mu, _ = self._encode(prep, batch_size=batch_size)
-        if prep.n_cells > batch_size:  # progress, as transfer() shows it
-            self._log(f"correct: encoded {prep.n_cells} cells ({time.perf_counter() - began:.0f} s)")
+        progress(f"encoded {prep.n_cells} cells")
         column = self.registry["condition_keys"].index(key)
         precision = self._precision("auto")  # as transfer() decodes one reference
         out = np.empty((mu.shape[0], len(self.genes)), dtype=np.float32)
@@ -1228,8 +1232,7 @@ class SAVE:
                 codes[:, column] = code
                 total += self._decode(mu[sl], codes, precision=precision)
             out[sl] = total / len(reference_codes)
-        if prep.n_cells > batch_size:
-            self._log(f"correct: decoded under {len(reference_codes)} batches and averaged ({time.perf_counter() - began:.0f} s)")
+        progress(f"decoded under {len(reference_codes)} batches and averaged")
         return out
 
     def attention_by(self, adata=None, key: str | None = None, batch_size: int = 512) -> pd.DataFrame:
