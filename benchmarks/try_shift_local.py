@@ -29,6 +29,13 @@ import shift_cases  # beside this script
 
 NEIGHBOURS = (10, 30, 100)
 UNSEEN_NEIGHBOURS = 30  # declared on kang_muscat's perturbation scores before Kang was scored
+# --variants (2026-12-01, sixth session; k = 30): "within": the k nearest control cells of *each*
+# stratum, the strata then weighed by the product's kernel over their means (the pooled search lets
+# one neighbouring type take every neighbour); "sink": the displacement from an entropic plan
+# (POT sinkhorn, reg SINKHORN_REG x the median cost), a smoother barycentric map than the
+# exact plan's one-to-one matches; "mix": the mean of the product's and the local shift.
+VARIANTS = ("within30", "sink30", "mix30")
+SINKHORN_REG = 0.05
 
 
 def main():
@@ -41,9 +48,12 @@ def main():
     from pysave import metrics as M
     from pysave.model import SHIFT_BANDWIDTH, _stratum_weights
 
-    args = shift_cases.parse_args(__doc__, lambda ap: ap.add_argument(
-        "--max-cells", type=int, help="match at most this many cells of each side of a stratum (drawn by the seed), "
-                                      "as a model that keeps a sample of its training cells would"))
+    def options(ap):
+        ap.add_argument("--max-cells", type=int, help="match at most this many cells of each side of a stratum (drawn by "
+                                                      "the seed), as a model that keeps a sample of its training cells would")
+        ap.add_argument("--variants", action="store_true", help="also score within{k}, sink{k} and mix{k} (see VARIANTS)")
+
+    args = shift_cases.parse_args(__doc__, options)
     rows = []
     for case in shift_cases.cases(args):
         model, ctrl, stim = case.model, case.ctrl, case.stim
@@ -51,7 +61,7 @@ def main():
         train_mu = model._encode(model._prepare(case.train))[0].numpy().astype(np.float64)
         project, train_pc = shift_cases.expression_pcs(case)
 
-        displacement, places, deltas, origins, owners = [], [], [], [], []
+        displacement, places, deltas, origins, owners, smooth = [], [], [], [], [], []
         for s in case.strata:
             c = np.flatnonzero((case.train_types == s) & (case.train_cond == ctrl))
             t = np.flatnonzero((case.train_types == s) & (case.train_cond == stim))
@@ -62,9 +72,15 @@ def main():
                 c, t = (np.sort(rng.choice(x, min(len(x), args.max_cells), replace=False)) for x in (c, t))
             plan = ot.emd(ot.unif(len(c)), ot.unif(len(t)), ot.dist(train_mu[c], train_mu[t]))
             displacement.append(plan @ train_mu[t] / plan.sum(1, keepdims=True) - train_mu[c])
+            if args.variants:
+                cost = ot.dist(train_mu[c], train_mu[t])
+                soft = ot.sinkhorn(ot.unif(len(c)), ot.unif(len(t)), cost / np.median(cost), SINKHORN_REG, method="sinkhorn_log")
+                smooth.append(soft @ train_mu[t] / soft.sum(1, keepdims=True) - train_mu[c])
             places.append(train_pc[c])
             owners.append(np.full(len(c), s, dtype=object))
+        per_stratum = list(zip(displacement, places))
         displacement, places = np.concatenate(displacement), np.concatenate(places)
+        smooth = np.concatenate(smooth) if smooth else None
 
         def predictions(query, names):
             """Each named shift's input + change for the control cells ``query``, and their neighbours."""
@@ -78,21 +94,33 @@ def main():
             nearest = np.argsort(cdist(cells_pc, places, "sqeuclidean"), axis=1)
             home = model._decode(mu, home_codes)
             out = {}
+            kernel = _stratum_weights(cells_pc, np.stack(origins), SHIFT_BANDWIDTH)
             for name in names:
-                shift = (_stratum_weights(cells_pc, np.stack(origins), SHIFT_BANDWIDTH) @ np.stack(deltas) if name == "product"
-                         else displacement[nearest[:, :int(name[3:])]].mean(1))
+                k = int(name.lstrip("abcdefghijklmnopqrstuvwxyz") or 0)
+                if name == "product":
+                    shift = kernel @ np.stack(deltas)
+                elif name.startswith("knn"):
+                    shift = displacement[nearest[:, :k]].mean(1)
+                elif name.startswith("sink"):
+                    shift = smooth[nearest[:, :k]].mean(1)
+                elif name.startswith("mix"):
+                    shift = (kernel @ np.stack(deltas) + displacement[nearest[:, :k]].mean(1)) / 2
+                else:  # within
+                    shift = sum(kernel[:, [i]] * d[np.argsort(cdist(cells_pc, p, "sqeuclidean"), axis=1)[:, :k]].mean(1)
+                                for i, (d, p) in enumerate(per_stratum))
                 moved = mu + torch.from_numpy(np.ascontiguousarray(shift, dtype=np.float32))
                 out[name] = np.maximum(own + model._decode(moved, target_codes) - home, 0).astype(np.float32)
             return out, nearest
 
         row = {"seed": case.seed, "type": case.type}
-        predicted, nearest = predictions(case.query, ["product", *(f"knn{k}" for k in NEIGHBOURS)])
+        extra = list(VARIANTS) if args.variants else []
+        predicted, nearest = predictions(case.query, ["product", *(f"knn{k}" for k in NEIGHBOURS), *extra])
         for name, x in predicted.items():
             degs, every = shift_cases.score(case, x - case.own)
             row.update({f"{name}_degs_r2": degs, f"{name}_all_r2": every})
         # The unseen-combination task: |B| control cells moved, scored against half A (run_unseen's protocol).
         reference, floor, query = shift_cases.unseen_split(case)
-        for name, x in predictions(query, ["product", f"knn{UNSEEN_NEIGHBOURS}"])[0].items():
+        for name, x in predictions(query, ["product", f"knn{UNSEEN_NEIGHBOURS}", *extra])[0].items():
             generated = ad.AnnData(x, obs=query.obs.copy(), var=query[:, model.genes].var.copy())
             generated.obs[case.ck], generated.obs[case.tk] = stim, case.type
             scored = M.generation_fidelity(reference, generated, [case.ck, case.tk], floor=floor, seed=case.seed)
