@@ -1336,7 +1336,8 @@ class SAVE:
     def __repr__(self) -> str:
         state = "trained" if self.is_trained else "untrained"
         conds = ", ".join(f"{k} ({len(v)})" for k, v in self.registry["categories"].items())
-        return (f"SAVE model, {state}: {len(self.genes)} genes in {self.blocks.n_blocks} blocks of "
+        blocks = "1 block" if self.blocks.n_blocks == 1 else f"{self.blocks.n_blocks} blocks"
+        return (f"SAVE model, {state}: {len(self.genes)} genes in {blocks} of "
                 f"{self.blocks.block_size}; conditions: {conds}; likelihood {self.params['likelihood']}")
 
 

@@ -43,6 +43,28 @@ def test_train_writes_a_model_and_refuses_to_overwrite(trained, tmp_path):
     assert info.exit_code == 0 and "300 genes in 4 blocks" in info.output and "batch:" in info.output
 
 
+def test_train_and_generate_with_one_token_each_side(trained, tmp_path):
+    """README's recipe for generating seen combinations of a small dataset (no attention): one
+    gene block and one latent token of the whole latent, from the CLI, then generation."""
+    out = tmp_path / "one_token"
+    r = run("train", trained["data"], "--condition", "batch", "--condition", "cell_type", "--batch-key", "batch",
+            "--out", out, "--epochs", 2, "--flow-epochs", 2, "--n-blocks", 1, "--latent-dim", 32,
+            "--latent-token-size", 32, "--hidden-size", 64, "--condition-dim", 32, "--encoder-layers", 1,
+            "--decoder-layers", 1, "--heads", 2, "--flow-hidden-size", 32, "--flow-layers", 1, "--flow-token-size", 16,
+            "--flow-heads", 2, "--quiet")
+    assert r.exit_code == 0, r.output
+    import pysave
+
+    model = pysave.SAVE.load(str(out), verbose=False)
+    assert model.params["n_blocks"] == 1 and model.params["latent_token_size"] == model.params["latent_dim"] == 32
+    assert "300 genes in 1 block of 300" in run("info", out).output
+    gen = tmp_path / "gen.h5ad"
+    assert run("generate", out, "--n", 5, "--set", "cell_type=B", "--set", "batch=10x_5prime", "--out", gen,
+               "--quiet").exit_code == 0
+    g = ad.read_h5ad(gen)
+    assert g.shape == (5, 300) and np.isfinite(g.X).all() and g.obsm["X_save"].shape == (5, 32)
+
+
 def test_generate_set_and_like(trained, tmp_path):
     out = tmp_path / "gen.h5ad"
     r = run("generate", trained["dir"], "--n", 12, "--set", "cell_type=B", "--set", "batch=10x_5prime",
