@@ -70,10 +70,10 @@ def main():
             if args.max_cells:
                 rng = np.random.default_rng([case.seed, len(displacement)])
                 c, t = (np.sort(rng.choice(x, min(len(x), args.max_cells), replace=False)) for x in (c, t))
-            plan = ot.emd(ot.unif(len(c)), ot.unif(len(t)), ot.dist(train_mu[c], train_mu[t]))
+            cost = ot.dist(train_mu[c], train_mu[t])
+            plan = ot.emd(ot.unif(len(c)), ot.unif(len(t)), cost)
             displacement.append(plan @ train_mu[t] / plan.sum(1, keepdims=True) - train_mu[c])
             if args.variants:
-                cost = ot.dist(train_mu[c], train_mu[t])
                 soft = ot.sinkhorn(ot.unif(len(c)), ot.unif(len(t)), cost / np.median(cost), SINKHORN_REG, method="sinkhorn_log")
                 smooth.append(soft @ train_mu[t] / soft.sum(1, keepdims=True) - train_mu[c])
             places.append(train_pc[c])
