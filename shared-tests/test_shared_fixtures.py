@@ -1,6 +1,7 @@
 """Python side of the shared fixtures: read them through pysave and match the expectations."""
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -91,3 +92,23 @@ def test_r_package_copies_of_fixtures_are_identical():
     for name in ("config.json", "weights.safetensors"):
         assert filecmp.cmp(os.path.join(HERE, "fixtures", "tiny_model", name),
                            os.path.join(extdata, "tiny_model", name), shallow=False), f"re-run make_model_fixture.py ({name})"
+
+
+# ----------------------------------------------------------------------------- posterior collapse
+def test_posterior_collapse_is_warned_and_recorded(tiny):
+    with open(os.path.join(HERE, "expectations", "posterior_collapse.json")) as fh:
+        spec = json.load(fh)
+    active = {}
+    for name in ("collapsing", "healthy"):
+        adata = tiny.copy()
+        pysave.SAVE.setup_anndata(adata, spec["conditions"])
+        model = pysave.SAVE(adata, verbose=False, kl_weight=spec[f"{name}_kl_weight"], **spec["params"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.train(**spec["train"], progress=False, device="cpu")
+        said = [str(w.message) for w in caught if spec["warning"] in str(w.message)]
+        assert len(said) == (1 if name == "collapsing" else 0), said
+        assert all("lower kl_weight" in s for s in said)  # the message says the fix
+        active[name] = model.training_summary["active_latent_dims"]
+    assert active["collapsing"] <= spec["max_active_when_collapsed"]
+    assert active["healthy"] >= spec["min_active_when_healthy"]

@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -89,6 +90,8 @@ sampling_precision = click.option(
 @click.version_option(package_name="pysave")
 def main():
     """pysave: SAVE, multi-condition single-cell generation (gene-block attention VAE + latent flow matching)."""
+    # A warning on the command line reads as one line of text, not as Python source and a line number.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 @main.command()
@@ -385,7 +388,7 @@ def attention(model_dir, data, key, out, plot, device, overwrite, quiet):
 def info(model_dir, blocks_out, as_json, overwrite):
     """Describe a model directory: genes, conditions, blocks, training."""
     from .io import check_output_path, load_model_dir, write_text_atomic
-    from .model import SAVE
+    from .model import MIN_ACTIVE_LATENT_DIMS, SAVE
 
     if as_json:
         config, _ = load_model_dir(model_dir)
@@ -400,6 +403,9 @@ def info(model_dir, blocks_out, as_json, overwrite):
         click.echo(f"  trained on {summary['n_cells']} cells: VAE {summary['vae']['epochs_run']} epochs "
                    f"(best loss {summary['vae']['best_monitored_loss']:.4g}), flow {summary['flow']['epochs_run']} epochs "
                    f"(best loss {summary['flow']['best_monitored_loss']:.4g}), seed {summary['seed']}, device {summary['device']}")
+        if "active_latent_dims" in summary:  # models saved before 2026-12-01 lack it
+            click.echo(f"  latent dimensions in use: {summary['active_latent_dims']} of {model.params['latent_dim']}"
+                       + (" (posterior collapse)" if summary["active_latent_dims"] < MIN_ACTIVE_LATENT_DIMS else ""))
     click.echo(f"  gene blocks: {model.blocks.method}")
     if blocks_out:
         check_output_path(blocks_out, overwrite)

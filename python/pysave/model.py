@@ -170,6 +170,11 @@ MIN_FLOW_PATIENCE_STEPS = 1000
 # (benchmarks/README.md, "Learning-rate warm-up").
 VAE_WARMUP_EPOCHS = 2
 MAX_VALIDATION_CELLS = 10_000  # enough for early stopping; keeps a backed run's memory flat
+# Posterior collapse check after VAE training: a latent dimension is "active" when its encoder
+# mean varies across the training cells by more than ACTIVE_LATENT_VARIANCE (Burda et al. 2016's
+# active units). Healthy models here have 40-128 active of 128; a collapsed one had 0.
+ACTIVE_LATENT_VARIANCE = 0.01
+MIN_ACTIVE_LATENT_DIMS = 2
 
 
 def flow_patience_epochs(patience: int, steps_per_epoch: int) -> int:
@@ -236,6 +241,8 @@ class SAVE:
         and integration, 0.5 is better (scIB Total 0.72 / 0.87 / 0.73 on three datasets over 4
         seeds, against 0.66 / 0.78 / 0.67 at 0.05), but such a model generates worse cells and
         predicts perturbations worse (at 0.2 already: R^2 top-100 DEGs 0.68 vs 0.87).
+        Training warns when the latent has collapsed (fewer than 2 dimensions whose encoder
+        mean varies across cells) and records the count in ``training_summary["active_latent_dims"]``.
     seed
         Seeds gene-block clustering, weight initialisation and, by default, training.
     """
@@ -513,6 +520,9 @@ class SAVE:
         std = torch.exp(0.5 * dist_utils.all_gather_rows(logvar.to(dev), shares).cpu())
         del logvar
         self.latent_mean, self.latent_std = _latent_moments(mu, std, train_rows, seed)
+        active_dims = active_latent_dims(mu[torch.from_numpy(train_rows)])
+        if active_dims < MIN_ACTIVE_LATENT_DIMS and rank == 0:
+            warnings.warn(collapse_message(active_dims, mu.shape[1], self.params["kl_weight"]), stacklevel=2)
         latents = condition_latent_means(mu, data.codes)
         pcs, positions = expression_pcs(data, self.scalers, seed)
         self.condition_latents = {**latents, **pcs, **kept_shift_cells(mu, positions, data.codes, seed)}
@@ -559,7 +569,7 @@ class SAVE:
             "n_cells": n_cells, "n_train": int(len(train_rows)), "n_validation": int(n_val),
             "batch_size": batch_size, "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay,
             "max_epochs": max_epochs, "flow_epochs": flow_epochs, "warmup_epochs": warmups, "seed": seed, "device": str(dev),
-            "processes": world, "precision": precision, "backed": bool(data.backed),
+            "processes": world, "precision": precision, "backed": bool(data.backed), "active_latent_dims": active_dims,
         }
         self.is_trained = True
         return self
@@ -1542,6 +1552,26 @@ def _stratum_weights(latents: np.ndarray, origins: np.ndarray, bandwidth: float)
     d = cdist(latents.astype(np.float64), origins, "sqeuclidean")
     w = np.exp(-(d - d.min(1, keepdims=True)) / (bandwidth * spread))
     return w / w.sum(1, keepdims=True)
+
+
+def active_latent_dims(mu: torch.Tensor) -> int:
+    """How many latent dimensions the encoder uses: those whose mean varies across the given
+    cells by more than ACTIVE_LATENT_VARIANCE (all of them for fewer than 2 cells)."""
+    if len(mu) < 2:
+        return int(mu.shape[1])
+    return int((mu.double().var(dim=0) > ACTIVE_LATENT_VARIANCE).sum())
+
+
+def collapse_message(active: int, latent_dim: int, kl_weight: float) -> str:
+    if kl_weight > DEFAULTS["kl_weight"]:
+        fix = f"Retrain with a lower kl_weight (this model: {kl_weight:g}; the default is {DEFAULTS['kl_weight']:g}) or another seed."
+    else:
+        fix = (f"At kl_weight {kl_weight:g} this usually means the cells differ too little beyond their conditions for "
+               "the latent to hold (very few genes, or cells normalised to the same values); check the input, or retrain "
+               "with more genes, more epochs or another seed.")
+    return (f"posterior collapse: only {active} of the {latent_dim} latent dimensions vary across cells (variance of the "
+            f"encoder means above {ACTIVE_LATENT_VARIANCE}), so the latent carries almost nothing of each cell and decoded "
+            f"cells sit near their conditions' mean. {fix} training_summary['active_latent_dims'] records the count.")
 
 
 def _latent_moments(mu: torch.Tensor, std: torch.Tensor, rows: np.ndarray, seed: int, batch: int = 65_536):

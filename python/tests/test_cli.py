@@ -127,6 +127,8 @@ def test_transfer_embed_correct_attention(trained, tmp_path):
 def test_info_blocks_and_json(trained, tmp_path):
     r = run("info", trained["dir"], "--blocks", tmp_path / "b.tsv")
     assert r.exit_code == 0
+    active = trained["model"].training_summary["active_latent_dims"]
+    assert f"latent dimensions in use: {active} of 32" in r.output and "collapse" not in r.output
     assert len(pd.read_csv(tmp_path / "b.tsv", sep="\t")) == 300
     r = run("info", trained["dir"], "--json")
     assert r.exit_code == 0 and '"format_version": 1' in r.output
@@ -206,3 +208,22 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
     for command in ("generate", "transfer", "train"):
         precision = next(p for p in main.commands[command].params if p.name == "precision")
         assert set(precision.type.choices) == set(PRECISIONS + ("auto",)) and precision.default == "auto"
+
+
+def test_train_warns_of_posterior_collapse_in_one_plain_line(tmp_path):
+    # A real process: under pytest, warnings are recorded by pytest instead of printed.
+    import subprocess
+    import sys
+
+    tiny = os.path.join(os.path.dirname(__file__), "..", "..", "shared-tests", "fixtures", "pbmc_tiny.h5ad")
+    out = tmp_path / "m"
+    r = subprocess.run([sys.executable, "-m", "pysave", "train", tiny, "--condition", "batch", "--condition", "cell_type",
+                        "--out", str(out), "--kl-weight", "5000", "--epochs", "30", "--flow-epochs", "2", "--hidden-size", "32",
+                        "--condition-dim", "32", "--latent-dim", "32", "--n-blocks", "8", "--encoder-layers", "1",
+                        "--decoder-layers", "1", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if "posterior collapse" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: posterior collapse: only 0 of the 32")
+    assert "lower kl_weight" in lines[0] and "UserWarning" not in r.stderr
+    info = run("info", out)
+    assert "latent dimensions in use: 0 of 32 (posterior collapse)" in info.output

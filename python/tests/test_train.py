@@ -86,3 +86,18 @@ def test_vae_warmup_is_short_and_the_flow_ramps_over_a_quarter(pbmc_small, monke
     with pytest.raises(pysave.PySaveError, match="warmup_epochs must be 0"):
         model.train(max_epochs=2, warmup_epochs=-1, progress=False, device="cpu")
     assert model.training_summary["warmup_epochs"] == {"vae": 3, "flow": 3}  # the failed call changed nothing
+
+
+def test_collapse_message_names_the_fix_that_fits_the_kl_weight():
+    high = model_module.collapse_message(0, 128, 0.5)
+    assert "only 0 of the 128 latent dimensions" in high and "lower kl_weight (this model: 0.5" in high
+    default = model_module.collapse_message(1, 128, model_module.DEFAULTS["kl_weight"])
+    assert "lower kl_weight" not in default and "check the input" in default
+
+
+def test_active_latent_dims_counts_dimensions_that_vary_across_cells():
+    mu = torch.zeros(50, 4)
+    mu[:, 1] = torch.linspace(-1, 1, 50)  # variance ~0.35
+    mu[:, 2] = torch.linspace(-0.05, 0.05, 50)  # variance ~0.0009: not in use
+    assert model_module.active_latent_dims(mu) == 1
+    assert model_module.active_latent_dims(mu[:1]) == 4  # one cell: nothing to judge

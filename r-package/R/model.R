@@ -116,7 +116,7 @@ print.SAVEModel <- function(x, ...) {
   }
   if (length(x$training)) {
     tr <- x$training
-    fields <- intersect(c("epochs", "flow_epochs", "seconds", "seed", "device"), names(tr))
+    fields <- intersect(c("max_epochs", "flow_epochs", "seed", "device", "active_latent_dims"), names(tr))
     if (length(fields)) cat("  training: ", paste0(fields, " ", vapply(tr[fields], function(v) format(v[[1]]), ""), collapse = ", "), "\n", sep = "")
   }
   invisible(x)

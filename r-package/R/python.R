@@ -118,6 +118,8 @@ INSTALL_HINT <- paste0(
 
 # Run a Python call; turn a Python exception into one R error with the engine's message.
 .pycall <- function(expr, what = NULL) {
+  # Python warnings of bridge$call() (kept by the bridge, not printed) become R warnings here.
+  on.exit(.reraise_python_warnings(what), add = TRUE)
   tryCatch(expr, error = function(e) {
     msg <- conditionMessage(e)
     last <- tryCatch(reticulate::py_last_error(), error = function(e2) NULL)
@@ -128,6 +130,14 @@ INSTALL_HINT <- paste0(
     msg <- sub("^Error in py_call_impl\\(.*?\\) *: *", "", msg)
     stop(if (is.null(what)) msg else paste0(what, ": ", msg), call. = FALSE)
   })
+}
+
+.reraise_python_warnings <- function(what) {
+  if (is.null(.saver$modules)) return(invisible())
+  for (msg in .chr(.saver$modules$bridge$take_warnings())) {
+    warning(if (is.null(what)) msg else paste0(what, ": ", msg), call. = FALSE)
+  }
+  invisible()
 }
 
 # Explicit conversions (all Python objects are imported with convert = FALSE).

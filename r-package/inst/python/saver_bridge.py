@@ -219,6 +219,27 @@ def versions():
     return out
 
 
+_WARNINGS: list = []
+
+
 def call(fn, args, kwargs):
-    """fn(*args, **kwargs) with R values turned into plain Python (integers where the engine counts)."""
-    return fn(*list(args or []), **to_python_values(kwargs or {}))
+    """fn(*args, **kwargs) with R values turned into plain Python (integers where the engine counts).
+    Python warnings raised meanwhile are kept for take_warnings(): saveR re-raises them as R
+    warnings, which reticulate would only print to stderr."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return fn(*list(args or []), **to_python_values(kwargs or {}))
+        finally:
+            for w in caught:
+                if str(w.message) not in _WARNINGS:
+                    _WARNINGS.append(str(w.message))
+
+
+def take_warnings() -> list:
+    """The warnings kept by call() since the last take, oldest first (and forget them)."""
+    out = list(_WARNINGS)
+    _WARNINGS.clear()
+    return out

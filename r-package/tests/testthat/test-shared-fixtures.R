@@ -77,3 +77,15 @@ test_that("the package's example copies of the fixtures are the shared ones", {
     expect_identical(unname(tools::md5sum(a)), unname(tools::md5sum(b)), label = paste(p, collapse = "/"))
   }
 })
+
+test_that("posterior collapse becomes an R warning and is recorded, as in Python", {
+  spec <- jsonlite::fromJSON(shared_file("expectations", "posterior_collapse.json"), simplifyVector = TRUE)
+  run <- function(kl) {
+    sce <- ReadH5AD(shared_file("fixtures", spec$fixture))
+    do.call(RunSAVE, c(list(sce, conditions = spec$conditions, kl_weight = kl, verbose = FALSE), spec$params, spec$train))
+  }
+  expect_warning(collapsed <- run(spec$collapsing_kl_weight), paste0(spec$warning, ".*lower kl_weight"))
+  expect_lte(S4Vectors::metadata(collapsed)$SAVE$training$active_latent_dims, spec$max_active_when_collapsed)
+  expect_warning(healthy <- run(spec$healthy_kl_weight), NA)
+  expect_gte(S4Vectors::metadata(healthy)$SAVE$training$active_latent_dims, spec$min_active_when_healthy)
+})
