@@ -8,6 +8,7 @@ test_that("LoadSAVE describes a model directory without leaking Python objects",
   expect_true(m$is_trained)
   expect_false(any(vapply(unlist(m, recursive = TRUE), function(v) inherits(v, "python.builtin.object"), logical(1))))
   expect_output(print(m), "condition cell_type: 7 categories")
+  expect_output(print(m), "training: max_epochs [0-9]+, flow_epochs [0-9]+, seed")
   expect_identical(LoadSAVE(m), m)
 })
 
