@@ -496,11 +496,11 @@ def evaluate(real, generated, task, out, groups, floor, counts_layer, n_hvg, n_p
     batch:         pysave evaluate DATA --task batch --batch-key batch --label-key cell_type --embedding X_save ... --out DIR
     perturbation:  pysave evaluate REAL PREDICTED --task perturbation --condition-key condition --out DIR
     """
-    from . import __version__
-    from .io import write_json_atomic, write_text_atomic
+    from .evaluation import evaluate as run_evaluation
 
     if os.path.exists(out) and not overwrite:
         raise PySaveError(f"output folder {out!r} already exists; choose another --out or pass --overwrite.")
+    # The same checks as evaluate() makes, worded in flags and made before any file is read.
     if task == "batch":
         if generated is not None:
             raise PySaveError("--task batch scores the embeddings of one dataset; give DATA only (no GENERATED).")
@@ -512,105 +512,18 @@ def evaluate(real, generated, task, out, groups, floor, counts_layer, n_hvg, n_p
         raise PySaveError("--task generation needs --group (an obs column, e.g. --group cell_type).")
     real_a = _read_data(real)
     gen_a = _read_data(generated) if generated else None
-    run = {"generation": _evaluate_generation, "batch": _evaluate_batch, "perturbation": _evaluate_perturbation}[task]
-    files = []
-    os.makedirs(out, exist_ok=True)
-    table, summary = run(real_a, gen_a, out, files, locals())
-    write_text_atomic(os.path.join(out, "metrics.tsv"), table.to_csv(sep="\t"))
-    summary.update({"task": task, "pysave_version": __version__, "real": os.path.abspath(real),
-                    "generated": os.path.abspath(generated) if generated else None})
-    write_json_atomic(os.path.join(out, "summary.json"), summary)
+    floor_a = _read_data(floor) if floor else None
+    table, summary, files = run_evaluation(
+        real_a, gen_a, task=task, out=out, groups=list(groups), floor=floor_a, counts_layer=counts_layer, n_hvg=n_hvg,
+        n_pcs=n_pcs, batch_key=batch_key, label_key=label_key, embeddings=list(embeddings),
+        layer_embeddings=list(layer_embeddings), pre_integrated=pre_integrated, condition_key=condition_key, control=control,
+        stimulated=stimulated, cell_type_key=cell_type_key, n_degs=n_degs, seed=seed, umap=not no_umap, overwrite=overwrite,
+        sources={"real": os.path.abspath(real), "generated": os.path.abspath(generated) if generated else None,
+                 "floor": os.path.abspath(floor) if floor else None})
     if not quiet:
         click.echo(table.round(4).to_string())
         click.echo("mean: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.get("mean", {}).items()))
         click.echo(f"wrote metrics.tsv, summary.json, {', '.join(files)} to {out}")
-
-
-def _evaluate_generation(real_a, gen_a, out, files, opts):
-    from .metrics import generation_fidelity, log_normalized
-    from .plotting import metric_bars, real_vs_generated_umap
-
-    groups, seed = list(opts["groups"]), opts["seed"]
-    floor_a = _read_data(opts["floor"]) if opts["floor"] else None
-    result = generation_fidelity(real_a, gen_a, groups, floor=floor_a, n_hvg=opts["n_hvg"], n_pcs=opts["n_pcs"],
-                                 counts_layer=opts["counts_layer"], seed=seed)
-    table = result["per_group"]
-    metric_bars(table, os.path.join(out, "metrics.png"))
-    files.append("metrics.png")
-    if not opts["no_umap"]:
-        import anndata as ad
-
-        genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
-        r = ad.AnnData(log_normalized(real_a[:, genes]), obs=real_a.obs[groups].copy())
-        g = ad.AnnData(log_normalized(gen_a[:, genes]), obs=gen_a.obs[groups].copy())
-        r.var_names = g.var_names = genes
-        real_vs_generated_umap(r, g, groups[0], os.path.join(out, "umap.png"), seed=seed)
-        files.append("umap.png")
-    info = gen_a.uns.get("pysave", {})
-    summary = {"protocol": result["protocol"], "mean": result["mean"],
-               "floor": os.path.abspath(opts["floor"]) if opts["floor"] else None,
-               "scored_output": info.get("output", "unknown"), "scored_output_description": info.get("output_description")}
-    return table, summary
-
-
-def _evaluate_batch(real_a, gen_a, out, files, opts):
-    from .metrics import batch_correction, unintegrated_pca
-    from .plotting import embedding_umaps, grouped_bars
-
-    keys = list(opts["embeddings"])
-    for layer in opts["layer_embeddings"]:
-        if layer not in real_a.layers:
-            raise PySaveError(f"layer {layer!r} is not in the data (layers: {list(real_a.layers.keys())}).")
-        real_a.obsm[f"pca_{layer}"] = unintegrated_pca(real_a, layer=layer, seed=opts["seed"])
-        keys.append(f"pca_{layer}")
-    result = batch_correction(real_a, opts["batch_key"], opts["label_key"], keys, pre_integrated_key=opts["pre_integrated"],
-                              seed=opts["seed"])
-    table = result["table"]
-    grouped_bars(table, ["Bio conservation", "Batch correction", "Total"], os.path.join(out, "scores.png"),
-                 title="scIB scores (raw, not min-max scaled)")
-    files.append("scores.png")
-    if not opts["no_umap"]:
-        embedding_umaps(real_a, keys, opts["batch_key"], opts["label_key"], os.path.join(out, "umap.png"), seed=opts["seed"])
-        files.append("umap.png")
-    mean = {k: float(v) for k, v in table["Total"].items()}
-    return table, {"protocol": result["protocol"], "mean": {f"Total[{k}]": v for k, v in mean.items()},
-                   "scores": table[["Bio conservation", "Batch correction", "Total"]].to_dict(orient="index")}
-
-
-def _evaluate_perturbation(real_a, gen_a, out, files, opts):
-    import anndata as ad
-    import pandas as pd
-
-    from .metrics import log_normalized, perturbation_evaluation
-    from .plotting import grouped_bars, mean_scatter, real_vs_generated_umap
-
-    ct = opts["cell_type_key"]
-    ct = ct if ct and ct in real_a.obs.columns and ct in gen_a.obs.columns else None
-    result = perturbation_evaluation(real_a, gen_a, opts["condition_key"], opts["control"], opts["stimulated"],
-                                     cell_type_key=ct, n_degs=opts["n_degs"], seed=opts["seed"])
-    table = result["per_group"]
-    grouped_bars(table, ["degs_r2", "control_degs_r2", "floor_degs_r2", "all_r2", "control_all_r2", "floor_all_r2"],
-                 os.path.join(out, "scores.png"), title="R^2 (squared Pearson) of per-gene means",
-                 labels=[f"predicted, top {opts['n_degs']} DEGs", "control, DEGs", "noise floor, DEGs", "predicted, all genes",
-                         "control, all genes", "noise floor, all genes"])
-    files.append("scores.png")
-    genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
-    cond = real_a.obs[opts["condition_key"]].astype(str).to_numpy()
-    t_real = real_a.obs[ct].astype(str).to_numpy() if ct else np.full(real_a.n_obs, "all")
-    t_pred = gen_a.obs[ct].astype(str).to_numpy() if ct else np.full(gen_a.n_obs, "all")
-    x_real, x_pred = log_normalized(real_a[:, genes]), log_normalized(gen_a[:, genes])
-    pairs = {t: (x_real[(t_real == t) & (cond == opts["stimulated"])].mean(0), x_pred[t_pred == t].mean(0)) for t in table.index}
-    mean_scatter(pairs, os.path.join(out, "means.png"), xlabel="real stimulated mean", ylabel="predicted mean")
-    files.append("means.png")
-    if not opts["no_umap"]:
-        stim = np.isin(t_real, list(table.index)) & (cond == opts["stimulated"])
-        r = ad.AnnData(x_real[stim], obs=pd.DataFrame({"cell_type": t_real[stim]}))
-        g = ad.AnnData(x_pred[np.isin(t_pred, list(table.index))], obs=pd.DataFrame({"cell_type": t_pred[np.isin(t_pred, list(table.index))]}))
-        r.var_names = g.var_names = genes
-        real_vs_generated_umap(r, g, "cell_type", os.path.join(out, "umap.png"), seed=opts["seed"])
-        files.append("umap.png")
-    return table, {"protocol": result["protocol"], "mean": result["mean"], "degs": result["degs"],
-                   "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
 
 
 if __name__ == "__main__":  # python -m pysave.cli

@@ -342,7 +342,7 @@ def perturbation_evaluation(real, predicted, condition_key: str, control: str, s
     ``real``: real cells of both conditions (counts or log-normalized); ``predicted``: predicted
     stimulated cells (e.g. ``SAVE.transfer(control_cells, {condition_key: stimulated})``), with
     ``cell_type_key`` in obs (omit it to score all cells as one group). For each cell type with
-    >= 2 predicted, >= 2 real stimulated and >= 2 control cells: PCC and R^2 (= r^2) of per-gene
+    >= 2 predicted, >= 4 real stimulated (2 per half of the floor) and >= 2 control cells: PCC and R^2 (= r^2) of per-gene
     means over all genes and over the top ``n_degs`` Wilcoxon DEGs, sklearn ``r2_score``, the
     "control" baseline (predict = the control cells) and the noise floor (one random half of the
     real stimulated cells against the other half). Returns ``{"per_group", "mean", "protocol", "degs"}``.
@@ -367,7 +367,7 @@ def perturbation_evaluation(real, predicted, condition_key: str, control: str, s
     k = f"top{n_degs}_degs"
     for t in sorted(set(types_pred)):
         ctrl, stim, pred = (types_real == t) & (cond == control), (types_real == t) & (cond == stimulated), types_pred == t
-        if min(ctrl.sum(), stim.sum(), pred.sum()) < 2:
+        if min(ctrl.sum(), pred.sum()) < 2 or stim.sum() < 4:  # the floor's halves need 2 cells each for the DE test
             continue
         out = perturbation_agreement(real[ctrl], real[stim], predicted[pred], n_degs=n_degs)
         stim_idx = rng.permutation(np.flatnonzero(stim))
@@ -381,7 +381,7 @@ def perturbation_evaluation(real, predicted, condition_key: str, control: str, s
         rows.append(row)
         degs[t] = out["degs"]
     if not rows:
-        raise PySaveError("no cell type has at least 2 control, 2 real stimulated and 2 predicted cells; check the keys and values.")
+        raise PySaveError("no cell type has at least 2 control, 4 real stimulated and 2 predicted cells; check the keys and values.")
     table = pd.DataFrame(rows).set_index("group")
     numeric = table.drop(columns=[c for c in table.columns if c.startswith("n_")])
     protocol = {"name": "perturbation_scgen", "version": PROTOCOL_VERSION, "condition_key": condition_key, "control": control,

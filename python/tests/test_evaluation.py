@@ -142,3 +142,17 @@ def test_evaluate_perturbation_command(kang, tmp_path):
     # Wrong number of inputs for the task: one clear line.
     bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "real.h5ad"), "--task", "perturbation", "--out", str(tmp_path / "q")])
     assert bad.exit_code == 1 and "needs two files" in bad.output
+
+
+def test_perturbation_skips_a_type_too_small_for_the_floor_halves(pbmc_full):
+    # 3 real stimulated cells cannot be halved into two groups of >= 2 for the floor's DE test:
+    # that type is left out (it used to crash inside scanpy), the others are scored.
+    a = pbmc_full.copy()
+    batch = a.obs["batch"].astype(str).to_numpy()
+    a.obs["condition"] = np.where(batch == "10x_3prime_v2", "control", np.where(batch == "10x_5prime", "stimulated", "other"))
+    real = a[a.obs["condition"] != "other"].copy()
+    stim_b = np.flatnonzero((real.obs["condition"] == "stimulated").to_numpy() & (real.obs["cell_type"] == "B").to_numpy())
+    real = real[~np.isin(np.arange(real.n_obs), stim_b[3:])].copy()
+    predicted = real[(real.obs["condition"] == "stimulated").to_numpy()].copy()
+    result = M.perturbation_evaluation(real, predicted, "condition", "control", "stimulated", cell_type_key="cell_type", n_degs=20)
+    assert "B" not in result["per_group"].index and len(result["per_group"]) >= 5

@@ -1,3 +1,4 @@
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,3 +96,14 @@ def test_evaluate_command(trained, tmp_path, pbmc_full):
     summary = json.load(open(tmp_path / "eval" / "summary.json"))
     assert summary["protocol"]["name"] == "generation_fidelity" and summary["scored_output"] == "sample"
     assert summary["task"] == "generation" and summary["protocol"]["seed"] == 0
+    # The Python API gives the same table, and writes nothing without an output folder.
+    import pysave
+
+    real, gen, floor = (ad.read_h5ad(p) for p in (tmp_path / "real.h5ad", tmp_path / "gen.h5ad", trained["data"]))
+    api_table, api_summary, files = pysave.evaluate(real, gen, groups=["cell_type"], floor=floor, n_hvg=200)
+    assert files == [] and api_summary["mean"] == pytest.approx(summary["mean"])
+    pd.testing.assert_frame_equal(api_table.reset_index(drop=True), table.reset_index(drop=True), check_dtype=False, atol=1e-6)
+    with pytest.raises(pysave.PySaveError, match="needs groups"):
+        pysave.evaluate(real, gen)
+    with pytest.raises(pysave.PySaveError, match="already exists"):
+        pysave.evaluate(real, gen, groups=["cell_type"], out=str(tmp_path / "eval"))

@@ -190,7 +190,7 @@ def to_python_values(values):
 # training and sampling arguments are listed by hand.
 INTEGER_ARGS = set(INTEGER_PARAMS) | {
     "max_epochs", "flow_epochs", "batch_size", "warmup_epochs",
-    "early_stopping_patience", "n_steps", "n_cells", "checkpoint_every", "chunk_size"}
+    "early_stopping_patience", "n_steps", "n_cells", "checkpoint_every", "chunk_size", "n_degs", "n_hvg", "n_pcs"}
 
 
 def conditions_table(columns, n_cells):
@@ -220,6 +220,20 @@ def versions():
 
 
 _WARNINGS: list = []
+
+
+def evaluate(real, generated, kwargs):
+    """pysave.evaluate(real, generated, **kwargs) for EvaluateSAVE(): the table with its row
+    names as the first column, the summary as JSON, and the plot files written."""
+    import json
+
+    from pysave.evaluation import evaluate as run
+
+    table, summary, files = run(real, generated, **to_python_values(kwargs or {}))
+    table = table.copy()
+    table.index = table.index.astype(str)
+    return {"table": table.rename_axis(table.index.name or "name").reset_index(), "summary_json": json.dumps(summary, default=str),
+            "files": list(files)}
 
 
 def call(fn, args, kwargs):
