@@ -2,7 +2,9 @@
 
 Every problem a user can fix (bad input, bad option, broken model directory) raises
 :class:`PySaveError` with a message that names the problem and the fix. The CLI prints
-these without a traceback; anything else is a bug and keeps its traceback.
+these without a traceback; anything else is a bug and keeps its traceback. Results the user
+should look twice at (a collapsed latent, an untrained unconditional field) are reported with
+:class:`PySaveWarning`, which saveR turns into R warnings.
 """
 
 
@@ -12,3 +14,7 @@ class PySaveError(ValueError):
 
 class ModelDirectoryError(PySaveError):
     """A model directory that is missing, incomplete, corrupted or from a newer format."""
+
+
+class PySaveWarning(UserWarning):
+    """Something worked but deserves a second look; the message says what and what to do."""

@@ -33,7 +33,7 @@ from . import distributed as dist_utils
 from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
-from .errors import ModelDirectoryError, PySaveError
+from .errors import ModelDirectoryError, PySaveError, PySaveWarning
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
 from .train import PRECISIONS, autocast, fit, resolve_precision
 from .vae import LIKELIHOODS, BlockAttentionVAE
@@ -522,7 +522,7 @@ class SAVE:
         self.latent_mean, self.latent_std = _latent_moments(mu, std, train_rows, seed)
         active_dims = active_latent_dims(mu[torch.from_numpy(train_rows)])
         if active_dims < MIN_ACTIVE_LATENT_DIMS and rank == 0:
-            warnings.warn(collapse_message(active_dims, mu.shape[1], self.params["kl_weight"]), stacklevel=2)
+            warnings.warn(collapse_message(active_dims, mu.shape[1], self.params["kl_weight"]), PySaveWarning, stacklevel=2)
         latents = condition_latent_means(mu, data.codes)
         pcs, positions = expression_pcs(data, self.scalers, seed)
         self.condition_latents = {**latents, **pcs, **kept_shift_cells(mu, positions, data.codes, seed)}
@@ -757,7 +757,7 @@ class SAVE:
         if float(guidance) != 1.0 and float(self.params["mask_prob"]) == 0.0:
             # Guidance mixes in the unconditional field, which only condition masking trains.
             warnings.warn(f"this model was trained with mask_prob=0, so its unconditional field is untrained and "
-                          f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).", stacklevel=4)
+                          f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).", PySaveWarning, stacklevel=4)
 
     def _check_output(self, output: str | None) -> str:
         """The output kind to produce. ``None`` is the default: "sample", or "mean" for a model

@@ -118,8 +118,10 @@ INSTALL_HINT <- paste0(
 
 # Run a Python call; turn a Python exception into one R error with the engine's message.
 .pycall <- function(expr, what = NULL) {
-  # Python warnings of bridge$call() (kept by the bridge, not printed) become R warnings here.
-  on.exit(.reraise_python_warnings(what), add = TRUE)
+  # pysave's warnings during the call become R warnings (reticulate would only print them).
+  recording <- !is.null(.saver$modules)
+  if (recording) .saver$modules$bridge$start_warnings()
+  on.exit(if (recording) .reraise_python_warnings(what), add = TRUE)
   tryCatch(expr, error = function(e) {
     msg <- conditionMessage(e)
     last <- tryCatch(reticulate::py_last_error(), error = function(e2) NULL)
@@ -133,8 +135,7 @@ INSTALL_HINT <- paste0(
 }
 
 .reraise_python_warnings <- function(what) {
-  if (is.null(.saver$modules)) return(invisible())
-  for (msg in .chr(.saver$modules$bridge$take_warnings())) {
+  for (msg in .chr(.saver$modules$bridge$stop_warnings())) {
     warning(if (is.null(what)) msg else paste0(what, ": ", msg), call. = FALSE)
   }
   invisible()

@@ -219,9 +219,6 @@ def versions():
     return out
 
 
-_WARNINGS: list = []
-
-
 def evaluate(real, generated, kwargs):
     """pysave.evaluate(real, generated, **kwargs) for EvaluateSAVE(): the table with its row
     names as the first column, the summary as JSON, and the plot files written."""
@@ -237,23 +234,37 @@ def evaluate(real, generated, kwargs):
 
 
 def call(fn, args, kwargs):
-    """fn(*args, **kwargs) with R values turned into plain Python (integers where the engine counts).
-    Python warnings raised meanwhile are kept for take_warnings(): saveR re-raises them as R
-    warnings, which reticulate would only print to stderr."""
+    """fn(*args, **kwargs) with R values turned into plain Python (integers where the engine counts)."""
+    return fn(*list(args or []), **to_python_values(kwargs or {}))
+
+
+_RECORDERS: list = []
+
+
+def start_warnings():
+    """Start recording Python warnings (saveR's .pycall, around each engine call; recordings nest)."""
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            return fn(*list(args or []), **to_python_values(kwargs or {}))
-        finally:
-            for w in caught:
-                if str(w.message) not in _WARNINGS:
-                    _WARNINGS.append(str(w.message))
+    recorder = warnings.catch_warnings(record=True)
+    _RECORDERS.append((recorder, recorder.__enter__()))
 
 
-def take_warnings() -> list:
-    """The warnings kept by call() since the last take, oldest first (and forget them)."""
-    out = list(_WARNINGS)
-    _WARNINGS.clear()
-    return out
+def stop_warnings() -> list:
+    """Stop the last recording. pysave's own warnings (PySaveWarning) are returned, once each,
+    for saveR to raise as R warnings; any other warning is printed as Python would print it."""
+    import warnings
+
+    from pysave.errors import PySaveWarning
+
+    if not _RECORDERS:
+        return []
+    recorder, caught = _RECORDERS.pop()
+    recorder.__exit__(None, None, None)
+    ours = []
+    for w in caught:
+        if issubclass(w.category, PySaveWarning):
+            if str(w.message) not in ours:
+                ours.append(str(w.message))
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return ours

@@ -141,3 +141,11 @@ test_that("GenerateCells shift_from samples under other values, then adds the la
                                                    shift_neighbours = 2.5))),
                "GenerateCells: shift_neighbours must be a whole number >= 0", fixed = TRUE)
 })
+
+test_that("pysave's warnings reach R as warnings (guidance on a model trained without masking)", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  fit <- run_tiny(sce, conditions = c("batch", "cell_type"), mask_prob = 0, seed = 3)
+  expect_warning(GenerateCells(fit, n = 5, conditions = list(cell_type = "B"), guidance = 2, expression = "mean"),
+                 "trained with mask_prob=0.*guidance=1")
+  expect_warning(GenerateCells(fit, n = 5, conditions = list(cell_type = "B"), guidance = 1, expression = "mean"), NA)
+})
