@@ -65,3 +65,12 @@ test_that("EvaluateSAVE says which inputs a task needs", {
   expect_error(EvaluateSAVE("no/such/file.h5ad", real, groups = "cell_type"), "path of an existing .h5ad")
   expect_error(EvaluateSAVE(real, real, task = "perturbation", condition_key = "nope"), "'nope' is not a column")
 })
+
+test_that("EvaluateSAVE reads Seurat objects: the counts of real cells, the data slot of generated ones", {
+  pbmc <- run_tiny(pbmc_small_seurat(), conditions = "groups")
+  gen <- GenerateCells(pbmc, n = 30, conditions = data.frame(groups = c("g1", "g2")), seed = 1)
+  scores <- EvaluateSAVE(pbmc, gen, groups = "groups", n_hvg = 100L)
+  expect_setequal(rownames(scores), c("g1", "g2"))
+  expect_true(all(is.finite(scores$MMD)))
+  expect_identical(attr(scores, "summary")$scored_output, "sample")
+})
