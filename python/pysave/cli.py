@@ -90,8 +90,11 @@ sampling_precision = click.option(
 @click.version_option(package_name="pysave")
 def main():
     """pysave: SAVE, multi-condition single-cell generation (gene-block attention VAE + latent flow matching)."""
-    # A warning on the command line reads as one line of text, not as Python source and a line number.
+    # A warning on the command line reads as one line of text, not as Python source and a line
+    # number; put back when the command ends (the CLI may be invoked from Python, e.g. in tests).
+    previous = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    click.get_current_context().call_on_close(lambda: setattr(warnings, "formatwarning", previous))
 
 
 @main.command()
