@@ -145,9 +145,10 @@ def _evaluate_perturbation(real_a, gen_a, out, files, opts):
         title="R^2 (squared Pearson) of per-gene means",
         labels=[f"predicted, top {opts['n_degs']} DEGs", "control, DEGs", "noise floor, DEGs", "predicted, all genes",
                 "control, all genes", "noise floor, all genes"]))
-    if out is None:
-        return table, {"protocol": result["protocol"], "mean": result["mean"], "degs": result["degs"],
-                       "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
+    summary = {"protocol": result["protocol"], "mean": result["mean"], "degs": result["degs"],
+               "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
+    if out is None:  # the rest draws plots
+        return table, summary
     genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
     cond = real_a.obs[opts["condition_key"]].astype(str).to_numpy()
     t_real = real_a.obs[ct].astype(str).to_numpy() if ct else np.full(real_a.n_obs, "all")
@@ -161,5 +162,4 @@ def _evaluate_perturbation(real_a, gen_a, out, files, opts):
         g = ad.AnnData(x_pred[np.isin(t_pred, list(table.index))], obs=pd.DataFrame({"cell_type": t_pred[np.isin(t_pred, list(table.index))]}))
         r.var_names = g.var_names = genes
         _plot(out, files, "umap.png", lambda path: real_vs_generated_umap(r, g, "cell_type", path, seed=opts["seed"]))
-    return table, {"protocol": result["protocol"], "mean": result["mean"], "degs": result["degs"],
-                   "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
+    return table, summary
