@@ -75,9 +75,8 @@ EvaluateSAVE <- function(real, generated = NULL, task = c("generation", "perturb
                layer_embeddings = as.list(layers), seed = seed, umap = isTRUE(umap), overwrite = isTRUE(overwrite))
   gen_a <- if (is.null(generated)) NULL else .eval_anndata(generated, fun, "generated")
   res <- .pycall(py$bridge$evaluate(real_a, gen_a, args[!vapply(args, is.null, logical(1))]), fun)
-  table <- .r(res$table)
-  rownames(table) <- as.character(table[[1]])
-  table <- table[, -1, drop = FALSE]
+  columns <- lapply(.r(res$columns), function(v) if (is.list(v)) as.character(unlist(v)) else as.vector(v))
+  table <- data.frame(columns, row.names = .chr(res$rownames), check.names = FALSE, stringsAsFactors = FALSE)
   attr(table, "summary") <- jsonlite::fromJSON(.r(res$summary_json), simplifyVector = TRUE)
   attr(table, "files") <- .chr(res$files)
   table

@@ -220,16 +220,16 @@ def versions():
 
 
 def evaluate(real, generated, kwargs):
-    """pysave.evaluate(real, generated, **kwargs) for EvaluateSAVE(): the table with its row
-    names as the first column, the summary as JSON, and the plot files written."""
+    """pysave.evaluate(real, generated, **kwargs) for EvaluateSAVE(): the table's columns and row
+    names, the summary as JSON, and the plot files written."""
     import json
 
     from pysave.evaluation import evaluate as run
 
     table, summary, files = run(real, generated, **to_python_values(kwargs or {}))
-    table = table.copy()
-    table.index = table.index.astype(str)
-    return {"table": table.rename_axis(table.index.name or "name").reset_index(), "summary_json": json.dumps(summary, default=str),
+    # plain columns, not a DataFrame: reticulate's DataFrame conversion warns under pandas 2
+    columns = {str(c): (table[c].to_numpy() if table[c].dtype.kind in "biuf" else [str(v) for v in table[c]]) for c in table.columns}
+    return {"columns": columns, "rownames": [str(i) for i in table.index], "summary_json": json.dumps(summary, default=str),
             "files": list(files)}
 
 
