@@ -520,7 +520,7 @@ class SAVE:
         std = torch.exp(0.5 * dist_utils.all_gather_rows(logvar.to(dev), shares).cpu())
         del logvar
         self.latent_mean, self.latent_std = _latent_moments(mu, std, train_rows, seed)
-        active_dims = active_latent_dims(mu[torch.from_numpy(train_rows)])
+        active_dims = active_latent_dims(mu, train_rows)
         if active_dims < MIN_ACTIVE_LATENT_DIMS and rank == 0:
             warnings.warn(collapse_message(active_dims, mu.shape[1], self.params["kl_weight"]), PySaveWarning, stacklevel=2)
         latents = condition_latent_means(mu, data.codes)
@@ -1554,12 +1554,22 @@ def _stratum_weights(latents: np.ndarray, origins: np.ndarray, bandwidth: float)
     return w / w.sum(1, keepdims=True)
 
 
-def active_latent_dims(mu: torch.Tensor) -> int:
-    """How many latent dimensions the encoder uses: those whose mean varies across the given
-    cells by more than ACTIVE_LATENT_VARIANCE (all of them for fewer than 2 cells)."""
-    if len(mu) < 2:
+def active_latent_dims(mu: torch.Tensor, rows: np.ndarray | None = None, batch: int = 65_536) -> int:
+    """How many latent dimensions the encoder uses: those whose mean varies across the cells
+    ``rows`` (default all) by more than ACTIVE_LATENT_VARIANCE (all of them for fewer than 2
+    cells). Accumulated in float64 batch by batch, so no second n_cells x d tensor is made."""
+    rows = np.arange(len(mu)) if rows is None else np.asarray(rows)
+    if len(rows) < 2:
         return int(mu.shape[1])
-    return int((mu.double().var(dim=0) > ACTIVE_LATENT_VARIANCE).sum())
+    total = torch.zeros(mu.shape[1], dtype=torch.float64)
+    squares = torch.zeros(mu.shape[1], dtype=torch.float64)
+    for start in range(0, len(rows), batch):
+        chunk = mu[torch.from_numpy(rows[start:start + batch])].double()
+        total += chunk.sum(0)
+        squares += chunk.pow(2).sum(0)
+    n = len(rows)
+    variance = (squares - total.pow(2) / n) / (n - 1)
+    return int((variance > ACTIVE_LATENT_VARIANCE).sum())
 
 
 def collapse_message(active: int, latent_dim: int, kl_weight: float) -> str:

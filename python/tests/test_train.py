@@ -1,4 +1,5 @@
 """The training loop's early stopping, and the patience and lr warm-up each stage of SAVE.train gets."""
+import numpy as np
 import pytest
 import torch
 
@@ -100,4 +101,8 @@ def test_active_latent_dims_counts_dimensions_that_vary_across_cells():
     mu[:, 1] = torch.linspace(-1, 1, 50)  # variance ~0.35
     mu[:, 2] = torch.linspace(-0.05, 0.05, 50)  # variance ~0.0009: not in use
     assert model_module.active_latent_dims(mu) == 1
+    assert model_module.active_latent_dims(mu, batch=7) == 1  # accumulated over batches: the same
+    assert model_module.active_latent_dims(mu, rows=np.arange(0, 50, 2)) == 1
     assert model_module.active_latent_dims(mu[:1]) == 4  # one cell: nothing to judge
+    offset = mu + 1000.0  # a large mean must not swamp the variance (float64 sums)
+    assert model_module.active_latent_dims(offset) == 1
