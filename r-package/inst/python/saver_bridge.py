@@ -245,8 +245,12 @@ def start_warnings():
     """Start recording Python warnings (saveR's .pycall, around each engine call; recordings nest)."""
     import warnings
 
+    from pysave.errors import PySaveWarning
+
     recorder = warnings.catch_warnings(record=True)
     _RECORDERS.append((recorder, recorder.__enter__()))
+    # pysave's own warnings every time, not once per code location: each R call should hear them
+    warnings.simplefilter("always", PySaveWarning)
 
 
 def stop_warnings() -> list:

@@ -149,3 +149,11 @@ test_that("pysave's warnings reach R as warnings (guidance on a model trained wi
                  "trained with mask_prob=0.*guidance=1")
   expect_warning(GenerateCells(fit, n = 5, conditions = list(cell_type = "B"), guidance = 1, expression = "mean"), NA)
 })
+
+test_that("a pysave warning is raised again on every call that causes it", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  fit <- run_tiny(sce, conditions = c("batch", "cell_type"), mask_prob = 0, seed = 4)
+  for (i in 1:2) {
+    expect_warning(GenerateCells(fit, n = 3, conditions = list(cell_type = "B"), guidance = 2, expression = "mean"), "mask_prob=0")
+  }
+})
