@@ -1556,19 +1556,12 @@ def _stratum_weights(latents: np.ndarray, origins: np.ndarray, bandwidth: float)
 
 def active_latent_dims(mu: torch.Tensor, rows: np.ndarray | None = None, batch: int = 65_536) -> int:
     """How many latent dimensions the encoder uses: those whose mean varies across the cells
-    ``rows`` (default all) by more than ACTIVE_LATENT_VARIANCE (all of them for fewer than 2
-    cells). Accumulated in float64 batch by batch, so no second n_cells x d tensor is made."""
+    ``rows`` (default all) by more than ACTIVE_LATENT_VARIANCE (all of them for fewer than 2 cells)."""
     rows = np.arange(len(mu)) if rows is None else np.asarray(rows)
     if len(rows) < 2:
         return int(mu.shape[1])
-    total = torch.zeros(mu.shape[1], dtype=torch.float64)
-    squares = torch.zeros(mu.shape[1], dtype=torch.float64)
-    for start in range(0, len(rows), batch):
-        chunk = mu[torch.from_numpy(rows[start:start + batch])].double()
-        total += chunk.sum(0)
-        squares += chunk.pow(2).sum(0)
-    n = len(rows)
-    variance = (squares - total.pow(2) / n) / (n - 1)
+    chunks = (mu[torch.from_numpy(rows[start:start + batch])] for start in range(0, len(rows), batch))
+    _, variance = _column_moments(chunks, mu.shape[1])
     return int((variance > ACTIVE_LATENT_VARIANCE).sum())
 
 
@@ -1584,18 +1577,30 @@ def collapse_message(active: int, latent_dim: int, kl_weight: float) -> str:
             f"cells sit near their conditions' mean. {fix} training_summary['active_latent_dims'] records the count.")
 
 
-def _latent_moments(mu: torch.Tensor, std: torch.Tensor, rows: np.ndarray, seed: int, batch: int = 65_536):
-    """Mean and std over ``rows`` of one posterior sample per cell, accumulated in float64
-    batch by batch so that no second n_cells x d tensor is made."""
-    g = torch.Generator().manual_seed(seed)
-    total = torch.zeros(mu.shape[1], dtype=torch.float64)
-    squares = torch.zeros(mu.shape[1], dtype=torch.float64)
-    for start in range(0, len(rows), batch):
-        sel = torch.from_numpy(rows[start:start + batch])
-        z = (mu[sel] + std[sel] * torch.randn(len(sel), mu.shape[1], generator=g)).double()
+def _column_moments(chunks, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (n - 1) variance of each column over the rows of ``chunks``, accumulated in
+    float64 one chunk at a time, so that no n_cells x d tensor is held."""
+    total = torch.zeros(dim, dtype=torch.float64)
+    squares = torch.zeros(dim, dtype=torch.float64)
+    n = 0
+    for chunk in chunks:
+        z = chunk.double()
         total += z.sum(0)
         squares += (z * z).sum(0)
-    n = max(1, len(rows))
+        n += len(z)
+    n = max(1, n)
     mean = total / n
-    var = (squares - n * mean * mean) / max(1, n - 1)
+    return mean, (squares - n * mean * mean) / max(1, n - 1)
+
+
+def _latent_moments(mu: torch.Tensor, std: torch.Tensor, rows: np.ndarray, seed: int, batch: int = 65_536):
+    """Mean and std over ``rows`` of one posterior sample per cell, batch by batch."""
+    g = torch.Generator().manual_seed(seed)
+
+    def samples():
+        for start in range(0, len(rows), batch):
+            sel = torch.from_numpy(rows[start:start + batch])
+            yield mu[sel] + std[sel] * torch.randn(len(sel), mu.shape[1], generator=g)
+
+    mean, var = _column_moments(samples(), mu.shape[1])
     return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-4)
