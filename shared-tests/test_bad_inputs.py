@@ -70,10 +70,18 @@ def _broken_model(good, kind, folder):
     return path
 
 
+EVALUATE_OPTIONS = ("task", "groups", "batch_key", "label_key", "embeddings", "condition_key", "n_pcs")
+
+
 def _python(case, model_dir, tmp_path):
     options = case.get("options", {})
     src = os.path.join(INPUTS, case["input"]) if case["input"] else None
     action = case["action"]
+    if action == "evaluate":
+        generated = read_h5ad(os.path.join(INPUTS, options["generated"])) if "generated" in options else None
+        pysave.evaluate(read_h5ad(src), generated, out=str(tmp_path / "eval"), umap=False,
+                        **{k: options[k] for k in EVALUATE_OPTIONS if k in options})
+        return None
     if action == "train":
         adata = read_h5ad(src)
         pysave.SAVE.setup_anndata(adata, case.get("conditions", SPEC["default_conditions"]), layer=options.get("layer"))
@@ -124,6 +132,13 @@ def _cli(case, model_dir, tmp_path):
         for k in ("via", "shift_bandwidth", "shift_neighbours"):
             if k in options:
                 args += ["--" + k.replace("_", "-"), str(options[k])]
+    elif action == "evaluate":
+        args = ["evaluate", src] + ([os.path.join(INPUTS, options["generated"])] if "generated" in options else [])
+        args += ["--out", str(tmp_path / "eval"), "--no-umap", "--quiet"]
+        for key in EVALUATE_OPTIONS:
+            for value in (options[key] if isinstance(options.get(key), list) else [options[key]] if key in options else []):
+                flag = {"groups": "--group", "embeddings": "--embedding"}.get(key, "--" + key.replace("_", "-"))
+                args += [flag, str(value)]
     elif action in ("embed", "load", "write"):
         out = str(tmp_path / "out.h5ad")
         if action == "write" and case["output"] == "is_input":
@@ -152,6 +167,10 @@ def test_case(case, surface, good_model, tmp_path, monkeypatch):
     out = tmp_path / "out.h5ad"
     if case["action"] == "write" and case["output"] in ("exists", "disk_full"):
         out.write_bytes(b"an earlier good file")
+    earlier = tmp_path / "eval" / "metrics.tsv"
+    if case["action"] == "evaluate" and case.get("output") == "exists":
+        earlier.parent.mkdir()
+        earlier.write_text("an earlier evaluation")
     if case.get("output") == "read_only":
         real_access = os.access
         monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: False if mode & os.W_OK else real_access(path, mode))
@@ -176,5 +195,7 @@ def test_case(case, surface, good_model, tmp_path, monkeypatch):
     assert before == {f: open(os.path.join(INPUTS, f), "rb").read() for f in os.listdir(INPUTS)}
     if case["action"] == "write" and case["output"] in ("exists", "disk_full"):
         assert out.read_bytes() == b"an earlier good file"
+    if case["action"] == "evaluate":  # a refused evaluation writes nothing, and keeps an earlier one
+        assert (earlier.read_text() == "an earlier evaluation") if case.get("output") == "exists" else not earlier.parent.exists()
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     assert not (tmp_path / "PWNED").exists()  # the pickle payload never ran

@@ -499,20 +499,12 @@ def evaluate(real, generated, task, out, groups, floor, counts_layer, n_hvg, n_p
     batch:         pysave evaluate DATA --task batch --batch-key batch --label-key cell_type --embedding X_save ... --out DIR
     perturbation:  pysave evaluate REAL PREDICTED --task perturbation --condition-key condition --out DIR
     """
-    from .evaluation import evaluate as run_evaluation
+    from .evaluation import check_request, evaluate as run_evaluation
 
-    if os.path.exists(out) and not overwrite:
-        raise PySaveError(f"output folder {out!r} already exists; choose another --out or pass --overwrite.")
-    # The same checks as evaluate() makes, worded in flags and made before any file is read.
-    if task == "batch":
-        if generated is not None:
-            raise PySaveError("--task batch scores the embeddings of one dataset; give DATA only (no GENERATED).")
-        if not batch_key or not label_key or not (embeddings or layer_embeddings):
-            raise PySaveError("--task batch needs --batch-key, --label-key and at least one --embedding (or --layer-embedding).")
-    elif generated is None:
-        raise PySaveError(f"--task {task} needs two files: REAL and GENERATED (predicted) cells.")
-    if task == "generation" and not groups:
-        raise PySaveError("--task generation needs --group (an obs column, e.g. --group cell_type).")
+    # evaluate()'s own checks, worded in flags and made before any file is read
+    check_request(task, generated is not None, groups=groups, batch_key=batch_key, label_key=label_key,
+                  n_embeddings=len(embeddings) + len(layer_embeddings), out=out, overwrite=overwrite, n_hvg=n_hvg,
+                  n_pcs=n_pcs, n_degs=n_degs, surface="cli")
     real_a = _read_data(real)
     gen_a = _read_data(generated) if generated else None
     floor_a = _read_data(floor) if floor else None

@@ -4,6 +4,8 @@ and saveR's `EvaluateSAVE()`, so the three give the same numbers and files."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -37,33 +39,83 @@ def evaluate(real, generated=None, task: str = "generation", out: str | None = N
     from . import __version__
     from .io import write_json_atomic, write_text_atomic
 
-    if task not in TASKS:
-        raise PySaveError(f"task must be one of {TASKS}, got {task!r}.")
-    if task == "batch":
-        if generated is not None:
-            raise PySaveError("the batch task scores the embeddings of one dataset; give the data only, no generated cells.")
-        if not batch_key or not label_key or not (list(embeddings) or list(layer_embeddings)):
-            raise PySaveError("the batch task needs batch_key, label_key and at least one embedding (obsm key) or layer embedding.")
-    elif generated is None:
-        raise PySaveError(f"the {task} task needs both real and generated (predicted) cells.")
-    if task == "generation" and not list(groups):
-        raise PySaveError("the generation task needs groups: obs column(s) such as 'cell_type'.")
-    if out is not None and os.path.exists(out) and not overwrite:
-        raise PySaveError(f"output folder {out!r} already exists; choose another one or pass overwrite=True.")
+    check_request(task, generated is not None, groups=groups, batch_key=batch_key, label_key=label_key,
+                  n_embeddings=len(list(embeddings)) + len(list(layer_embeddings)), out=out, overwrite=overwrite,
+                  n_hvg=n_hvg, n_pcs=n_pcs, n_degs=n_degs)
     opts = dict(groups=list(groups), floor=floor, counts_layer=counts_layer, n_hvg=int(n_hvg), n_pcs=int(n_pcs), batch_key=batch_key,
                 label_key=label_key, embeddings=list(embeddings), layer_embeddings=list(layer_embeddings),
                 pre_integrated=pre_integrated, condition_key=condition_key, control=control, stimulated=stimulated,
                 cell_type_key=cell_type_key, n_degs=int(n_degs), seed=int(seed), no_umap=not umap)
     files: list[str] = []
-    if out is not None:
-        os.makedirs(out, exist_ok=True)
     run = {"generation": _evaluate_generation, "batch": _evaluate_batch, "perturbation": _evaluate_perturbation}[task]
-    table, summary = run(real, generated, out, files, opts)
-    summary.update({"task": task, "pysave_version": __version__, **(sources or {})})
-    if out is not None:
-        write_text_atomic(os.path.join(out, "metrics.tsv"), table.to_csv(sep="\t"))
-        write_json_atomic(os.path.join(out, "summary.json"), summary)
+    if out is None:
+        table, summary = run(real, generated, None, files, opts)
+        summary.update({"task": task, "pysave_version": __version__, **(sources or {})})
+        return table, summary, files
+    # Everything is written into a staging folder beside `out` and moved in only when all of it is
+    # done: a run that fails leaves no half-written report, and an earlier one is kept intact.
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", suffix=".tmp", dir=parent)
+    try:
+        table, summary = run(real, generated, staging, files, opts)
+        summary.update({"task": task, "pysave_version": __version__, **(sources or {})})
+        write_text_atomic(os.path.join(staging, "metrics.tsv"), table.to_csv(sep="\t"))
+        write_json_atomic(os.path.join(staging, "summary.json"), summary)
+        if not os.path.exists(out):
+            os.rename(staging, out)
+        else:  # overwrite=True: replace the report's files, leave anything else in the folder alone
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), os.path.join(out, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return table, summary, files
+
+
+# How each surface names what the checks talk about: one check, worded in the caller's own terms.
+SURFACE_NAMES = {
+    "python": {"generated": "generated", "groups": "groups", "batch_key": "batch_key", "label_key": "label_key",
+               "embeddings": "embeddings (obsm keys) or layer_embeddings", "out": "out", "overwrite": "overwrite=True",
+               "n_hvg": "n_hvg", "n_pcs": "n_pcs", "n_degs": "n_degs", "task": "task"},
+    "cli": {"generated": "GENERATED (a second file)", "groups": "--group", "batch_key": "--batch-key", "label_key": "--label-key",
+            "embeddings": "--embedding (an obsm key) or --layer-embedding", "out": "--out", "overwrite": "--overwrite",
+            "n_hvg": "--n-hvg", "n_pcs": "--n-pcs", "n_degs": "--n-degs", "task": "--task"},
+    "r": {"generated": "generated", "groups": "groups", "batch_key": "batch_key", "label_key": "label_key",
+          "embeddings": "reductions or layers", "out": "out_dir", "overwrite": "overwrite = TRUE",
+          "n_hvg": "n_hvg", "n_pcs": "n_pcs", "n_degs": "n_degs", "task": "task"},
+}
+
+
+def check_request(task: str, has_generated: bool, groups=(), batch_key=None, label_key=None, n_embeddings: int = 0,
+                  out: str | None = None, overwrite: bool = False, n_hvg=2000, n_pcs=30, n_degs=100,
+                  surface: str = "python") -> None:
+    """Check an evaluation request before any data is read or converted, and say what is missing
+    in the terms of the surface that asked (``"python"``, ``"cli"`` or ``"r"``). `evaluate` runs
+    it; `pysave evaluate` and saveR's `EvaluateSAVE()` run it first, so a wrong call fails fast
+    and the three surfaces give the same message."""
+    n = SURFACE_NAMES[surface]
+    if task not in TASKS:
+        raise PySaveError(f"{n['task']} must be one of {', '.join(TASKS)}; got {task!r}.")
+    if task == "batch":
+        if has_generated:
+            raise PySaveError(f"the batch task scores the embeddings of one dataset; give the data only, without {n['generated']}.")
+        missing = [n[k] for k, v in (("batch_key", batch_key), ("label_key", label_key)) if not v]
+        missing += [n["embeddings"]] if not n_embeddings else []
+        if missing:
+            raise PySaveError(f"the batch task needs {' and '.join(missing)}: the batch and cell-label columns, and the "
+                              "embeddings to score.")
+    elif not has_generated:
+        raise PySaveError(f"the {task} task needs {n['generated']}: the generated (predicted) cells to score against the real ones.")
+    if task == "generation" and not list(groups or []):
+        raise PySaveError(f"the generation task needs groups: give {n['groups']}, the obs column(s) that define them "
+                          "(e.g. cell_type).")
+    for key, value, least in (("n_hvg", n_hvg, 2), ("n_pcs", n_pcs, 1), ("n_degs", n_degs, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or value != int(value) or value < least:
+            raise PySaveError(f"{n[key]} must be a whole number of at least {least}; got {value!r}.")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise PySaveError(f"{out!r} is a file, not a folder; give {n['out']} a folder for the report.")
+    if out is not None and os.path.exists(out) and not overwrite:
+        raise PySaveError(f"output folder {out!r} already exists; choose another {n['out']} or pass {n['overwrite']}.")
 
 
 def _plot(out, files, name, draw):

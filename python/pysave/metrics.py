@@ -157,10 +157,11 @@ def _distances(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- protocols
-def _groups(adata, keys: list[str]) -> pd.Series:
+def _groups(adata, keys: list[str], what: str = "real cells") -> pd.Series:
     missing = [k for k in keys if k not in adata.obs.columns]
     if missing:
-        raise PySaveError(f"group key(s) {missing} are not columns of obs; available: {list(adata.obs.columns)}.")
+        raise PySaveError(f"group column(s) {missing} are not in the {what}' obs; it has {list(adata.obs.columns)}. Every set "
+                          "scored needs the group columns.")
     return adata.obs[keys].astype(str).agg(" | ".join, axis=1)
 
 
@@ -174,12 +175,14 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     Returns ``{"per_group": DataFrame, "mean": dict, "protocol": dict}``.
     """
     keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)
+    # the groups first: a missing column should fail before the PCA is fitted
+    g_real, g_gen = _groups(real, keys).to_numpy(), _groups(generated, keys, "generated cells").to_numpy()
+    g_floor = _groups(floor, keys, "floor cells").to_numpy() if floor is not None else None
     space = fit_reference_space(real, n_hvg, n_pcs, counts_layer, seed)
     z_real, z_gen = space.project(real), space.project(generated)
     x_real, x_gen = log_normalized(real[:, space.genes]), log_normalized(generated[:, space.genes])
-    g_real, g_gen = _groups(real, keys).to_numpy(), _groups(generated, keys).to_numpy()
     if floor is not None:
-        z_floor, x_floor, g_floor = space.project(floor), log_normalized(floor[:, space.genes]), _groups(floor, keys).to_numpy()
+        z_floor, x_floor = space.project(floor), log_normalized(floor[:, space.genes])
     rows = []
     for group in sorted(set(g_real)):
         r, g = g_real == group, g_gen == group

@@ -141,7 +141,7 @@ def test_evaluate_perturbation_command(kang, tmp_path):
         assert (out / f).exists()
     # Wrong number of inputs for the task: one clear line.
     bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "real.h5ad"), "--task", "perturbation", "--out", str(tmp_path / "q")])
-    assert bad.exit_code == 1 and "needs two files" in bad.output
+    assert bad.exit_code == 1 and "needs GENERATED (a second file)" in bad.output
 
 
 def test_perturbation_skips_a_type_too_small_for_the_floor_halves(pbmc_full):

@@ -61,7 +61,7 @@ def test_generation_fidelity_scores_real_near_floor_and_noise_far(pbmc_full):
 
 def test_generation_fidelity_errors(pbmc_full):
     test, train = _split(pbmc_full)
-    with pytest.raises(PySaveError, match="not columns of obs"):
+    with pytest.raises(PySaveError, match="are not in the real cells. obs"):
         M.generation_fidelity(test, train, "tissue")
     lognorm = test.copy()
     lognorm.X = lognorm.X.copy()

@@ -52,20 +52,21 @@ EvaluateSAVE <- function(real, generated = NULL, task = c("generation", "perturb
                          seed = 0L, umap = TRUE, overwrite = FALSE) {
   fun <- "EvaluateSAVE"
   task <- match.arg(task)
-  if (!is.null(out_dir) && dir.exists(out_dir) && !isTRUE(overwrite)) {
-    stop(sprintf("%s: out_dir '%s' already exists; choose another folder or pass overwrite = TRUE.", fun, out_dir), call. = FALSE)
-  }
-  if (task == "generation" && !length(groups)) {
-    stop(sprintf("%s: task = \"generation\" needs groups, the metadata column(s) of the groups (e.g. groups = \"cell_type\").", fun),
-         call. = FALSE)
-  }
-  if (task == "batch" && (is.null(batch_key) || is.null(label_key) || !(length(reductions) || length(layers)))) {
-    stop(sprintf("%s: task = \"batch\" needs batch_key, label_key and reductions (or layers) to score.", fun), call. = FALSE)
-  }
-  if (task != "batch" && is.null(generated)) {
-    stop(sprintf("%s: task = \"%s\" needs generated (predicted) cells as well as the real ones.", fun, task), call. = FALSE)
-  }
   py <- .py()
+  # pysave's own checks of the request, worded for R, before any object is converted
+  .pycall(py$pysave$evaluation$check_request(task, !is.null(generated), groups = as.list(groups), batch_key = batch_key,
+                                             label_key = label_key, n_embeddings = length(reductions) + length(layers),
+                                             out = if (is.null(out_dir)) NULL else path.expand(out_dir),
+                                             overwrite = isTRUE(overwrite), n_hvg = n_hvg, n_pcs = n_pcs, n_degs = n_degs,
+                                             surface = "r"), fun)
+  if (length(reductions) && !is.character(real)) {
+    have <- if (.is_seurat(real)) SeuratObject::Reductions(real) else SingleCellExperiment::reducedDimNames(real)
+    missing <- setdiff(reductions, have)
+    if (length(missing)) {
+      stop(sprintf("%s: reduction(s) %s not found in the real object (its reductions: %s); run RunSAVE() or a PCA first, or name one it has.",
+                   fun, paste0("'", missing, "'", collapse = ", "), paste(have, collapse = ", ") %or% "none"), call. = FALSE)
+    }
+  }
   real_a <- .eval_anndata(real, fun, "real")
   embeddings <- if (length(reductions)) (if (is.character(real)) reductions else paste0("X_", reductions)) else character(0)
   args <- list(task = task, out = if (is.null(out_dir)) NULL else path.expand(out_dir), groups = as.list(groups),

@@ -61,7 +61,7 @@ test_that("EvaluateSAVE says which inputs a task needs", {
   real <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   expect_error(EvaluateSAVE(real, real), "needs groups")
   expect_error(EvaluateSAVE(real, task = "perturbation"), "needs generated")
-  expect_error(EvaluateSAVE(real, task = "batch", batch_key = "batch"), "needs batch_key, label_key and reductions")
+  expect_error(EvaluateSAVE(real, task = "batch", batch_key = "batch"), "the batch task needs label_key and reductions or layers")
   expect_error(EvaluateSAVE("no/such/file.h5ad", real, groups = "cell_type"), "path of an existing .h5ad")
   expect_error(EvaluateSAVE(real, real, task = "perturbation", condition_key = "nope"), "'nope' is not a column")
 })

@@ -75,6 +75,22 @@ run_case <- function(case) {
         expect_equal(unname(latent), unname(SingleCellExperiment::reducedDim(ref, "SAVE")), tolerance = 1e-5)
       }
     },
+    evaluate = {
+      gen <- if (!is.null(opts$generated)) ReadH5AD(file.path(inputs, opts$generated)) else NULL
+      out <- file.path(tempfile("evaluate"), "eval")
+      if (identical(case$output, "exists")) {
+        dir.create(out, recursive = TRUE)
+        writeLines("an earlier evaluation", file.path(out, "metrics.tsv"))
+      }
+      args <- list(ReadH5AD(src), gen, out_dir = out, umap = FALSE, groups = unlist(opts$groups),
+                   reductions = sub("^X_", "", unlist(opts$embeddings)))  # R names reductions, not obsm keys
+      for (key in intersect(c("task", "batch_key", "label_key", "condition_key", "n_pcs"), names(opts))) args[[key]] <- opts[[key]]
+      on.exit({  # a refused evaluation writes nothing, and keeps an earlier one
+        if (identical(case$output, "exists")) expect_equal(readLines(file.path(out, "metrics.tsv")), "an earlier evaluation")
+        else expect_false(dir.exists(out))
+      })
+      do.call(EvaluateSAVE, args)
+    },
     load = GenerateCells(LoadSAVE(break_model(case$model)), n = 2, conditions = list(), output = "SingleCellExperiment"),
     write = {
       sce <- ReadH5AD(src)
