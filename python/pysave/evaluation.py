@@ -37,7 +37,7 @@ def evaluate(real, generated=None, task: str = "generation", out: str | None = N
     without it nothing is written and no plot is drawn.
     """
     from . import __version__
-    from .io import write_json_atomic, write_text_atomic
+    from .io import as_if_created, write_json_atomic, write_text_atomic
 
     check_request(task, generated is not None, groups=groups, batch_key=batch_key, label_key=label_key,
                   n_embeddings=len(list(embeddings)) + len(list(layer_embeddings)), out=out, overwrite=overwrite,
@@ -62,6 +62,7 @@ def evaluate(real, generated=None, task: str = "generation", out: str | None = N
         summary.update({"task": task, "pysave_version": __version__, **(sources or {})})
         write_text_atomic(os.path.join(staging, "metrics.tsv"), table.to_csv(sep="\t"))
         write_json_atomic(os.path.join(staging, "summary.json"), summary)
+        as_if_created(staging)
         if not os.path.exists(out):
             os.rename(staging, out)
         else:  # overwrite=True: replace the report's files, leave anything else in the folder alone

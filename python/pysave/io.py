@@ -72,6 +72,25 @@ def check_output_path(path: str, overwrite: bool, inputs: tuple[str, ...] = ()) 
     return path
 
 
+def as_if_created(path: str) -> str:
+    """Give ``path`` (a file, or a folder and everything in it) the mode that a plain open() or
+    mkdir() would have given it under the user's umask. The temporary files and folders behind
+    atomic writes are private (0600 / 0700), and a model or report left that way cannot be read
+    by the user's group on a shared cluster."""
+    mask = os.umask(0)
+    os.umask(mask)
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        os.chmod(path, 0o777 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+    return path
+
+
 @contextmanager
 def atomic_output(path: str):
     """Yield a temporary file name beside ``path``; on success it is renamed to ``path``.
@@ -87,7 +106,7 @@ def atomic_output(path: str):
     os.close(fd)
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.replace(as_if_created(tmp), path)
     except OSError as err:
         raise PySaveError(f"could not write {path!r}: {err.strerror or err}; nothing was written there.") from err
     finally:
@@ -147,7 +166,7 @@ class H5adStream:
         for key in ("layers", "obsp", "varm", "varp"):
             write_elem(self.file, key, {})
         self.file.close()
-        os.replace(self.tmp, self.path)
+        os.replace(as_if_created(self.tmp), self.path)
         return self.path
 
     def __enter__(self):
@@ -177,6 +196,7 @@ def save_model_dir(path: str, config: dict, tensors: dict, overwrite: bool = Fal
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.path.join(tmp, WEIGHTS_NAME))
         with open(os.path.join(tmp, CONFIG_NAME), "w") as fh:
             json.dump(config, fh, indent=1, default=_json_default)
+        as_if_created(tmp)
         if os.path.exists(path):
             old = path.rstrip("/") + ".old-" + os.path.basename(tmp)
             os.replace(path, old)
@@ -277,7 +297,7 @@ def save_checkpoint(path: str, state: dict) -> None:
     name = f"tensors-{time.time_ns()}.safetensors"
     tmp = os.path.join(path, f".{name}.tmp")
     save_file(tensors, tmp)
-    os.replace(tmp, os.path.join(path, name))
+    os.replace(as_if_created(tmp), os.path.join(path, name))
     write_json_atomic(os.path.join(path, CHECKPOINT_STATE), {"tensors_file": name, "state": meta})
     for old in os.listdir(path):
         if old.startswith("tensors-") and old != name:

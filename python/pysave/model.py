@@ -737,6 +737,11 @@ class SAVE:
         if solver not in SOLVERS:
             raise PySaveError(f"solver must be one of {SOLVERS}, got {solver!r}.")
         self._check_flow_options(guidance, n_steps)
+        if hasattr(obs_table, "obs") and isinstance(obs_table.obs, pd.DataFrame):  # an AnnData: cells like these ones
+            obs_table = obs_table.obs
+        if not isinstance(obs_table, (pd.DataFrame, dict)):
+            raise PySaveError(f"the cells to generate are given as a table (pandas DataFrame, e.g. adata.obs, or a dict of "
+                              f"columns) or an AnnData whose obs holds the conditions, not a {type(obs_table).__name__}.")
         table = pd.DataFrame(obs_table).reset_index(drop=True)
         if "n_cells" in table.columns:
             counts = pd.to_numeric(table.pop("n_cells"), errors="coerce")
@@ -878,6 +883,9 @@ class SAVE:
                       precision: str = "auto", shift_from: dict | None = None, shift_bandwidth: float = SHIFT_BANDWIDTH,
                       shift_neighbours: int = SHIFT_NEIGHBOURS):
         """Generate one cell per row of ``obs_table`` (or ``n_cells`` per row if it has that column).
+
+        ``obs_table`` is a DataFrame (e.g. ``held_out.obs``), a dict of columns, or an AnnData,
+        whose ``obs`` is used: ``generate_like(held_out)`` gives one generated cell per held-out cell.
 
         Condition columns that are absent or missing are masked. ``guidance`` is the
         classifier-free guidance weight w (1 = the plain conditional model; the default 2 pushes

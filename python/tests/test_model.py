@@ -64,6 +64,17 @@ def test_generate_like_with_counts_column_and_masking(trained):
     assert out.obs["note"].tolist() == ["x", "x", "x", "y", "y"]
 
 
+def test_generate_like_an_anndata_uses_its_obs(trained):
+    model, adata = trained["model"], trained["adata"]
+    held = adata[:7]
+    like = model.generate_like(held, seed=3)  # "cells like these": one per cell, their conditions
+    same = model.generate_like(held.obs, seed=3)
+    np.testing.assert_array_equal(like.X, same.X)
+    assert like.obs["cell_type"].astype(str).tolist() == held.obs["cell_type"].astype(str).tolist()
+    with pytest.raises(PySaveError, match="not a ndarray"):
+        model.generate_like(np.zeros((3, 2)))
+
+
 def test_generate_errors(trained):
     model = trained["model"]
     with pytest.raises(PySaveError, match="unknown value 'Martian'.*knows"):

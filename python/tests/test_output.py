@@ -632,3 +632,30 @@ def test_local_shifts_solve_transport_once(trained, monkeypatch):
         n_strata = pairs[0][2]
         assert n_strata >= 2 and len(solves) == n_strata  # each stratum solved on the first call only
     assert len(transport) == 1
+
+
+def test_outputs_get_the_users_umask_not_private_modes(trained, tmp_path):
+    """Atomic writes go through private temporary files (0600 / 0700); what lands must carry the
+    mode a plain write would give, or the user's group cannot read a model on a shared cluster."""
+    import stat
+
+    import anndata as ad
+    import torch
+
+    model, adata = trained["model"], trained["adata"]
+    old = os.umask(0o027)
+    try:
+        model.save(str(tmp_path / "model"))
+        pysave.io.write_h5ad(ad.AnnData(np.ones((3, 2), dtype=np.float32)), str(tmp_path / "x.h5ad"))
+        model.generate_to_h5ad(str(tmp_path / "g.h5ad"), adata.obs.iloc[:4])
+        pysave.io.save_checkpoint(str(tmp_path / "ckpt"), {"w": torch.zeros(2)})
+        pysave.evaluate(adata, model.generate_like(adata), groups=["cell_type"], out=str(tmp_path / "eval"), umap=False)
+    finally:
+        os.umask(old)
+    modes = {os.path.relpath(os.path.join(root, n), tmp_path): stat.S_IMODE(os.stat(os.path.join(root, n)).st_mode)
+             for root, dirs, files in os.walk(tmp_path) for n in dirs + files}
+    assert {"model/weights.safetensors", "model/config.json", "x.h5ad", "g.h5ad", "eval/metrics.tsv", "eval/summary.json",
+            "eval/metrics.png"} <= set(modes)
+    for path, mode in modes.items():
+        folder = os.path.isdir(tmp_path / path)
+        assert mode == (0o750 if folder else 0o640), f"{path}: {oct(mode)}"
