@@ -44,21 +44,22 @@ def _dense(X) -> np.ndarray:
     return np.asarray(X.todense() if sp.issparse(X) else X, dtype=np.float64)
 
 
-def is_log_normalized(adata) -> bool:
-    """pysave outputs say so in uns; otherwise non-integer values mean log-normalized."""
+def is_log_normalized(adata, layer: str | None = None) -> bool:
+    """pysave outputs say so in uns (for X); otherwise non-integer values mean log-normalized."""
     info = adata.uns.get("pysave", {}) if hasattr(adata, "uns") else {}
-    if isinstance(info, dict) and str(info.get("X", "")).startswith("log1p"):
+    if layer is None and isinstance(info, dict) and str(info.get("X", "")).startswith("log1p"):
         return True
-    X = adata.X
+    X = adata.X if layer is None else adata.layers[layer]
     vals = X.data if sp.issparse(X) else np.asarray(X).ravel()
     vals = vals[: 100_000]
     return bool(vals.size) and bool(np.any(np.abs(vals - np.round(vals)) > 1e-3))
 
 
 def log_normalized(adata, layer: str | None = None) -> np.ndarray:
-    """log1p(CP10k) as a dense matrix; data already log-normalized are returned as they are."""
+    """log1p(CP10k) as a dense matrix; data already log-normalized (X or a layer, such as
+    pysave's "save_corrected") are returned as they are."""
     X = adata.X if layer is None else adata.layers[layer]
-    if layer is None and is_log_normalized(adata):
+    if is_log_normalized(adata, layer):
         return _dense(X)
     X = _dense(X)
     lib = X.sum(1, keepdims=True)

@@ -30,6 +30,20 @@ def test_mmd_matches_brute_force():
     assert M.mmd_rbf(x, y) == pytest.approx(brute, rel=1e-9)
 
 
+def test_log_normalized_layers_are_not_normalized_twice():
+    """A layer that already holds log-normalized values (pysave's "save_corrected", a Seurat
+    "data" slot) is scored as it is; a counts layer is log-normalized like X."""
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(40, 30)).astype(np.float32)
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).astype(np.float32)
+    a = ad.AnnData(counts.copy(), layers={"counts": counts.copy(), "save_corrected": lognorm})
+    np.testing.assert_array_equal(M.log_normalized(a, "save_corrected"), lognorm)
+    np.testing.assert_allclose(M.log_normalized(a, "counts"), lognorm, rtol=1e-5)
+    np.testing.assert_allclose(M.log_normalized(a), lognorm, rtol=1e-5)
+    direct = M.unintegrated_pca(ad.AnnData(lognorm), n_pcs=5)
+    np.testing.assert_allclose(np.abs(M.unintegrated_pca(a, n_pcs=5, layer="save_corrected")), np.abs(direct), rtol=1e-4, atol=1e-4)
+
+
 def test_mean_agreement():
     a = np.random.default_rng(0).random((50, 30))
     out = M.mean_agreement(a, a)
