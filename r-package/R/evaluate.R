@@ -28,9 +28,10 @@
 #'   values of the condition, the column scored per value, the number of top DEGs.
 #' @param batch_key,label_key,reductions,layers Batch: the batch and cell-label columns, the
 #'   reductions (Seurat) or reducedDims (SCE) to score (for a file: obsm keys, e.g. "X_save"),
-#'   and assays (SCE, e.g. "save_corrected" from `RunSAVE(corrected = TRUE)`) or h5ad layers
-#'   scored through a 50-PC PCA. For a Seurat object's "SAVE" assay, run a PCA on it and pass
-#'   that reduction.
+#'   and expression scored through a 50-PC PCA (rows named "pca_<name>"): SCE assays (e.g.
+#'   "save_corrected" from `RunSAVE(corrected = TRUE)`) and altExps (e.g. "SAVE"), Seurat
+#'   assays (e.g. "SAVE", its data slot), or h5ad layers. Counts are log-normalized first;
+#'   log-normalized values are used as they are.
 #' @param seed Seed of the protocols' random steps (subsampling, PCA, UMAP).
 #' @param umap Draw the UMAP plots (the slowest part) when `out_dir` is given.
 #' @param overwrite Replace an existing `out_dir`.
@@ -69,6 +70,14 @@ EvaluateSAVE <- function(real, generated = NULL, task = c("generation", "perturb
   }
   real_a <- .eval_anndata(real, fun, "real")
   embeddings <- if (length(reductions)) (if (is.character(real)) reductions else paste0("X_", reductions)) else character(0)
+  # Expression kept beside the object's main assay (a Seurat assay such as RunSAVE's "SAVE", an
+  # SCE altExp) has its own genes, so it is scored through its PCA here rather than as a layer.
+  aside <- .expression_aside(real, layers)
+  for (nm in names(aside)) {
+    reticulate::py_set_item(real_a$obsm, paste0("pca_", nm), .pycall(py$bridge$expression_pca(aside[[nm]], as.integer(seed)), fun))
+  }
+  layers <- setdiff(layers, names(aside))
+  embeddings <- c(embeddings, if (length(aside)) paste0("pca_", names(aside)))
   args <- list(task = task, out = if (is.null(out_dir)) NULL else path.expand(out_dir), groups = as.list(groups),
                floor = if (is.null(floor)) NULL else .eval_anndata(floor, fun, "floor"), n_hvg = n_hvg, n_pcs = n_pcs,
                condition_key = condition_key, control = control, stimulated = stimulated, cell_type_key = cell_type_key,
@@ -81,6 +90,23 @@ EvaluateSAVE <- function(real, generated = NULL, task = c("generation", "perturb
   attr(table, "summary") <- jsonlite::fromJSON(.r(res$summary_json), simplifyVector = TRUE)
   attr(table, "files") <- .chr(res$files)
   table
+}
+
+# The cells x genes matrices of `layers` that live beside the object's main assay: Seurat assays
+# (their "data" slot) and SCE altExps (their "logcounts", else first, assay), by name.
+.expression_aside <- function(x, layers) {
+  if (!length(layers) || is.character(x)) return(list())
+  if (.is_seurat(x)) {
+    names <- intersect(layers, SeuratObject::Assays(x))
+    get <- function(nm) SeuratObject::GetAssayData(x, slot = "data", assay = nm)
+  } else {
+    names <- setdiff(intersect(layers, SingleCellExperiment::altExpNames(x)), SummarizedExperiment::assayNames(x))
+    get <- function(nm) {
+      ae <- SingleCellExperiment::altExp(x, nm)
+      SummarizedExperiment::assay(ae, if ("logcounts" %in% SummarizedExperiment::assayNames(ae)) "logcounts" else 1L)
+    }
+  }
+  stats::setNames(lapply(names, function(nm) Matrix::t(get(nm))), names)
 }
 
 # An AnnData for the evaluation: a file read by pysave, or an object's counts (else its log-normalized values).

@@ -233,6 +233,20 @@ def evaluate(real, generated, kwargs):
             "files": list(files)}
 
 
+def expression_pca(matrix, seed):
+    """EvaluateSAVE(layers = ...) for expression beside an object's main assay (a Seurat assay,
+    an SCE altExp): the same 50-PC PCA as `pysave evaluate --layer-embedding` (counts are
+    log-normalized first, log-normalized values used as they are)."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from pysave.metrics import unintegrated_pca
+
+    X = sp.csr_matrix(matrix, dtype=np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+    return unintegrated_pca(ad.AnnData(X), seed=int(seed))
+
+
 def call(fn, args, kwargs):
     """fn(*args, **kwargs) with R values turned into plain Python (integers where the engine counts)."""
     return fn(*list(args or []), **to_python_values(kwargs or {}))

@@ -74,3 +74,22 @@ test_that("EvaluateSAVE reads Seurat objects: the counts of real cells, the data
   expect_true(all(is.finite(scores$MMD)))
   expect_identical(attr(scores, "summary")$scored_output, "sample")
 })
+
+test_that("EvaluateSAVE scores expression beside the main assay (SCE altExp, Seurat assay) like an assay", {
+  pbmc <- bundled_pbmc()
+  counts <- SummarizedExperiment::assay(pbmc, "counts")
+  logs <- as.matrix(log1p(t(t(as.matrix(counts)) / Matrix::colSums(counts) * 1e4)))
+  SummarizedExperiment::assay(pbmc, "lognorm") <- logs                                 # a layer, scored by pysave
+  SingleCellExperiment::altExp(pbmc, "SAVE") <- SingleCellExperiment::SingleCellExperiment(list(logcounts = logs))
+  a <- EvaluateSAVE(pbmc, task = "batch", batch_key = "batch", label_key = "cell_type", layers = c("lognorm", "SAVE"),
+                    umap = FALSE)
+  expect_setequal(rownames(a), c("pca_lognorm", "pca_SAVE"))
+  expect_equal(a["pca_SAVE", "Total"], a["pca_lognorm", "Total"], tolerance = 1e-4)
+  s <- suppressWarnings({  # Seurat renames genes with underscores; the PCA does not look at names
+    s <- SeuratObject::CreateSeuratObject(counts = counts, meta.data = as.data.frame(SummarizedExperiment::colData(pbmc)))
+    s[["SAVE"]] <- SeuratObject::CreateAssayObject(data = logs)
+    s
+  })
+  b <- EvaluateSAVE(s, task = "batch", batch_key = "batch", label_key = "cell_type", layers = "SAVE", umap = FALSE)
+  expect_equal(b["pca_SAVE", "Total"], a["pca_SAVE", "Total"], tolerance = 1e-4)
+})
