@@ -33,8 +33,9 @@ def evaluate(real, generated=None, task: str = "generation", out: str | None = N
 
     Returns ``(table, summary, files)``: the per-group (or per-embedding) table, a JSON-ready
     summary (protocol, means) and the plot files written. With ``out``, metrics.tsv,
-    summary.json and the plots (UMAPs unless ``umap=False``) are written there, each atomically;
-    without it nothing is written and no plot is drawn.
+    summary.json and the plots (UMAPs unless ``umap=False``) are written there, all at once: the
+    report is built in a hidden folder beside ``out`` and moved in when complete, so a failed
+    run leaves nothing behind. Without ``out`` nothing is written and no plot is drawn.
     """
     from . import __version__
     from .io import as_if_created, write_json_atomic, write_text_atomic
@@ -111,7 +112,8 @@ def check_request(task: str, has_generated: bool, groups=(), batch_key=None, lab
         raise PySaveError(f"the generation task needs groups: give {n['groups']}, the obs column(s) that define them "
                           "(e.g. cell_type).")
     for key, value, least in (("n_hvg", n_hvg, 2), ("n_pcs", n_pcs, 1), ("n_degs", n_degs, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or value != int(value) or value < least:
+        if (isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or not np.isfinite(value)
+                or value != int(value) or value < least):
             raise PySaveError(f"{n[key]} must be a whole number of at least {least}; got {value!r}.")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise PySaveError(f"{out!r} is a file, not a folder; give {n['out']} a folder for the report.")
