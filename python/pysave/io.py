@@ -72,13 +72,27 @@ def check_output_path(path: str, overwrite: bool, inputs: tuple[str, ...] = ()) 
     return path
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only be
+    read by setting it, which other threads would see for a moment)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def as_if_created(path: str) -> str:
     """Give ``path`` (a file, or a folder and everything in it) the mode that a plain open() or
     mkdir() would have given it under the user's umask. The temporary files and folders behind
     atomic writes are private (0600 / 0700), and a model or report left that way cannot be read
     by the user's group on a shared cluster."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask()
     if os.path.isdir(path):
         for root, dirs, files in os.walk(path):
             for name in files:

@@ -31,7 +31,8 @@ import scipy.sparse as sp
 
 from .errors import PySaveError
 
-PROTOCOL_VERSION = "1"
+# 2: a log-normalized layer (e.g. save_corrected) is scored as it is; version 1 log-normalized it again
+PROTOCOL_VERSION = "2"
 SCIB_METRICS_VERSION = "0.5.10"  # pinned in pyproject's "eval" extra; other versions are refused
 BIO_METRICS = ("isolated_labels", "nmi_ari_cluster_labels_kmeans", "silhouette_label", "clisi_knn")
 BATCH_METRICS = ("bras", "ilisi_knn", "kbet_per_label", "graph_connectivity", "pcr_comparison")
