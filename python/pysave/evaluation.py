@@ -4,8 +4,7 @@ and saveR's `EvaluateSAVE()`, so the three give the same numbers and files."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -38,7 +37,7 @@ def evaluate(real, generated=None, task: str = "generation", out: str | None = N
     run leaves nothing behind. Without ``out`` nothing is written and no plot is drawn.
     """
     from . import __version__
-    from .io import as_if_created, write_json_atomic, write_text_atomic
+    from .io import atomic_folder, write_json_atomic, write_text_atomic
 
     check_request(task, generated is not None, groups=groups, batch_key=batch_key, label_key=label_key,
                   n_embeddings=len(list(embeddings)) + len(list(layer_embeddings)), out=out, overwrite=overwrite,
@@ -49,28 +48,14 @@ def evaluate(real, generated=None, task: str = "generation", out: str | None = N
                 cell_type_key=cell_type_key, n_degs=int(n_degs), seed=int(seed), no_umap=not umap)
     files: list[str] = []
     run = {"generation": _evaluate_generation, "batch": _evaluate_batch, "perturbation": _evaluate_perturbation}[task]
-    if out is None:
-        table, summary = run(real, generated, None, files, opts)
-        summary.update({"task": task, "pysave_version": __version__, **(sources or {})})
-        return table, summary, files
-    # Everything is written into a staging folder beside `out` and moved in only when all of it is
-    # done: a run that fails leaves no half-written report, and an earlier one is kept intact.
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", suffix=".tmp", dir=parent)
-    try:
+    # With `out`, the report is built in a folder beside it and moved in only when all of it is
+    # done: a run that fails leaves no half-written report, and an earlier one keeps its other files.
+    with atomic_folder(out, "evaluation report", merge=True) if out is not None else nullcontext() as staging:
         table, summary = run(real, generated, staging, files, opts)
         summary.update({"task": task, "pysave_version": __version__, **(sources or {})})
-        write_text_atomic(os.path.join(staging, "metrics.tsv"), table.to_csv(sep="\t"))
-        write_json_atomic(os.path.join(staging, "summary.json"), summary)
-        as_if_created(staging)
-        if not os.path.exists(out):
-            os.rename(staging, out)
-        else:  # overwrite=True: replace the report's files, leave anything else in the folder alone
-            for name in os.listdir(staging):
-                os.replace(os.path.join(staging, name), os.path.join(out, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            write_text_atomic(os.path.join(staging, "metrics.tsv"), table.to_csv(sep="\t"))
+            write_json_atomic(os.path.join(staging, "summary.json"), summary)
     return table, summary, files
 
 

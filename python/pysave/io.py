@@ -197,31 +197,48 @@ class H5adStream:
 
 
 # ----------------------------------------------------------------------------- model directory
+@contextmanager
+def atomic_folder(path: str, what: str = "folder", merge: bool = False):
+    """Yield a temporary folder beside ``path`` to fill; on success it takes ``path``'s place.
+
+    An existing ``path`` is replaced whole, or with ``merge`` only the files the new folder
+    holds are replaced (anything else in it is left alone). On any error the temporary folder is
+    removed and ``path`` is left as it was; an OSError (disk full, permissions) becomes a
+    PySaveError that says so. Callers check beforehand whether ``path`` may be replaced.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+        as_if_created(tmp)
+        if not os.path.exists(path):
+            os.replace(tmp, path)
+        elif merge:
+            for name in os.listdir(tmp):
+                os.replace(os.path.join(tmp, name), os.path.join(path, name))
+        else:
+            old = path.rstrip("/") + ".old-" + os.path.basename(tmp)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        raise PySaveError(f"could not write {what} {path!r}: {err.strerror or err}; nothing was changed there.") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_model_dir(path: str, config: dict, tensors: dict, overwrite: bool = False) -> str:
     from safetensors.torch import save_file
 
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise PySaveError(f"model directory {path!r} already exists; choose another path or pass --overwrite (Python: overwrite=True).")
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", suffix=".tmp", dir=parent)
-    try:
+    with atomic_folder(path, "model directory") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.path.join(tmp, WEIGHTS_NAME))
         with open(os.path.join(tmp, CONFIG_NAME), "w") as fh:
             json.dump(config, fh, indent=1, default=_json_default)
-        as_if_created(tmp)
-        if os.path.exists(path):
-            old = path.rstrip("/") + ".old-" + os.path.basename(tmp)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except OSError as err:
-        raise PySaveError(f"could not write model directory {path!r}: {err.strerror or err}; nothing was changed there.") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
