@@ -275,26 +275,31 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
               help="With --shift-neighbours 0: width of the weighting over the strata, in units of the median squared "
                    "distance between their source means; smaller takes the shift from the nearest strata; inf weighs "
                    "them equally.")
+@click.option("--backed", is_flag=True,
+              help="Read DATA's cells from the .h5ad on disk chunk by chunk instead of loading it (CSR counts in X).")
 @sampling_precision
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
 def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_steps, shift_neighbours, shift_bandwidth,
-             precision, device, overwrite, quiet):
+             backed, precision, device, overwrite, quiet):
     """Encode the cells of DATA and decode them under other conditions (perturbation, batch)."""
-    from .io import check_output_path, write_h5ad
+    from .io import check_output_path, read_h5ad
 
     check_output_path(out, overwrite, inputs=(data,))
+    if backed and str(data).lower().endswith(".rds"):
+        raise PySaveError("--backed streams an .h5ad file; convert the .rds first (saveR::WriteH5AD) or drop --backed.")
     target = _parse_sets(sets)
     model = _load_model(model_dir, device, quiet)
-    result = model.transfer(_read_data(data), target, output=output_kind, seed=seed, via=via, guidance=guidance,
-                            n_steps=n_steps, precision=precision, shift_bandwidth=shift_bandwidth,
-                            shift_neighbours=shift_neighbours)
-    result.uns["pysave"]["model_dir"] = os.path.abspath(model_dir)
-    write_h5ad(result, out, overwrite=overwrite, inputs=(data,))
+    cells = read_h5ad(data, backed=True) if backed else _read_data(data)
+    # Streamed to disk chunk by chunk: memory holds one chunk of the output, not cells x genes.
+    model.transfer_to_h5ad(out, cells, target, overwrite=overwrite, inputs=(data,),
+                           extra_uns={"model_dir": os.path.abspath(model_dir)}, output=output_kind, seed=seed, via=via,
+                           guidance=guidance, n_steps=n_steps, precision=precision, shift_bandwidth=shift_bandwidth,
+                           shift_neighbours=shift_neighbours)
     if not quiet:
-        _log(f"wrote {result.n_obs} transferred cells to {out}")
+        _log(f"wrote {cells.n_obs} transferred cells to {out}")
 
 
 @main.command()

@@ -233,7 +233,9 @@ class SAVE:
     mask_prob
         Probability of masking each condition while training the flow (paper: 0.6).
     vae_mask_prob
-        The same for the VAE, so that it can encode and decode with a condition left out.
+        The same for the VAE, so that it can encode and decode with a condition left out. At 0
+        its [MASK] rows stay untrained, and encoding or decoding with a condition masked (a
+        condition left out of ``generate``, ``correct()``'s default masked batch) warns.
     kl_weight
         Weight of the KL term. The lab's VAE used 0.5 because it sampled from N(0, I); with a
         flow as the prior the latent need not match N(0, I), and 0.5 collapsed it (KL ~5 nats,
@@ -579,6 +581,7 @@ class SAVE:
     def _encode(self, prep, device=None, batch_size: int = 1024, attention: bool = False, start: int = 0, stop: int | None = None):
         """Encoder means and log-variances (and attention) of rows start..stop, read in order."""
         dev = device or self.device
+        self._warn_untrained_mask(prep.codes[start:stop], "encoded")
         self.vae.eval()
         mus, logvars, attn = [], [], []
         for x, codes, _ in loader.contiguous_batches(prep, batch_size, dev, start, stop):
@@ -616,9 +619,22 @@ class SAVE:
                 "adata.write_h5ad(...)) or train in memory without --backed.")
         return X
 
+    def _warn_untrained_mask(self, codes, what: str) -> None:
+        """A model trained with vae_mask_prob=0 never saw [MASK] in its VAE: that row of the
+        condition table is still its random initialisation, so a masked condition gives arbitrary cells."""
+        if float(self.params["vae_mask_prob"]) > 0:
+            return
+        masked = np.asarray(codes) == np.asarray(self.vae.condition_embedding.mask_codes)
+        if masked.any():
+            keys = [k for k, hit in zip(self.registry["condition_keys"], masked.any(axis=0)) if hit]
+            warnings.warn(f"this model was trained with vae_mask_prob=0, so its VAE never {what} with a condition masked, "
+                          f"and {keys} is masked here: the result is arbitrary. Name a value for {keys} (for correct(): "
+                          f"reference='all' or a batch), or train with vae_mask_prob > 0.", PySaveWarning, stacklevel=3)
+
     @torch.no_grad()
     def _decode(self, z: torch.Tensor, codes: np.ndarray, batch_size: int = 4096, precision: str = "32") -> np.ndarray:
         """Latents -> log-normalized expression (log1p of counts per 10,000)."""
+        self._warn_untrained_mask(codes, "decoded")
         self.vae.eval()
         scaler_index = self._scaler_index(codes)
         out = np.empty((z.shape[0], len(self.genes)), dtype=np.float32)
@@ -1021,6 +1037,38 @@ class SAVE:
         saw (0.836 / 0.861 against the shift's 0.872 / 0.895 on the same models, 2 seeds); the
         decoder alone less (about 0.64 on the DEGs).
         """
+        plan = self._transfer_plan(adata, target, batch_size, output, seed, via, guidance, n_steps, precision,
+                                   shift_bandwidth, shift_neighbours)
+        X = np.empty((len(plan["codes"]), len(self.genes)), dtype=np.float32)
+        for start, x in self._transferred_chunks(plan):
+            X[start:start + len(x)] = x
+        plan["progress"]("decoded under the target")
+        out = self._output(X, plan["obs"], "transferred", plan["provenance"])
+        out.obsm["X_save"] = plan["z"].numpy()
+        return out
+
+    def transfer_to_h5ad(self, path: str, adata, target: dict, overwrite: bool = False, inputs: tuple = (),
+                         extra_uns: dict | None = None, **kwargs) -> str:
+        """Like :meth:`transfer`, but the cells go to ``path`` chunk by chunk, so memory holds
+        one chunk of genes x cells, not the whole output (the latents, d values per cell, are
+        kept). With a backed AnnData (``anndata.read_h5ad(path, backed="r")``) the input is
+        read chunk by chunk too. The file equals the in-memory result."""
+        plan = self._transfer_plan(adata, target, **kwargs)
+        with io.H5adStream(path, len(plan["codes"]), self.genes, {"X_save": self.params["latent_dim"]},
+                           overwrite=overwrite, inputs=inputs) as out:
+            for start, x in self._transferred_chunks(plan):
+                out.write_rows(start, x, {"X_save": plan["z"][start:start + len(x)].numpy()})
+                if len(plan["codes"]) > len(x):
+                    plan["progress"](f"decoded {start + len(x)}/{len(plan['codes'])} cells under the target")
+            return out.finish(plan["obs"], {"pysave": {**self._provenance("transferred", plan["provenance"]),
+                                                       **(extra_uns or {})}})
+
+    def _transfer_plan(self, adata, target: dict, batch_size: int = 1024, output: str = "mean", seed: int = 0,
+                       via: str = DEFAULT_TRANSFER_VIA, guidance: float = 2.0, n_steps: int = 50, precision: str = "auto",
+                       shift_bandwidth: float = SHIFT_BANDWIDTH, shift_neighbours: int = SHIFT_NEIGHBOURS) -> dict:
+        """transfer()'s checks and everything of the size of the latent: the cells' encoder means,
+        moved (shift, flow) into ``z``, the target codes, obs and provenance. The genes x cells
+        output is left to :meth:`_transferred_chunks`."""
         self._require_trained()
         if output is not None and output not in TRANSFER_OUTPUTS:
             raise PySaveError(f"transfer's output must be one of {list(TRANSFER_OUTPUTS)}, got {output!r}.")
@@ -1066,9 +1114,6 @@ class SAVE:
                 parts.append(moved.float().cpu() * self.latent_std + self.latent_mean)
             z = torch.cat(parts)
             progress("moved through the flow")
-        X = self._decode(z, codes, precision=precision)
-        X = self._input_plus_change(X, mu, prep, precision) if plus_change else self._output_sampler(output, seed)(X, codes)
-        progress("decoded under the target")
         obs = adata.obs.copy()
         new = self._obs_from_codes(codes, obs.index)
         for key in target:
@@ -1077,27 +1122,38 @@ class SAVE:
             obs[key] = new[key]
         via_info = {"via": via, "precision": precision, **shift_info,
                     **({"guidance": float(guidance), "n_steps": int(n_steps)} if via == "flow" else {})}
-        out = self._output(X, obs, "transferred", {"target": {k: str(v) for k, v in target.items()}, "output": output,
-                                                   "output_description": OUTPUT_DESCRIPTIONS[output] + (
-                                                       "; decoded from the encoder mean" if via == "decoder" else
-                                                       "; decoded from the encoder mean shifted by the training cells' "
-                                                       "latent shift between the conditions" if via == "shift" else
-                                                       "; decoded from the encoder mean moved through the flow"), **via_info,
-                                                   **({"seed": int(seed)} if output == "sample" else {})})
-        out.obsm["X_save"] = z.numpy()
-        return out
+        provenance = {"target": {k: str(v) for k, v in target.items()}, "output": output,
+                      "output_description": OUTPUT_DESCRIPTIONS[output] + (
+                          "; decoded from the encoder mean" if via == "decoder" else
+                          "; decoded from the encoder mean shifted by the training cells' "
+                          "latent shift between the conditions" if via == "shift" else
+                          "; decoded from the encoder mean moved through the flow"), **via_info,
+                      **({"seed": int(seed)} if output == "sample" else {})}
+        return {"prep": prep, "mu": mu, "z": z, "codes": codes, "obs": obs, "output": output, "seed": seed,
+                "precision": precision, "progress": progress, "provenance": provenance}
 
-    def _input_plus_change(self, decoded: np.ndarray, mu: torch.Tensor, prep, precision: str) -> np.ndarray:
-        """transfer's "input_plus_change": each cell's own log1p(CP10k) (from the counts ``prep``
-        kept) plus ``decoded`` minus the decoder mean of ``mu`` under the cell's own conditions,
-        clipped at 0. Works in place on ``decoded``, chunk by chunk (backed input too), so that no
-        second cells x genes array is made."""
-        for start in range(0, prep.n_cells, loader.DEFAULT_CHUNK_SIZE):
-            stop = min(start + loader.DEFAULT_CHUNK_SIZE, prep.n_cells)
-            decoded[start:stop] -= self._decode(mu[start:stop], prep.codes[start:stop], precision=precision)
-            _, counts = prep.read(start, stop)
-            library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-            decoded[start:stop] += D.log_normalize(counts, library).toarray()
+    def _transferred_chunks(self, plan: dict):
+        """(start, X rows) of the transferred cells, decoded and made into the requested output
+        chunk by chunk; sampling consumes its streams cell by cell, so the chunks do not change it."""
+        prep, z, codes, precision = plan["prep"], plan["z"], plan["codes"], plan["precision"]
+        plus_change = plan["output"] == INPUT_PLUS_CHANGE
+        sampler = None if plus_change else self._output_sampler(plan["output"], plan["seed"])
+        for start in range(0, len(codes), loader.DEFAULT_CHUNK_SIZE):
+            stop = min(start + loader.DEFAULT_CHUNK_SIZE, len(codes))
+            x = self._decode(z[start:stop], codes[start:stop], precision=precision)
+            if plus_change:
+                yield start, self._input_plus_change(x, plan["mu"], prep, precision, start, stop)
+            else:
+                yield start, sampler(x, codes[start:stop])
+
+    def _input_plus_change(self, decoded: np.ndarray, mu: torch.Tensor, prep, precision: str, start: int, stop: int) -> np.ndarray:
+        """transfer's "input_plus_change" for cells start..stop: each cell's own log1p(CP10k) (from
+        the counts ``prep`` kept) plus ``decoded`` (their rows) minus the decoder mean of ``mu`` under
+        the cell's own conditions, clipped at 0. Works in place on ``decoded``."""
+        decoded -= self._decode(mu[start:stop], prep.codes[start:stop], precision=precision)
+        _, counts = prep.read(start, stop)
+        library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+        decoded += D.log_normalize(counts, library).toarray()
         np.maximum(decoded, 0.0, out=decoded)
         return decoded
 

@@ -514,6 +514,30 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
         model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", n_steps=0)
 
 
+def test_masked_condition_warns_when_the_vae_never_saw_a_mask(trained):
+    import warnings
+
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[:5].copy()
+    saved = model.params["vae_mask_prob"]
+    model.params["vae_mask_prob"] = 0.0  # as if trained without masking in the VAE: its [MASK] rows are untrained
+    try:
+        with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\] is masked.*reference='all'"):
+            model.correct(cells, layer_added=None)  # the batch masked: correct()'s default
+        with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\]"):
+            model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)  # the batch left to the model
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # every condition named: no warning
+            model.correct(cells, layer_added=None, reference="all")
+            model.transfer(cells, {"batch": "10x_5prime"}, via="decoder")
+            model.get_latent_representation(cells, key_added=None)
+    finally:
+        model.params["vae_mask_prob"] = saved
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a model that masked in its VAE does not warn
+        model.correct(cells, layer_added=None)
+
+
 def test_bf16_sampling_is_close_recorded_and_checked(trained, tmp_path):
     import anndata as ad
 
@@ -567,6 +591,49 @@ def test_kept_shift_cells(monkeypatch):
     capped = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
     assert np.bincount(capped["cell_groups"]).max() == 45 // len(combos)
     assert pysave.model.kept_shift_cells(mu, None, codes, seed=3) == {}
+
+
+def test_transfer_streamed_to_a_file_equals_the_in_memory_result(trained, tmp_path, monkeypatch):
+    """transfer_to_h5ad (and the CLI, also with --backed input) writes chunk by chunk what
+    transfer() returns; the chunk size changes nothing, sampled and input_plus_change outputs included."""
+    import anndata as ad
+
+    from pysave import loader
+
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[:50].copy()
+    kinds = [dict(output="sample", seed=4, via="shift"), dict(output="input_plus_change", via="decoder"),
+             dict(output="mean", via="flow", n_steps=2)]
+    whole = [model.transfer(cells, {"batch": "10x_5prime"}, **kw) for kw in kinds]
+    for i, (kw, expected) in enumerate(zip(kinds, whole)):
+        path = model.transfer_to_h5ad(str(tmp_path / f"t{i}.h5ad"), cells, {"batch": "10x_5prime"}, **kw)
+        got = ad.read_h5ad(path)
+        np.testing.assert_array_equal(got.X, expected.X)
+        np.testing.assert_array_equal(got.obsm["X_save"], expected.obsm["X_save"])
+        assert got.obs.equals(expected.obs) and got.uns["pysave"]["output"] == kw["output"]
+    monkeypatch.setattr(loader, "DEFAULT_CHUNK_SIZE", 7)  # 8 chunks, the last one short
+    for kw, expected in zip(kinds, whole):
+        # Equal up to float rounding (the decoder's matrix products see other shapes); a
+        # sampled count may flip where a rate sits on a rounding edge.
+        X = model.transfer(cells, {"batch": "10x_5prime"}, **kw).X
+        if kw["output"] == "sample":
+            assert np.mean(X != expected.X) < 1e-3
+        else:
+            np.testing.assert_allclose(X, expected.X, atol=1e-5)
+    monkeypatch.undo()
+    with pytest.raises(PySaveError, match="already exists"):
+        model.transfer_to_h5ad(str(tmp_path / "t0.h5ad"), cells, {"batch": "10x_5prime"})
+    with pytest.raises(PySaveError, match="not-a-batch"):
+        model.transfer_to_h5ad(str(tmp_path / "bad.h5ad"), cells, {"batch": "not-a-batch"})
+    assert sorted(os.listdir(tmp_path)) == ["t0.h5ad", "t1.h5ad", "t2.h5ad"]  # a refused call leaves nothing
+    out = tmp_path / "cli.h5ad"
+    result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", "batch=10x_5prime", "--backed",
+                                       "--output-kind", "sample", "--via", "decoder", "--seed", "2", "--out", str(out),
+                                       "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    expected = trained["model"].transfer(ad.read_h5ad(trained["data"]), {"batch": "10x_5prime"}, output="sample", seed=2,
+                                         via="decoder")
+    np.testing.assert_array_equal(ad.read_h5ad(out).X, expected.X)
 
 
 def test_transfer_reports_its_stages(trained, capsys, monkeypatch):

@@ -54,11 +54,11 @@ EvaluateSAVE <- function(real, generated = NULL, task = c("generation", "perturb
   fun <- "EvaluateSAVE"
   task <- match.arg(task)
   py <- .py()
+  out <- if (is.null(out_dir)) NULL else path.expand(out_dir)
   # pysave's own checks of the request, worded for R, before any object is converted
   .pycall(py$pysave$evaluation$check_request(task, !is.null(generated), groups = as.list(groups), batch_key = batch_key,
                                              label_key = label_key, n_embeddings = length(reductions) + length(layers),
-                                             out = if (is.null(out_dir)) NULL else path.expand(out_dir),
-                                             overwrite = isTRUE(overwrite), n_hvg = n_hvg, n_pcs = n_pcs, n_degs = n_degs,
+                                             out = out, overwrite = isTRUE(overwrite), n_hvg = n_hvg, n_pcs = n_pcs, n_degs = n_degs,
                                              surface = "r"), fun)
   if (length(reductions) && !is.character(real)) {
     have <- if (.is_seurat(real)) SeuratObject::Reductions(real) else SingleCellExperiment::reducedDimNames(real)
@@ -78,7 +78,7 @@ EvaluateSAVE <- function(real, generated = NULL, task = c("generation", "perturb
   }
   layers <- setdiff(layers, names(aside))
   embeddings <- c(embeddings, if (length(aside)) paste0("pca_", names(aside)))
-  args <- list(task = task, out = if (is.null(out_dir)) NULL else path.expand(out_dir), groups = as.list(groups),
+  args <- list(task = task, out = out, groups = as.list(groups),
                floor = if (is.null(floor)) NULL else .eval_anndata(floor, fun, "floor"), n_hvg = n_hvg, n_pcs = n_pcs,
                condition_key = condition_key, control = control, stimulated = stimulated, cell_type_key = cell_type_key,
                n_degs = n_degs, batch_key = batch_key, label_key = label_key, embeddings = as.list(embeddings),

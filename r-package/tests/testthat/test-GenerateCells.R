@@ -150,6 +150,15 @@ test_that("pysave's warnings reach R as warnings (guidance on a model trained wi
   expect_warning(GenerateCells(fit, n = 5, conditions = list(cell_type = "B"), guidance = 1, expression = "mean"), NA)
 })
 
+test_that("leaving a condition masked warns on a model whose VAE never saw a mask (vae_mask_prob = 0)", {
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  fit <- run_tiny(sce, conditions = c("batch", "cell_type"), vae_mask_prob = 0, seed = 5)
+  expect_warning(GenerateCells(fit, n = 3, conditions = list(cell_type = "B"), guidance = 1, expression = "mean"),
+                 "vae_mask_prob=0.*'batch'.*is masked")
+  batch <- as.character(SummarizedExperiment::colData(sce)$batch[1])
+  expect_warning(GenerateCells(fit, n = 3, conditions = list(cell_type = "B", batch = batch), guidance = 1, expression = "mean"), NA)
+})
+
 test_that("a pysave warning is raised again on every call that causes it", {
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   fit <- run_tiny(sce, conditions = c("batch", "cell_type"), mask_prob = 0, seed = 4)
