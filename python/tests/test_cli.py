@@ -98,6 +98,11 @@ def test_transfer_embed_correct_attention(trained, tmp_path):
     assert r.exit_code == 0, r.output
     t = ad.read_h5ad(tmp_path / "t.h5ad")
     assert (t.obs["batch"] == "10x_5prime").all() and "batch_source" in t.obs
+    for command in ("transfer", "train"):  # --backed streams an .h5ad; an .rds is refused with the fix
+        rds = tmp_path / "cells.rds"
+        args = ([trained["dir"], rds, "--set", "batch=10x_5prime"] if command == "transfer" else [rds, "--condition", "batch"])
+        r = run(command, *args, "--backed", "--out", tmp_path / f"{command}_rds.out", "--quiet")
+        assert r.exit_code != 0 and "convert the .rds first" in r.output
     assert run("embed", trained["dir"], data, "--out", tmp_path / "e.h5ad", "--quiet").exit_code == 0
     assert ad.read_h5ad(tmp_path / "e.h5ad").obsm["X_save"].shape == (400, 32)
     assert run("correct", trained["dir"], data, "--out", tmp_path / "c.h5ad", "--quiet").exit_code == 0
