@@ -218,6 +218,35 @@ def train_pysave(adata, keys, batch_key, seed, args, flow=True):
     return eval_generation.trained_model(None, seed, args.epochs, params, adata, keys, batch_key, None, train_params)
 
 
+def batch_experiment(argv):
+    """What the batch-correction experiment scripts (try_batch_*.py) start from, given their
+    arguments DATASET SEED KL_WEIGHT [PARAMS_JSON]: the dataset with its unintegrated PCA (X_pca),
+    and a model of the harness's training (fast network, 60 epochs at lr 1e-3, the flow for one
+    epoch only; one torch thread) at that KL weight with those extra parameters. Returns a
+    namespace: dataset, seed, kl, extra, adata, model, bk, lk (batch and label keys),
+    train_seconds, and embedding(X), the PCA of a corrected expression X as the harness scores it."""
+    from types import SimpleNamespace
+
+    import torch
+    from pysave import metrics as M
+
+    dataset, seed, kl = argv[0], int(argv[1]), float(argv[2])
+    extra = json.loads(argv[3]) if len(argv) > 3 else {}
+    torch.set_num_threads(1)
+    spec = DATASETS[dataset]
+    adata = load(dataset)
+    adata.obsm["X_pca"] = M.unintegrated_pca(adata, seed=seed)
+    args = SimpleNamespace(fast=True, params=json.dumps({"kl_weight": kl, **extra}), epochs=60, train_params="{}")
+    model, train_seconds = train_pysave(adata, [spec["batch_key"]], spec["batch_key"], seed, args, flow=False)
+
+    def embedding(X):
+        adata.layers["corrected"] = np.asarray(X)  # overwritten by each variant: no copy of the AnnData
+        return M.unintegrated_pca(adata, layer="corrected", seed=seed)
+
+    return SimpleNamespace(dataset=dataset, seed=seed, kl=kl, extra=extra, adata=adata, model=model,
+                           bk=spec["batch_key"], lk=spec["label_key"], train_seconds=train_seconds, embedding=embedding)
+
+
 # ----------------------------------------------------------------------------- perturbation
 _PYSAVE_PERT_MODELS: dict = {}
 

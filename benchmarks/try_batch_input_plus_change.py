@@ -11,30 +11,15 @@ batch). Writes results/batch_reference/input_plus_change_<dataset>_s<seed>_kl<kl
 import json
 import os
 import sys
-from types import SimpleNamespace
-
-import numpy as np
-import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run_benchmarks as RB  # noqa: E402
 from pysave import metrics as M  # noqa: E402
 
-dataset, seed, kl = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-torch.set_num_threads(1)
-spec = RB.DATASETS[dataset]
-bk, lk = spec["batch_key"], spec["label_key"]
-adata = RB.load(dataset)
-adata.obsm["X_pca"] = M.unintegrated_pca(adata, seed=seed)
-args = SimpleNamespace(fast=True, params=json.dumps({"kl_weight": kl}), epochs=60, train_params="{}")
-model, train_seconds = RB.train_pysave(adata, [bk], bk, seed, args, flow=False)
-
-
-def embedding(X):
-    adata.layers["corrected"] = np.asarray(X)  # overwritten by each variant: no copy of the AnnData
-    return M.unintegrated_pca(adata, layer="corrected", seed=seed)
-
+x = RB.batch_experiment(sys.argv[1:4])
+dataset, seed, kl, adata, model, bk, lk = x.dataset, x.seed, x.kl, x.adata, x.model, x.bk, x.lk
+embedding, train_seconds = x.embedding, x.train_seconds
 
 adata.obsm["masked"] = embedding(model.correct(adata, layer_added=None))
 adata.obsm["input_plus_change"] = embedding(model.transfer(adata, {bk: None}, via="decoder", output="input_plus_change").X)

@@ -3,29 +3,19 @@ with the batch masked (correct()'s default), under each reference batch, and ave
 batches (scVI's transform_batch list); scIB as in run_benchmarks.py.
 Usage: python benchmarks/try_batch_reference.py DATASET SEED KL_WEIGHT [PARAMS_JSON]."""
 import sys, json, os
-from types import SimpleNamespace
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import numpy as np, torch
+import numpy as np
 import run_benchmarks as RB
 from pysave import metrics as M
 
-dataset, seed, kl = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-torch.set_num_threads(1)
-spec = RB.DATASETS[dataset]; bk, lk = spec["batch_key"], spec["label_key"]
-adata = RB.load(dataset)
-adata.obsm["X_pca"] = M.unintegrated_pca(adata, seed=seed)
-# The harness's own training (fast network, 60 epochs at lr 1e-3, the flow for one epoch only).
-args = SimpleNamespace(fast=True, params=json.dumps({"kl_weight": kl, **extra}), epochs=60, train_params="{}")
-model, train_seconds = RB.train_pysave(adata, [bk], bk, seed, args, flow=False)
+x = RB.batch_experiment(sys.argv[1:])
+dataset, seed, kl, extra, adata, model, bk, lk = x.dataset, x.seed, x.kl, x.extra, x.adata, x.model, x.bk, x.lk
+emb, train_seconds = x.embedding, x.train_seconds
 print("trained", train_seconds, model.training_summary["vae"]["best_epoch"], flush=True)
 batches = sorted(adata.obs[bk].astype(str).unique())
 keys = []
 X = model.correct(adata, layer_added=None)  # the batch masked
-def emb(Xc):
-    adata.layers["corrected"] = Xc  # overwritten by each variant: no copy of the AnnData per variant
-    return M.unintegrated_pca(adata, layer="corrected", seed=seed)
 adata.obsm["masked"] = emb(X); keys.append("masked")
 acc = np.zeros_like(X)
 for b in batches:
