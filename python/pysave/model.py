@@ -1218,10 +1218,9 @@ class SAVE:
         ``reference`` may also be a list of batches, or ``"all"`` for every batch the model
         knows: each cell is then decoded under each of them and the log-normalized expressions
         are averaged (scVI's ``transform_batch`` list). It costs one decoder pass per batch and
-        goes via the decoder only. On models trained with ``kl_weight=0.5`` (4 seeds) it scored
-        within 0.01 scIB Total of the masked batch: higher on pbmc_3tech, lower on Baron, level
-        on CellBench (measured before the 2026-12-01 fix of the harness's scoring of corrected
-        expression; benchmarks/README.md).
+        goes via the decoder only. On models trained with ``kl_weight=0.5`` (2 seeds) it scored
+        0.012 scIB Total above the masked batch on pbmc_3tech, 0.012 below on CellBench and level
+        on Baron (benchmarks/README.md), so the masked batch stays the default.
 
         ``via="decoder"`` decodes each cell's encoder mean under the new batch: the latent stays.
         ``via="flow"`` first moves the latent through the flow, back to noise under the cell's
