@@ -932,10 +932,8 @@ class SAVE:
         precision = self._precision(precision)
         table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
         shift = self._shift_plan(codes, shift_from, shift_bandwidth, shift_neighbours)
-        X = np.empty((len(codes), len(self.genes)), dtype=np.float32)
-        Z = np.empty((len(codes), self.params["latent_dim"]), dtype=np.float32)
-        for start, x, z in self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision, shift):
-            X[start:start + len(x)], Z[start:start + len(z)] = x, z
+        X, Z = self._collected(self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision,
+                                                      shift), len(codes))
         out = ad.AnnData(X=X, obs=self._generated_obs(codes, table), var=pd.DataFrame(index=pd.Index(self.genes)))
         out.uns["pysave"] = self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift)
         out.obsm["X_save"] = Z
@@ -952,15 +950,33 @@ class SAVE:
         precision = self._precision(precision)
         table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
         shift = self._shift_plan(codes, shift_from, shift_bandwidth, shift_neighbours)
-        with io.H5adStream(path, len(codes), self.genes, {"X_save": self.params["latent_dim"]}, overwrite=overwrite) as out:
-            chunks = self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision, shift)
-            for i, (start, x, z) in enumerate(chunks):
+        chunks = self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision, shift)
+        uns = {"pysave": {**self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift),
+                          **(extra_uns or {})}}
+
+        def report(done: int) -> None:
+            if self.verbose and len(codes) > batch_size:
+                self._log(f"generated {done}/{len(codes)} cells")
+        return self._streamed(path, chunks, self._generated_obs(codes, table), uns, report, overwrite=overwrite)
+
+    def _collected(self, chunks, n_cells: int):
+        """(X, latents) of ``n_cells`` cells from (start, X rows, latent rows) chunks, in memory."""
+        X = np.empty((n_cells, len(self.genes)), dtype=np.float32)
+        Z = np.empty((n_cells, self.params["latent_dim"]), dtype=np.float32)
+        for start, x, z in chunks:
+            X[start:start + len(x)], Z[start:start + len(z)] = x, z
+        return X, Z
+
+    def _streamed(self, path: str, chunks, obs: pd.DataFrame, uns: dict, report, overwrite: bool = False,
+                  inputs: tuple = ()) -> str:
+        """Write (start, X rows, latent rows) chunks to the .h5ad ``path`` as they come (latents
+        in obsm["X_save"]), calling ``report(cells done)`` after each; returns the path."""
+        with io.H5adStream(path, len(obs), self.genes, {"X_save": self.params["latent_dim"]}, overwrite=overwrite,
+                           inputs=inputs) as out:
+            for start, x, z in chunks:
                 out.write_rows(start, x, {"X_save": z})
-                if self.verbose and len(codes) > batch_size:
-                    self._log(f"generated {min(start + len(x), len(codes))}/{len(codes)} cells")
-            uns = {"pysave": {**self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift),
-                              **(extra_uns or {})}}
-            return out.finish(self._generated_obs(codes, table), uns)
+                report(start + len(x))
+            return out.finish(obs, uns)
 
     def transfer(self, adata, target: dict, batch_size: int = 1024, output: str = "mean", seed: int = 0,
                  via: str = DEFAULT_TRANSFER_VIA, guidance: float = 2.0, n_steps: int = 50, precision: str = "auto",
@@ -1039,12 +1055,10 @@ class SAVE:
         """
         plan = self._transfer_plan(adata, target, batch_size, output, seed, via, guidance, n_steps, precision,
                                    shift_bandwidth, shift_neighbours)
-        X = np.empty((len(plan["codes"]), len(self.genes)), dtype=np.float32)
-        for start, x in self._transferred_chunks(plan):
-            X[start:start + len(x)] = x
+        X, Z = self._collected(self._transferred_chunks(plan), len(plan["codes"]))
         plan["progress"]("decoded under the target")
         out = self._output(X, plan["obs"], "transferred", plan["provenance"])
-        out.obsm["X_save"] = plan["z"].numpy()
+        out.obsm["X_save"] = Z
         return out
 
     def transfer_to_h5ad(self, path: str, adata, target: dict, overwrite: bool = False, inputs: tuple = (),
@@ -1054,14 +1068,12 @@ class SAVE:
         kept). With a backed AnnData (``anndata.read_h5ad(path, backed="r")``) the input is
         read chunk by chunk too. The file equals the in-memory result."""
         plan = self._transfer_plan(adata, target, **kwargs)
-        with io.H5adStream(path, len(plan["codes"]), self.genes, {"X_save": self.params["latent_dim"]},
-                           overwrite=overwrite, inputs=inputs) as out:
-            for start, x in self._transferred_chunks(plan):
-                out.write_rows(start, x, {"X_save": plan["z"][start:start + len(x)].numpy()})
-                if len(plan["codes"]) > len(x):
-                    plan["progress"](f"decoded {start + len(x)}/{len(plan['codes'])} cells under the target")
-            return out.finish(plan["obs"], {"pysave": {**self._provenance("transferred", plan["provenance"]),
-                                                       **(extra_uns or {})}})
+        uns = {"pysave": {**self._provenance("transferred", plan["provenance"]), **(extra_uns or {})}}
+
+        def report(done: int) -> None:  # silent for a call of one batch, as each stage of transfer()
+            plan["progress"](f"decoded {done}/{len(plan['codes'])} cells under the target")
+        return self._streamed(path, self._transferred_chunks(plan), plan["obs"], uns, report, overwrite=overwrite,
+                              inputs=inputs)
 
     def _transfer_plan(self, adata, target: dict, batch_size: int = 1024, output: str = "mean", seed: int = 0,
                        via: str = DEFAULT_TRANSFER_VIA, guidance: float = 2.0, n_steps: int = 50, precision: str = "auto",
@@ -1133,8 +1145,8 @@ class SAVE:
                 "precision": precision, "progress": progress, "provenance": provenance}
 
     def _transferred_chunks(self, plan: dict):
-        """(start, X rows) of the transferred cells, decoded and made into the requested output
-        chunk by chunk; sampling consumes its streams cell by cell, so the chunks do not change it."""
+        """(start, X rows, latent rows) of the transferred cells, decoded and made into the requested
+        output chunk by chunk; sampling consumes its streams cell by cell, so the chunks do not change it."""
         prep, z, codes, precision = plan["prep"], plan["z"], plan["codes"], plan["precision"]
         plus_change = plan["output"] == INPUT_PLUS_CHANGE
         sampler = None if plus_change else self._output_sampler(plan["output"], plan["seed"])
@@ -1142,9 +1154,10 @@ class SAVE:
             stop = min(start + loader.DEFAULT_CHUNK_SIZE, len(codes))
             x = self._decode(z[start:stop], codes[start:stop], precision=precision)
             if plus_change:
-                yield start, self._input_plus_change(x, plan["mu"], prep, precision, start, stop)
+                x = self._input_plus_change(x, plan["mu"], prep, precision, start, stop)
             else:
-                yield start, sampler(x, codes[start:stop])
+                x = sampler(x, codes[start:stop])
+            yield start, x, z[start:stop].numpy()
 
     def _input_plus_change(self, decoded: np.ndarray, mu: torch.Tensor, prep, precision: str, start: int, stop: int) -> np.ndarray:
         """transfer's "input_plus_change" for cells start..stop: each cell's own log1p(CP10k) (from
