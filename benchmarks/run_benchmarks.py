@@ -26,7 +26,10 @@ Tasks
   floor (half vs half of the real stimulated cells); scored by pysave.metrics.perturbation_evaluation.
 - batch (scIB): unintegrated PCA, Harmony, Scanorama, scVI, pysave latent (``X_save``), pysave
   corrected expression (PCA of ``correct()``, batch masked; ``_mean``: decoded under every batch and
-  averaged, ``correct(reference="all")``); scored by pysave.metrics.batch_correction.
+  averaged, ``correct(reference="all")``; ``pysave_corrected*`` score the decoder's mean as it is,
+  ``normalize_total=False``, what every row before 2026-12-02 scored; ``pysave_corrected_total*``
+  the product's default since, each cell rescaled to a log1p(CP10k) profile); scored by
+  pysave.metrics.batch_correction.
   pysave conditions on the batch only (no labels: the peers get none either).
 - unseen (Kang): each cell type in turn, every stimulated cell of that type is removed from
   training (the same models as the perturbation task when both run in one process); the
@@ -88,7 +91,8 @@ TASKS = {
                                                "scgen_scvi_weighted_plus"]),
     "batch": dict(datasets=["pbmc_3tech", "cellbench", "baron_human"],
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected",
-                           "pysave_corrected_mean", "pysave_flow_latent", "pysave_flow_corrected"]),
+                           "pysave_corrected_mean", "pysave_corrected_total", "pysave_corrected_mean_total",
+                           "pysave_flow_latent", "pysave_flow_corrected"]),
     "generation": dict(datasets=["pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k"], methods=["pysave", "scvi"]),
 }
 
@@ -216,6 +220,14 @@ def train_pysave(adata, keys, batch_key, seed, args, flow=True):
     # Transfer, latent and correction use only the VAE: the flow is trained for one epoch then.
     train_params = {**({} if flow else {"flow_epochs": 1}), **json.loads(args.train_params)}
     return eval_generation.trained_model(None, seed, args.epochs, params, adata, keys, batch_key, None, train_params)
+
+
+def weights_digest(model) -> str:
+    """First 16 hex digits of the SHA-256 of the VAE's weights: two runs of one seed trained alike
+    exactly when these agree (a score that differs between them then comes from the scoring)."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in model.vae.state_dict().values())).hexdigest()[:16]
 
 
 def batch_experiment(argv):
@@ -420,7 +432,8 @@ def run_batch(dataset, method, seed, args):
         extra["version"] = info["version"]
         if info.get("train_seconds"):
             cells_per_s = adata.n_obs * args.scvi_epochs / info["train_seconds"]
-    elif method in ("pysave_latent", "pysave_corrected", "pysave_corrected_mean", "pysave_flow_latent", "pysave_flow_corrected"):
+    elif method in ("pysave_latent", "pysave_corrected", "pysave_corrected_mean", "pysave_corrected_total",
+                    "pysave_corrected_mean_total", "pysave_flow_latent", "pysave_flow_corrected"):
         # One model serves the outputs: trained once per (dataset, seed) in this process; the
         # flow methods need a trained flow (the others train it for one epoch only).
         flow = method.startswith("pysave_flow")
@@ -430,17 +443,22 @@ def run_batch(dataset, method, seed, args):
             t0 += _PYSAVE_BATCH_MODELS[key][1]  # training time is added once below, for both outputs
         model, train_s = _PYSAVE_BATCH_MODELS[key]
         extra["train_seconds"] = train_s
+        extra["vae_weights_sha256_16"] = weights_digest(model)
         cells_per_s = model.training_summary["vae"]["cells_per_second"]
         if method == "pysave_latent":
             emb = model.get_latent_representation(adata)
-        elif method in ("pysave_corrected", "pysave_corrected_mean"):
-            # _mean: decoded under every batch and averaged (correct(reference="all")).
-            model.correct(adata, layer_added="save_corrected", reference="all" if method.endswith("_mean") else None)
+        elif method in ("pysave_corrected", "pysave_corrected_mean", "pysave_corrected_total", "pysave_corrected_mean_total"):
+            # _mean: decoded under every batch and averaged (correct(reference="all")); _total: each
+            # cell rescaled to a log1p(CP10k) profile (the product's default), else the decoder's mean.
+            extra["normalize_total"] = method.endswith("_total")
+            model.correct(adata, layer_added="save_corrected", reference="all" if "_mean" in method else None,
+                          normalize_total=extra["normalize_total"])
             emb = M.unintegrated_pca(adata, layer="save_corrected", seed=seed)
         else:
             # correct(via="flow"): the latent moved through the flow with the batch masked, and
             # the expression decoded from it.
-            model.correct(adata, layer_added="save_corrected", via="flow", latent_key_added="X_save_corrected")
+            model.correct(adata, layer_added="save_corrected", via="flow", latent_key_added="X_save_corrected",
+                          normalize_total=False)  # as its stored rows were scored
             if method == "pysave_flow_latent":
                 emb = adata.obsm["X_save_corrected"]
             else:

@@ -7,7 +7,7 @@ from _common import out_dir, trained_pbmc_model
 
 model, adata = trained_pbmc_model()
 model.get_latent_representation(adata)           # -> adata.obsm["X_save"]
-model.correct(adata)                             # -> adata.layers["save_corrected"] (batch masked)
+model.correct(adata)                             # -> adata.layers["save_corrected"] (batch masked; log1p(CP10k) like X)
 model.correct(adata, reference="10x_3prime_v2", layer_added="as_3prime_v2")
 model.correct(adata, reference="all", layer_added="mean_over_batches")  # decoded under each batch, averaged
 

@@ -339,11 +339,15 @@ def embed(model_dir, data, out, key_added, device, overwrite, quiet):
                    "flow with the batch masked (mixes batches better, but also cell types when batches differ in "
                    "composition and cell type is not a condition; writes the moved latent to obsm['X_save_corrected']).")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
+# default = model.DEFAULT_CORRECT_NORMALIZE_TOTAL (a test keeps them equal)
+@click.option("--normalize-total/--no-normalize-total", default=True, show_default=True,
+              help="Rescale each corrected cell to a log1p(CP10k) profile (its expm1 values summing to 1e4, as the "
+                   "input was normalized); --no-normalize-total keeps the decoder's mean as it is.")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
-def correct(model_dir, data, out, batch_key, reference, layer_added, via, n_steps, device, overwrite, quiet):
+def correct(model_dir, data, out, batch_key, reference, layer_added, via, n_steps, normalize_total, device, overwrite, quiet):
     """Batch-corrected log-normalized expression of DATA, written to a layer."""
     from .io import check_output_path, write_h5ad
 
@@ -352,7 +356,8 @@ def correct(model_dir, data, out, batch_key, reference, layer_added, via, n_step
     adata = _read_data(data)
     # one --reference: that batch; several: their mean (correct() takes a list); none: masked
     reference = None if not reference else reference[0] if len(reference) == 1 else list(reference)
-    model.correct(adata, batch_key=batch_key, reference=reference, layer_added=layer_added, via=via, n_steps=n_steps)
+    model.correct(adata, batch_key=batch_key, reference=reference, layer_added=layer_added, via=via, n_steps=n_steps,
+                  normalize_total=normalize_total)
     model.get_latent_representation(adata)
     write_h5ad(adata, out, overwrite=overwrite, inputs=(data,))
     if not quiet:

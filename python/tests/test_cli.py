@@ -119,6 +119,11 @@ def test_transfer_embed_correct_attention(trained, tmp_path):
     assert r.exit_code == 0, r.output
     expected = trained["model"].correct(ad.read_h5ad(data), reference=["10x_5prime", "10x_3prime_v2"], layer_added=None)
     np.testing.assert_allclose(ad.read_h5ad(tmp_path / "cm.h5ad").layers["save_corrected"], expected, rtol=0, atol=1e-6)
+    r = run("correct", trained["dir"], data, "--no-normalize-total", "--out", tmp_path / "raw.h5ad", "--quiet")
+    assert r.exit_code == 0, r.output
+    expected = trained["model"].correct(ad.read_h5ad(data), layer_added=None, normalize_total=False)
+    np.testing.assert_allclose(ad.read_h5ad(tmp_path / "raw.h5ad").layers["save_corrected"], expected, rtol=0, atol=1e-6)
+    assert not np.allclose(expected, c.layers["save_corrected"])
     r = run("correct", trained["dir"], data, "--reference", "all", "--via", "flow", "--out", tmp_path / "bad.h5ad", "--quiet")
     assert r.exit_code != 0 and "goes via the decoder" in r.output and not (tmp_path / "bad.h5ad").exists()
     r = run("attention", trained["dir"], data, "--by", "cell_type", "--out", tmp_path / "a.tsv", "--plot", tmp_path / "a.png", "--quiet")
@@ -197,6 +202,9 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
 
     via = next(p for p in main.commands["correct"].params if p.name == "via")
     assert via.default == DEFAULT_CORRECT_VIA and set(via.type.choices) == set(CORRECT_VIAS)
+    from pysave.model import DEFAULT_CORRECT_NORMALIZE_TOTAL
+
+    assert next(p for p in main.commands["correct"].params if p.name == "normalize_total").default == DEFAULT_CORRECT_NORMALIZE_TOTAL
     via = next(p for p in main.commands["transfer"].params if p.name == "via")
     assert via.default == DEFAULT_TRANSFER_VIA and set(via.type.choices) == set(TRANSFER_VIAS)
     from pysave.model import OUTPUT_KINDS, TRANSFER_OUTPUTS

@@ -95,6 +95,22 @@ def test_preprocess_matches_scanpy_and_is_in_unit_interval(pbmc_small):
     np.testing.assert_allclose(scalers.values[-1], scalers.values[:-1].max(0))
 
 
+def test_normalize_log_profiles_is_scanpys_normalize_total_on_the_profile():
+    import anndata as ad
+    import scanpy as sc
+
+    rng = np.random.default_rng(0)
+    X = np.log1p(rng.gamma(0.5, 2.0, size=(9, 40))).astype(np.float32)
+    X[3] = 0  # a cell with nothing stays nothing
+    ref = ad.AnnData(np.expm1(X))
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    out = D.normalize_log_profiles(X.copy(), chunk=4)
+    np.testing.assert_allclose(out, ref.X, rtol=1e-5, atol=1e-5)
+    assert out.dtype == np.float32 and not out[3].any()
+    np.testing.assert_allclose(D.normalize_log_profiles(out.copy()), out, rtol=1e-5, atol=1e-5)  # idempotent
+
+
 def test_dense_and_sparse_inputs_agree(pbmc_small):
     library = D.check_counts(pbmc_small.X)
     idx = np.zeros(pbmc_small.n_obs, dtype=np.int64)

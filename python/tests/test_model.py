@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import pysave
+from pysave import data as D
 from pysave.errors import ModelDirectoryError, PySaveError
 from support import TINY
 
@@ -141,19 +142,38 @@ def test_correct_via_flow_moves_the_latent(trained):
         model.correct(adata, via="harmony")
 
 
+def test_correct_is_back_on_the_input_scale(trained):
+    model, adata = trained["model"], trained["adata"].copy()
+    mean = model.correct(adata, layer_added=None, normalize_total=False)
+    # the decoder's mean: E[log1p] per gene, the transfer's mean output with the batch masked
+    np.testing.assert_allclose(mean, model.transfer(adata, {"batch": None}, guidance=1.0, via="decoder").X, rtol=0, atol=1e-6)
+    totals = np.expm1(mean.astype(np.float64)).sum(1)
+    assert totals.std() / totals.mean() > 0.01  # cells' profiles sum to anything
+    for reference in (None, "all"):
+        raw = model.correct(adata, layer_added=None, reference=reference, normalize_total=False)
+        corrected = model.correct(adata, layer_added="c", reference=reference)
+        np.testing.assert_allclose(np.expm1(corrected.astype(np.float64)).sum(1), 1e4, rtol=1e-4)
+        np.testing.assert_allclose(corrected, D.normalize_log_profiles(raw), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(adata.layers["c"], corrected)
+
+
 def test_correct_averages_over_reference_batches(trained):
     model, adata = trained["model"], trained["adata"].copy()
     batches = model.registry["categories"]["batch"]
-    each = [model.correct(adata, reference=b, layer_added=None) for b in batches]
+    # the decoder's means are averaged (normalize_total=False shows them; by default the mean is then rescaled)
+    each = [model.correct(adata, reference=b, layer_added=None, normalize_total=False) for b in batches]
     # "all" = every batch of the model = the mean of the single-batch corrections; any chunk size
-    mean_all = model.correct(adata, reference="all", layer_added="mean_all", batch_size=37)
+    mean_all = model.correct(adata, reference="all", layer_added="mean_all", batch_size=37, normalize_total=False)
     np.testing.assert_allclose(mean_all, np.mean(each, axis=0), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(adata.layers["mean_all"], mean_all)
-    np.testing.assert_allclose(model.correct(adata, reference=list(batches), layer_added=None), mean_all, rtol=0, atol=1e-5)
-    two = model.correct(adata, reference=batches[:2], layer_added=None)
+    np.testing.assert_allclose(model.correct(adata, reference=list(batches), layer_added=None, normalize_total=False),
+                               mean_all, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(model.correct(adata, reference="all", layer_added=None),
+                               D.normalize_log_profiles(mean_all.copy()), rtol=0, atol=1e-5)
+    two = model.correct(adata, reference=batches[:2], layer_added=None, normalize_total=False)
     np.testing.assert_allclose(two, (each[0] + each[1]) / 2, rtol=0, atol=1e-5)
     # a list of one is that batch
-    np.testing.assert_array_equal(model.correct(adata, reference=[batches[2]], layer_added=None), each[2])
+    np.testing.assert_array_equal(model.correct(adata, reference=[batches[2]], layer_added=None, normalize_total=False), each[2])
     for bad, match in [([], "empty list"), (["nowhere"], "unknown value 'nowhere'.*10x_5prime"),
                        ([batches[0], batches[0]], "more than once"), (["[MASK]", batches[0]], "cannot be averaged")]:
         with pytest.raises(PySaveError, match=match):

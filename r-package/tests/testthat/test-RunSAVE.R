@@ -66,6 +66,14 @@ test_that("RunSAVE(corrected = \"flow\") adds the corrected expression and the m
   # TRUE is pysave's default path
   def <- RunSAVE(sce, model = LoadSAVE(tiny_model_dir()), corrected = TRUE, verbose = FALSE)
   expect_equal(as.matrix(SummarizedExperiment::assay(def, "save_corrected")), xd)
+  # by default each corrected cell is a log1p(CP10k) profile, as the input was normalized
+  expect_equal(unname(colSums(expm1(xd))), rep(1e4, ncol(xd)), tolerance = 1e-4)
+  raw <- RunSAVE(sce, model = LoadSAVE(tiny_model_dir()), corrected = TRUE, normalize_total = FALSE, verbose = FALSE)
+  xr <- as.matrix(SummarizedExperiment::assay(raw, "save_corrected"))
+  expect_gt(sd(colSums(expm1(xr))), 10)
+  expect_equal(unname(log1p(t(t(expm1(xr)) / colSums(expm1(xr))) * 1e4)), unname(xd), tolerance = 1e-5)
+  expect_error(RunSAVE(sce, model = tiny_model_dir(), corrected = TRUE, normalize_total = NA, verbose = FALSE),
+               "RunSAVE: normalize_total must be TRUE", fixed = TRUE)
   expect_error(RunSAVE(sce, model = tiny_model_dir(), corrected = "harmony", verbose = FALSE),
                "RunSAVE: corrected must be FALSE, TRUE, \"decoder\" or \"flow\"", fixed = TRUE)
   # the strings RunSAVE accepts are exactly pysave's correction paths
