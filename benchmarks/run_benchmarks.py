@@ -578,15 +578,29 @@ PLOT_METRICS = {
 }
 
 
+# The rows each task's plot shows besides the peers and baselines: pysave's recommended setting
+# for the task (the "Against issue 4's targets" table). The README's table keeps every row; the
+# plot with every sweep and ablation had grown past 100 bars and could not be read.
+PLOT_PYSAVE_ROWS = {
+    "perturbation": ["pysave_shift_plus_vmask0.6_local"],
+    "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6"],
+    "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2"],
+    "generation": ["pysave_midpoint10_w2", "pysave_product_midpoint10_w2", "pysave_no_attention_midpoint10_w2"],
+}
+
+
 def plot_task(task, runs):
     """results/bench_<task>.png: the table's main metrics as bars (mean over seeds), one row per
-    (dataset, method): what readers look at before the numbers."""
+    (dataset, method) for the peers, the baselines and pysave's recommended rows
+    (PLOT_PYSAVE_ROWS): what readers look at before the numbers."""
     import pandas as pd
 
     from pysave import plotting
 
     cols = PLOT_METRICS[task]
-    rows = {f"{d} / {m}": {c: np.nanmean([r["metrics"].get(c, np.nan) for r in rs]) for c in cols} for (_, d, m), rs in runs.items()}
+    keep = set(PLOT_PYSAVE_ROWS.get(task, []))
+    rows = {f"{d} / {m}": {c: np.nanmean([r["metrics"].get(c, np.nan) for r in rs]) for c in cols}
+            for (_, d, m), rs in sorted(runs.items()) if not m.startswith("pysave") or m in keep}
     labels = [dict(TABLE_METRICS[task]).get(c, c) for c in cols]
     plotting.grouped_bars(pd.DataFrame(rows).T, cols, os.path.join(RESULTS, f"bench_{task}.png"), title=task, labels=labels)
 
