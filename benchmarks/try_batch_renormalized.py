@@ -30,7 +30,7 @@ print("trained", round(x.train_seconds), "weights", weights, flush=True)
 y = model.correct(adata, layer_added=None, normalize_total=False)
 variants = {"masked": y, "masked_renormalized": renormalized(y),
             # what the harness scored before protocol 2 (the log values normalized as if counts)
-            "masked_scored_as_before": np.log1p(y / np.maximum(y.sum(1, keepdims=True), 1e-12) * 1e4)}
+            "masked_scored_as_before": D.log_normalize(y, np.maximum(y.sum(1), 1e-12))}
 yall = model.correct(adata, layer_added=None, reference="all", normalize_total=False)
 variants.update({"all": yall, "all_renormalized": renormalized(yall)})
 keys = []

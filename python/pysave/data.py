@@ -221,16 +221,16 @@ def log_normalize(block, library: np.ndarray):
     return np.log1p(np.asarray(block, dtype=np.float32) * factors[:, None])
 
 
-def normalize_log_profiles(X: np.ndarray, target_sum: float = TARGET_SUM, chunk: int = CHUNK_ROWS) -> np.ndarray:
+def normalize_log_profiles(X: np.ndarray, chunk: int = CHUNK_ROWS) -> np.ndarray:
     """In place: each row of log1p values becomes log1p of its expm1 profile rescaled to sum to
-    ``target_sum`` (scanpy's normalize_total, then log1p), chunk by chunk. A decoder's mean is
-    E[log1p] per gene, whose profile does not sum to ``target_sum`` as the input's did; rows
-    that are all zero stay zero."""
+    1e4 (scanpy's normalize_total, then log1p), chunk by chunk, by ``log_normalize`` as the input
+    was. A decoder's mean is E[log1p] per gene, whose profile does not sum to 1e4 as the input's
+    did; rows that are all zero stay zero."""
     for start in range(0, X.shape[0], chunk):
         block = np.expm1(np.clip(X[start:start + chunk], 0, None, dtype=np.float64))
-        total = block.sum(1, keepdims=True)
+        total = block.sum(1)
         total[total == 0] = 1.0
-        X[start:start + chunk] = np.log1p(block * (target_sum / total))
+        X[start:start + chunk] = log_normalize(block, total)
     return X
 
 
