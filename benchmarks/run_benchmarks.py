@@ -259,6 +259,23 @@ def batch_experiment(argv):
                            bk=spec["batch_key"], lk=spec["label_key"], train_seconds=train_seconds, embedding=embedding)
 
 
+def batch_experiment_report(x, keys: list, folder: str, prefix: str, record: dict) -> None:
+    """Score a batch experiment's embeddings (x.adata.obsm[keys]) with scIB as the harness does,
+    print the table, and write it with ``record`` to results/FOLDER/PREFIX_DATASET_sSEED_klKL[_extra].json
+    (atomically: a stopped run leaves no half-written result)."""
+    from pysave import metrics as M
+    from pysave.io import atomic_output
+
+    table = M.batch_correction(x.adata, x.bk, x.lk, keys, pre_integrated_key="X_pca", seed=x.seed)["table"]
+    print(x.dataset, x.seed, x.kl, x.extra)
+    print(table[["Bio conservation", "Batch correction", "Total"]].round(4).to_string(), flush=True)
+    tag = "".join(f"_{k}{v}" for k, v in x.extra.items())
+    os.makedirs(os.path.join(RESULTS, folder), exist_ok=True)
+    out = os.path.join(RESULTS, folder, f"{prefix}_{x.dataset}_s{x.seed}_kl{x.kl}{tag}.json")
+    with atomic_output(out) as tmp, open(tmp, "w") as fh:
+        json.dump({**record, "table": {k: table.loc[k].to_dict() for k in keys}}, fh, indent=1)
+
+
 # ----------------------------------------------------------------------------- perturbation
 _PYSAVE_PERT_MODELS: dict = {}
 
@@ -584,7 +601,8 @@ PLOT_METRICS = {
 PLOT_PYSAVE_ROWS = {
     "perturbation": ["pysave_shift_plus_vmask0.6_local"],
     "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6"],
-    "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2"],
+    "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2",
+              "pysave_corrected_mean_total_kl0.5_vmask0"],
     "generation": ["pysave_midpoint10_w2", "pysave_product_midpoint10_w2", "pysave_no_attention_midpoint10_w2"],
 }
 

@@ -4,7 +4,7 @@ against the decoder mean as it is; one trained model (the harness's training, ru
 batch_experiment), scIB as in run_benchmarks.py. Also checks the harness's determinism: the
 model's weights are hashed (compare two runs of one seed), and one embedding is scored twice.
 Usage: python benchmarks/try_batch_renormalized.py DATASET SEED KL_WEIGHT [PARAMS_JSON]."""
-import hashlib, json, os, sys
+import hashlib, os, sys
 
 import numpy as np
 
@@ -12,7 +12,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import run_benchmarks as RB
 from pysave import data as D
-from pysave import metrics as M
 
 
 def renormalized(y: np.ndarray) -> np.ndarray:
@@ -37,14 +36,6 @@ keys = []
 for k, v in variants.items():
     adata.obsm[k] = emb(v); keys.append(k)
 adata.obsm["masked_again"] = adata.obsm["masked"].copy(); keys.append("masked_again")
-scored = M.batch_correction(adata, bk, x.lk, keys, pre_integrated_key="X_pca", seed=x.seed)
-table = scored["table"]
-print(x.dataset, x.seed, x.kl, x.extra); print(table[["Bio conservation", "Batch correction", "Total"]].round(4).to_string(), flush=True)
-tag = "".join(f"_{k}{v}" for k, v in x.extra.items())
-os.makedirs(os.path.join(HERE, "results", "batch_renormalized"), exist_ok=True)
-out = os.path.join(HERE, "results", "batch_renormalized", f"renorm_{x.dataset}_s{x.seed}_kl{x.kl}{tag}.json")
-with open(out + ".tmp", "w") as fh:  # a stopped run leaves no half-written result
-    json.dump({"train_seconds": x.train_seconds, "weights_sha256_16": weights,
-               "corrected_sha256_16": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()[:16],
-               "table": {k: table.loc[k].to_dict() for k in keys}}, fh, indent=1)
-os.replace(out + ".tmp", out)
+RB.batch_experiment_report(x, keys, "batch_renormalized", "renorm", {
+    "train_seconds": x.train_seconds, "weights_sha256_16": weights,
+    "corrected_sha256_16": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()[:16]})

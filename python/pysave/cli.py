@@ -330,7 +330,8 @@ def embed(model_dir, data, out, key_added, device, overwrite, quiet):
 @click.option("--out", required=True, type=click.Path(), help="Copy of DATA with the corrected layer and obsm['X_save'].")
 @click.option("--batch-key", default=None, help="Condition to remove (default: the model's batch key).")
 @click.option("--reference", multiple=True,
-              help="Decode every cell as this batch (default: batch masked). Give it more than once, or 'all', to "
+              help="Decode every cell as this batch (default: batch masked; 'all' for a model trained with "
+                   "--vae-mask-prob 0, which never decoded a masked batch). Give it more than once, or 'all', to "
                    "average the decoded expression over those batches (or every batch of the model).")
 @click.option("--layer-added", default="save_corrected", show_default=True)
 # default = model.DEFAULT_CORRECT_VIA (a test keeps them equal)

@@ -523,16 +523,22 @@ def test_masked_condition_warns_when_the_vae_never_saw_a_mask(trained):
     model.params["vae_mask_prob"] = 0.0  # as if trained without masking in the VAE: its [MASK] rows are untrained
     try:
         with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\] is masked.*reference='all'"):
-            model.correct(cells, layer_added=None)  # the batch masked: correct()'s default
+            model.correct(cells, layer_added=None, reference="[MASK]")  # the mask asked for by name
+        with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\] is masked"):
+            model.correct(cells, layer_added=None, via="flow", n_steps=2)  # the flow decodes with the batch masked
         with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\]"):
             model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)  # the batch left to the model
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # every condition named: no warning
-            model.correct(cells, layer_added=None, reference="all")
+            everywhere = model.correct(cells, layer_added=None, reference="all")
+            # the default cannot mask the batch here, so it is the mean over batches, silently
+            np.testing.assert_array_equal(model.correct(cells, layer_added=None), everywhere)
             model.transfer(cells, {"batch": "10x_5prime"}, via="decoder")
             model.get_latent_representation(cells, key_added=None)
     finally:
         model.params["vae_mask_prob"] = saved
+    # a model that masked in its VAE keeps the masked batch as the default
+    assert not np.allclose(model.correct(cells, layer_added=None), everywhere)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a model that masked in its VAE does not warn
         model.correct(cells, layer_added=None)

@@ -39,6 +39,16 @@ test_that("RunSAVE on a SingleCellExperiment adds reducedDim 'SAVE' and metadata
   expect_true("save_corrected" %in% SummarizedExperiment::assayNames(out))
 })
 
+test_that("RunSAVE corrects with a model whose VAE never masked the batch: the mean over batches", {
+  sce <- pbmc_small_sce()
+  out <- expect_no_warning(run_tiny(sce, conditions = "groups", batch_key = "groups", corrected = TRUE, vae_mask_prob = 0))
+  dir <- S4Vectors::metadata(out)$SAVE$model_dir
+  everywhere <- RunSAVE(sce, model = dir, corrected = TRUE, reference = "all", verbose = FALSE)
+  expect_equal(SummarizedExperiment::assay(out, "save_corrected"), SummarizedExperiment::assay(everywhere, "save_corrected"))
+  # the mask asked for by name still decodes with the untrained [MASK] row, and says so
+  expect_warning(RunSAVE(sce, model = dir, corrected = TRUE, reference = "[MASK]", verbose = FALSE), "vae_mask_prob=0")
+})
+
 test_that("RunSAVE with an existing model works on the shared fixture", {
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   out <- RunSAVE(sce, model = LoadSAVE(tiny_model_dir()), verbose = FALSE)
