@@ -1240,12 +1240,13 @@ class SAVE:
 
         ``reference`` may also be a list of batches, or ``"all"`` for every batch the model
         knows: each cell is then decoded under each of them and the log-normalized expressions
-        are averaged (scVI's ``transform_batch`` list). A model trained with ``vae_mask_prob=0``
-        never decoded a masked batch, so for it the default (``None``) means ``"all"`` on the
-        decoder path; ``reference="[MASK]"`` still forces the mask (and warns). It costs one decoder pass per batch and
+        are averaged (scVI's ``transform_batch`` list). It costs one decoder pass per batch and
         goes via the decoder only. On models trained with ``kl_weight=0.5`` (4 seeds) it scored
-        0.003 scIB Total above the masked batch on pbmc_3tech, 0.009 below on CellBench and 0.002
-        above on Baron (benchmarks/README.md), so the masked batch stays the default.
+        0.003 scIB Total above the masked batch on pbmc_3tech, 0.009 below on CellBench and 0.003
+        above on Baron (benchmarks/README.md), so the masked batch stays the default. A model
+        trained with ``vae_mask_prob=0`` never decoded a masked batch, so for it the default
+        (``None``) means ``"all"`` on the decoder path; ``reference="[MASK]"`` still forces the
+        mask (and warns).
 
         ``via="decoder"`` decodes each cell's encoder mean under the new batch: the latent stays.
         ``via="flow"`` first moves the latent through the flow, back to noise under the cell's
