@@ -35,6 +35,13 @@ SAMPLING = [("euler", 50, 1.0, "mean", "32"), ("euler", 50, 1.0, "sample", "32")
 REPEATS = 3  # sampling rows: the best of 3 (this shared 2-core machine's speed varies by up to 1.5x)
 
 
+# VAE training of the fast network in each precision, eager and compiled (`--training`): one
+# process per run, a 1-epoch warm-up run first (it pays torch.compile's compilation), then the
+# measured run; the rounds alternate the settings, and the best round is kept.
+TRAINING = [("32", False), ("bf16", False), ("bf16", True)]
+TRAINING_ROUNDS = 3
+
+
 def sampling_key(solver, steps, guidance, output, precision) -> str:
     return f"sampling_cells_per_s_{solver}{steps}_w{guidance:g}_{output}" + ("" if precision == "32" else f"_{precision}")
 
@@ -119,6 +126,71 @@ def run_config(name: str, epochs: int, n_sample: int) -> dict:
     return result
 
 
+def run_training(precision: str, torch_compile: bool, epochs: int) -> dict:
+    import anndata as ad
+    import torch
+
+    import pysave
+
+    torch.set_num_threads(THREADS)
+    adata = ad.read_h5ad(DATA)
+    pysave.SAVE.setup_anndata(adata, ["clusters"])
+
+    def train(n_epochs):
+        model = pysave.SAVE(adata, verbose=False, **CONFIGS["fast"])
+        model.train(max_epochs=n_epochs, flow_epochs=1, batch_size=256, validation_fraction=0.0, progress=False,
+                    device="cpu", precision=precision, torch_compile=torch_compile)
+        return model.training_summary["vae"]
+
+    warm = train(1)
+    measured = train(epochs)
+    return {"precision": precision, "torch_compile": torch_compile, "epochs": epochs,
+            "warmup_epoch_seconds": warm["seconds"], "vae_train_cells_per_s": measured["cells_per_second"]}
+
+
+def training_main(epochs: int, peers_python: str, env: dict) -> None:
+    rounds: list[dict] = []
+    for r in range(TRAINING_ROUNDS):
+        for precision, torch_compile in TRAINING:
+            out = subprocess.run([sys.executable, __file__, "--one-training", f"{precision},{int(torch_compile)}",
+                                  "--epochs", str(epochs)], capture_output=True, text=True, env=env, check=True)
+            rounds.append({"round": r, **json.loads(out.stdout.strip().splitlines()[-1])})
+            print(rounds[-1], flush=True)
+        if os.path.exists(peers_python):
+            out = subprocess.run([peers_python, "-c", SCVI_CODE, DATA, str(max(epochs, 5))], capture_output=True, text=True, env=env)
+            if out.returncode == 0:
+                rounds.append({"round": r, "precision": "scvi", "torch_compile": False,
+                               **json.loads(out.stdout.strip().splitlines()[-1])})
+                print(rounds[-1], flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "threads": THREADS,
+            "data": os.path.basename(DATA), "rounds": TRAINING_ROUNDS, "epochs": epochs}
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "speed_training.json"), "w") as fh:
+        json.dump({"meta": meta, "runs": rounds}, fh, indent=1)
+    write_training_table(rounds, meta)
+
+
+def write_training_table(rounds: list[dict], meta: dict) -> None:
+    scvi = {r["round"]: r["vae_train_cells_per_s"] for r in rounds if r["precision"] == "scvi"}
+    settings = TRAINING + ([("scvi", False)] if scvi else [])
+    lines = ["| VAE training | cells/s, best of rounds | each round | vs scVI: best / best | vs scVI in the same round | "
+             "warm-up epoch, s (median) |", "|---|---|---|---|---|---|"]
+    for precision, torch_compile in settings:
+        runs = [r for r in rounds if r["precision"] == precision and r["torch_compile"] == torch_compile]
+        rates = [r["vae_train_cells_per_s"] for r in runs]
+        name = "scVI (scvi-tools)" if precision == "scvi" else f"pysave fast, {precision}" + (", torch.compile" if torch_compile else "")
+        warm = sorted(r["warmup_epoch_seconds"] for r in runs if "warmup_epoch_seconds" in r)
+        paired = [r["vae_train_cells_per_s"] / scvi[r["round"]] for r in runs if r["round"] in scvi]
+        lines.append(f"| {name} | {max(rates):.0f} | {', '.join(f'{x:.0f}' for x in rates)} | "
+                     + (f"{max(rates) / max(scvi.values()):.2f}x" if scvi else "n/a") + " | "
+                     + (", ".join(f"{x:.2f}x" for x in paired) if paired else "n/a") + " | "
+                     + (f"{warm[len(warm) // 2]:.1f}" if warm else "-") + " |")
+    table = "\n".join(lines)
+    write_block("speed-training-table", f"Measured {meta['date']} on {meta['cpu_count']} CPU cores ({meta['threads']} threads), "
+                                        f"{meta['data']}, {meta['epochs']} epochs per measured run, {meta['rounds']} rounds:\n\n{table}")
+    print(table)
+
+
 SCVI_CODE = r"""
 import json, resource, sys, time, anndata as ad, torch, scvi
 torch.set_num_threads(%d)
@@ -139,12 +211,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n-sample", type=int, default=4096)
     parser.add_argument("--peers-python", default=os.path.join(HERE, "peers-venv", "bin", "python"))
+    parser.add_argument("--training", action="store_true",
+                        help="only VAE training: fp32, bf16 and bf16 with torch.compile, against scVI -> results/speed_training.json")
+    parser.add_argument("--training-table", action="store_true", help="rewrite the --training table from its results file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--one-training", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_config(args.one, args.epochs, args.n_sample)))
         return
+    if args.one_training:
+        precision, torch_compile = args.one_training.split(",")
+        print(json.dumps(run_training(precision, torch_compile == "1", args.epochs)))
+        return
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+    if args.training:
+        training_main(args.epochs, args.peers_python, env)
+        return
+    if args.training_table:  # rewrite the table from the stored results
+        stored = json.load(open(os.path.join(HERE, "results", "speed_training.json")))
+        write_training_table(stored["runs"], stored["meta"])
+        return
     results = []
     for name in CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--epochs", str(args.epochs), "--n-sample", str(args.n_sample)],

@@ -35,7 +35,7 @@ from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .errors import ModelDirectoryError, PySaveError, PySaveWarning
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
-from .train import PRECISIONS, autocast, fit, resolve_precision
+from .train import PRECISIONS, autocast, compiled, fit, resolve_precision
 from .vae import LIKELIHOODS, BlockAttentionVAE
 
 # What the paper fixes, plus our documented choices for what it leaves open (README "Defaults").
@@ -383,6 +383,7 @@ class SAVE:
         resume: bool = False,
         precision: str = "auto",
         chunk_size: int | None = None,
+        torch_compile: bool = False,
     ) -> "SAVE":
         """Train the VAE, then the flow on its latent space.
 
@@ -405,6 +406,12 @@ class SAVE:
         Under ``torchrun`` the cells are shared out over the processes and gradients are
         averaged with DistributedDataParallel; ``batch_size`` is the global batch.
         ``precision``: ``"32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 on CUDA, 32 on CPU).
+        ``torch_compile=True`` compiles the VAE's Transformers with ``torch.compile`` for its
+        training: on a 2-core CPU 1.34x faster in bf16 (~1.1x in fp32), after a one-off
+        compilation of 95-112 s (about 11 s when torch's on-disk cache already holds it), so it
+        pays on long runs over many cells (about a million cell-epochs). On the CPU it needs a
+        C++ compiler. The weights differ from an uncompiled run's by rounding only, and the same
+        seed gives the same model again.
         """
         if self._data is None:
             raise PySaveError("this model was loaded without training data; create a new SAVE(adata) to train.")
@@ -433,6 +440,7 @@ class SAVE:
             "validation_fraction": validation_fraction, "early_stopping": early_stopping,
             "early_stopping_patience": early_stopping_patience, "seed": seed, "precision": precision,
             "chunk_size": chunk_size,
+            **({"torch_compile": True} if torch_compile else {}),  # absent when off: older checkpoints still resume
         }))
         checkpoint = None
         if resume:
@@ -509,13 +517,14 @@ class SAVE:
             self.vae.eval()
             vae_result = checkpoint["vae_result"]
         else:
-            vae_result = fit(
-                self.vae, vae_loss, vae_batches, vae_val if n_val else None,
-                max_epochs, steps, lr, weight_decay, warmups["vae"],
-                vae_patience, dev, seed, "VAE", self._log, progress and self.verbose,
-                resume=resumed("vae"), on_checkpoint=saver("vae", {}), checkpoint_every=checkpoint_every,
-                precision=precision,
-            )
+            with compiled([self.vae.encoder.transformer, self.vae.decoder.transformer], bool(torch_compile), dev):
+                vae_result = fit(
+                    self.vae, vae_loss, vae_batches, vae_val if n_val else None,
+                    max_epochs, steps, lr, weight_decay, warmups["vae"],
+                    vae_patience, dev, seed, "VAE", self._log, progress and self.verbose,
+                    resume=resumed("vae"), on_checkpoint=saver("vae", {}), checkpoint_every=checkpoint_every,
+                    precision=precision,
+                )
 
         # Flow stage: standardised posterior samples of the trained encoder, fresh each epoch.
         # Each rank encodes its share of the cells once; the latents are then shared by all.
@@ -575,7 +584,8 @@ class SAVE:
             "n_cells": n_cells, "n_train": int(len(train_rows)), "n_validation": int(n_val),
             "batch_size": batch_size, "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay,
             "max_epochs": max_epochs, "flow_epochs": flow_epochs, "warmup_epochs": warmups, "seed": seed, "device": str(dev),
-            "processes": world, "precision": precision, "backed": bool(data.backed), "active_latent_dims": active_dims,
+            "processes": world, "precision": precision, "torch_compile": bool(torch_compile), "backed": bool(data.backed),
+            "active_latent_dims": active_dims,
         }
         self.is_trained = True
         return self

@@ -196,3 +196,42 @@ def test_cli_backed_training(tmp_path):
     assert config["training"]["backed"] is True
     bad = CliRunner().invoke(main, args[:-3] + ["--chunk-size", "0", "--out", str(tmp_path / "m2")])
     assert bad.exit_code != 0 and "chunk-size" in bad.output
+
+
+def test_compiled_training_matches_eager_and_is_undone_afterwards(monkeypatch):
+    adata = ad.read_h5ad(shared_file(PBMC))
+    eager = _model(adata.copy()).train(**QUICK)
+    fast = _model(adata.copy()).train(**QUICK, torch_compile=True)
+    again = _model(adata.copy()).train(**QUICK, torch_compile=True)
+    assert fast.training_summary["torch_compile"] and not eager.training_summary["torch_compile"]
+    assert _max_weight_difference(fast, again) == 0  # same seed, same compiled model
+    # Fused kernels round differently: close to the eager run, not equal.
+    assert 0 < _max_weight_difference(fast, eager) < 0.05
+    for key in ("vae_validation_loss", "flow_validation_loss"):
+        assert fast.history[key][-1] == pytest.approx(eager.history[key][-1], rel=0.02)
+    # The compilation is undone: same weight names, and encoding runs the plain modules.
+    assert list(fast.vae.state_dict()) == list(eager.vae.state_dict())
+    for module in (fast.vae.encoder.transformer, fast.vae.decoder.transformer):
+        assert module._compiled_call_impl is None
+    np.testing.assert_allclose(fast.get_latent_representation(), eager.get_latent_representation(), atol=0.5)
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    with pytest.raises(PySaveError, match="C\\+\\+ compiler.*no-such-compiler"):
+        _model(adata.copy()).train(**QUICK, torch_compile=True)
+
+
+def test_compiled_training_finds_python_headers_under_an_embedded_python(monkeypatch, tmp_path):
+    """R's reticulate reports the venv as Python's base, where Python.h is not: pysave points the
+    compiler at the interpreter's own headers, or says what to install when there are none."""
+    import sysconfig
+
+    from pysave import train
+
+    cpu = torch.device("cpu")
+    assert train._cpu_toolchain(cpu) is None  # a plain interpreter: inductor finds the headers itself
+    real_include = sysconfig.get_config_var("INCLUDEPY")
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(tmp_path) if name == "include" else None)
+    assert train._cpu_toolchain(cpu) == real_include
+    assert train._cpu_toolchain(torch.device("meta")) is None  # off the CPU inductor needs no C++ headers
+    monkeypatch.setattr(sysconfig, "get_config_var", lambda name: str(tmp_path / "none"))
+    with pytest.raises(PySaveError, match="Python.h.*python3-dev"):
+        train._cpu_toolchain(cpu)

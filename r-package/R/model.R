@@ -14,7 +14,8 @@
                  flow_lr = "flow_lr", weight_decay = "weight_decay", warmup_epochs = "warmup_epochs",
                  validation_fraction = "validation_fraction", early_stopping = "early_stopping",
                  patience = "early_stopping_patience", checkpoint_dir = "checkpoint_dir",
-                 checkpoint_every = "checkpoint_every", resume = "resume", precision = "precision")
+                 checkpoint_every = "checkpoint_every", resume = "resume", precision = "precision",
+                 torch_compile = "torch_compile")
 
 # Split `...` into model and training arguments, refusing unknown or partial names.
 .engine_args <- function(dots, fun) {

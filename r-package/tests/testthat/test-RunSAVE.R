@@ -113,3 +113,10 @@ test_that("RunSAVE refuses bad input with messages that say the fix", {
   expect_error(run_tiny(s, conditions = "groups", assay = "ADT"), "assay 'ADT' is not in the Seurat object")
   expect_error(run_tiny(s, conditions = "groups", out_dir = tempdir()), "already exists")
 })
+
+test_that("RunSAVE passes torch_compile to training and records it", {
+  sce <- pbmc_small_sce()
+  out <- run_tiny(sce, conditions = "groups", torch_compile = TRUE)
+  expect_true(isTRUE(S4Vectors::metadata(out)$SAVE$training$torch_compile))
+  expect_identical(dim(SingleCellExperiment::reducedDim(out, "SAVE")), c(ncol(sce), 16L))
+})
