@@ -517,7 +517,7 @@ class SAVE:
             self.vae.eval()
             vae_result = checkpoint["vae_result"]
         else:
-            with compiled([self.vae.encoder.transformer, self.vae.decoder.transformer], bool(torch_compile), dev):
+            with compiled([self.vae.encoder.transformer, self.vae.decoder.transformer], bool(torch_compile), dev, self._log):
                 vae_result = fit(
                     self.vae, vae_loss, vae_batches, vae_val if n_val else None,
                     max_epochs, steps, lr, weight_decay, warmups["vae"],

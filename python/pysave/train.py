@@ -41,7 +41,7 @@ def autocast(device: torch.device, precision: str):
 
 
 @contextlib.contextmanager
-def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device):
+def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device, log: Callable[[str], None]):
     """Compile ``modules`` in place with ``torch.compile`` while the block runs, then undo it.
 
     Compilation fuses the Transformer's element-wise work (LayerNorm, AdaLN modulation, GELU,
@@ -65,6 +65,8 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
         torch.use_deterministic_algorithms(True)
     for module in modules:
         module.compile(dynamic=True)  # the number of distinct condition rows changes between batches
+    # The first steps compile (1.5-2 min on 2 cores with an empty cache): say so, or it looks hung.
+    log("compiling the VAE with torch.compile during its first steps (1-2 minutes unless torch's cache holds it)")
     saved_path = os.environ.get("CPLUS_INCLUDE_PATH")
     try:
         with warnings.catch_warnings():
