@@ -243,7 +243,9 @@ def expression_pca(matrix, seed):
 
     from pysave.metrics import unintegrated_pca
 
-    X = sp.csr_matrix(matrix, dtype=np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+    # float64 as R holds it and as the PCA reads a layer: rounding to float32 here moved one
+    # label's kBET (0.226 -> 0.114) and scIB Total by 0.009 on the bundled PBMC data.
+    X = sp.csr_matrix(matrix, dtype=np.float64) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float64)
     return unintegrated_pca(ad.AnnData(X), seed=int(seed))
 
 
