@@ -156,17 +156,13 @@ def training_main(epochs: int, peers_python: str, env: dict) -> None:
                                   "--epochs", str(epochs)], capture_output=True, text=True, env=env, check=True)
             rounds.append({"round": r, **json.loads(out.stdout.strip().splitlines()[-1])})
             print(rounds[-1], flush=True)
-        if os.path.exists(peers_python):
-            out = subprocess.run([peers_python, "-c", SCVI_CODE, DATA, str(max(epochs, 5))], capture_output=True, text=True, env=env)
-            if out.returncode == 0:
-                rounds.append({"round": r, "precision": "scvi", "torch_compile": False,
-                               **json.loads(out.stdout.strip().splitlines()[-1])})
-                print(rounds[-1], flush=True)
+        scvi = run_scvi(peers_python, epochs, env)
+        if scvi is not None:
+            rounds.append({"round": r, "precision": "scvi", "torch_compile": False, **scvi})
+            print(rounds[-1], flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "threads": THREADS,
             "data": os.path.basename(DATA), "rounds": TRAINING_ROUNDS, "epochs": epochs}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "speed_training.json"), "w") as fh:
-        json.dump({"meta": meta, "runs": rounds}, fh, indent=1)
+    write_results("speed_training.json", {"meta": meta, "runs": rounds})
     write_training_table(rounds, meta)
 
 
@@ -206,6 +202,27 @@ print(json.dumps({"config": "scvi", "version": scvi.__version__, "epochs": int(s
 """ % THREADS
 
 
+def run_scvi(peers_python: str, epochs: int, env: dict) -> dict | None:
+    """scVI's training throughput from the peers' venv (at least 5 epochs), or None, said why."""
+    if not os.path.exists(peers_python):
+        print(f"scvi-tools not found at {peers_python}; see benchmarks/README.md to install the peers", file=sys.stderr)
+        return None
+    out = subprocess.run([peers_python, "-c", SCVI_CODE, DATA, str(max(epochs, 5))], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        print("scVI run failed:", out.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_results(name: str, content: dict) -> None:
+    """results/NAME, written atomically: a stopped run leaves the earlier file as it was."""
+    from pysave.io import atomic_output
+
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with atomic_output(os.path.join(HERE, "results", name)) as tmp, open(tmp, "w") as fh:
+        json.dump(content, fh, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
@@ -238,16 +255,10 @@ def main() -> None:
                              capture_output=True, text=True, env=env, check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(results[-1], flush=True)
-    if os.path.exists(args.peers_python):
-        out = subprocess.run([args.peers_python, "-c", SCVI_CODE, DATA, str(max(args.epochs, 5))],
-                             capture_output=True, text=True, env=env)
-        if out.returncode == 0:
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(results[-1], flush=True)
-        else:
-            print("scVI run failed:", out.stderr[-2000:], file=sys.stderr)
-    else:
-        print(f"scvi-tools not found at {args.peers_python}; see benchmarks/README.md to install the peers", file=sys.stderr)
+    scvi = run_scvi(args.peers_python, args.epochs, env)
+    if scvi is not None:
+        results.append(scvi)
+        print(results[-1], flush=True)
     import torch
 
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
@@ -257,9 +268,7 @@ def main() -> None:
     for r in results:
         if "flops_per_cell" in r:
             r["ceiling_cells_per_s"] = {p: ceilings(r["flops_per_cell"], g) for p, g in meta["gemm_gflops"].items()}
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "speed.json"), "w") as fh:
-        json.dump({"meta": meta, "results": results}, fh, indent=1)
+    write_results("speed.json", {"meta": meta, "results": results})
     write_table(results, meta)
 
 

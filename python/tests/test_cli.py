@@ -1,4 +1,5 @@
 """Every CLI command through click's runner: outputs, and user errors without tracebacks."""
+import json
 import os
 
 import anndata as ad
@@ -39,8 +40,6 @@ def test_train_writes_a_model_and_refuses_to_overwrite(trained, tmp_path):
     assert (out / "config.json").exists() and (out / "weights.safetensors").exists()
     user_error(run(*args), "already exists")
     assert run(*args, "--overwrite").exit_code == 0
-    import json
-
     assert json.loads((out / "config.json").read_text())["training"]["torch_compile"] is False
     assert run(*args, "--overwrite", "--torch-compile").exit_code == 0  # compiled VAE training, recorded
     assert json.loads((out / "config.json").read_text())["training"]["torch_compile"] is True
