@@ -24,7 +24,7 @@ SHARED_DATA = os.path.join(HERE, "..", "..", "shared", "data")
 DATA = os.path.join(SHARED_DATA, "scvelo_pancreas_e15_supercell_3696.h5ad")
 # `--training --dataset`: the data of the VAE training comparison, its pysave conditions, scVI's
 # batch key and the measured epochs (~11,000-12,000 cells per run). Issue 4 states its speed target
-# on pbmc_3tech, whose 1,200 cells make scVI's per-epoch overhead count.
+# on pbmc_3tech.
 TRAINING_DATA = {
     "pancreas": {"file": DATA, "conditions": ["clusters"], "scvi_batch_key": None, "epochs": 3,
                  "results": "speed_training.json", "table": "speed-training-table"},
