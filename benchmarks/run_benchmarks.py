@@ -603,7 +603,7 @@ PLOT_PYSAVE_ROWS = {
     "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6"],
     "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2",
               "pysave_corrected_mean_total_kl0.5_vmask0"],
-    "generation": ["pysave_midpoint10_w2", "pysave_product_midpoint10_w2", "pysave_no_attention_midpoint10_w2"],
+    "generation": ["pysave_fmask0.3_midpoint10_w2", "pysave_product_fmask0.3_midpoint10_w2", "pysave_no_attention_midpoint10_w2"],
 }
 
 
@@ -674,7 +674,8 @@ def build_table():
         if key[0] in ("perturbation", "unseen") and len(rs) > 1:
             common = set.intersection(*({row["group"] for row in r["per_group"]} for r in rs))
             for r in rs:
-                rows = [row for row in r["per_group"] if row["group"] in common]
+                # seeds that share no held-out type (a sweep part-way through) each keep their own types
+                rows = [row for row in r["per_group"] if row["group"] in common] or r["per_group"]
                 r["metrics"] = {c: float(np.mean([row[c] for row in rows])) for c in r["metrics"] if c in rows[0]}
                 r["n_types"] = len(common)
     lines = []
@@ -689,7 +690,8 @@ def build_table():
             rs = runs[key]
             seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
             if task in ("perturbation", "unseen"):
-                seeds += f" ({min(r['n_types'] for r in rs)} types)"
+                n_types = min(r["n_types"] for r in rs)
+                seeds += f" ({n_types} types)" if n_types else " (no type in common)"
             cells = [_fmt([r["metrics"].get(m) for r in rs]) for m, _ in cols]
             wall = f"{np.mean([r['wall_seconds'] for r in rs]):.0f}"
             cps = [r.get("train_cells_per_s") for r in rs if r.get("train_cells_per_s")]

@@ -132,7 +132,7 @@ def main():
 @click.option("--flow-token-size", type=int, default=32, show_default=True)
 @click.option("--flow-heads", type=int, default=4, show_default=True)
 @click.option("--flow-condition-dim", type=int, default=256, show_default=True, help="Size of the flow's time + condition embedding.")
-@click.option("--mask-prob", type=float, default=0.6, show_default=True, help="Condition masking while training the flow.")
+@click.option("--mask-prob", type=float, default=0.3, show_default=True, help="Condition masking while training the flow (the paper: 0.6).")
 @click.option("--vae-mask-prob", type=float, default=0.2, show_default=True)
 @click.option("--kl-weight", type=float, default=0.05, show_default=True,
               help="Weight of the KL term; 0.5 for a model meant for batch correction / integration (better scIB scores; worse generation and transfer).")
