@@ -31,6 +31,17 @@ DATASETS = {
     # single-condition generation (issue 4, task 2)
     "scvelo_pancreas": ("scvelo_pancreas_e15_supercell_3696.h5ad", ["clusters"], None),
     "pbmc4k": ("pbmc4k_soupx_2170.h5ad", ["cell_type"], None),
+    # The dual-condition sets with two more conditions that repeat what the first two say (a coarser
+    # cell type; the chemistry, or the pancreatic compartment): the same split and groups, but four
+    # conditions, so that guidance's unconditional field trains on mask_prob ** 4 of the cells.
+    "pbmc_3tech_4cond": ("pbmc_3tech_symphony_1200.h5ad", ["batch", "cell_type", "cell_type_broad", "chemistry"], "batch"),
+    "baron_human_4cond": ("baron2016_pancreas_human_came_2142.h5ad", ["batch", "cell_type", "cell_type_ontology", "compartment"], "batch"),
+}
+# Conditions made from others (column: (source column, value -> derived value)); each is nested in its source.
+DERIVED = {
+    "chemistry": ("batch", {"10x_3prime_v1": "3prime", "10x_3prime_v2": "3prime", "10x_5prime": "5prime"}),
+    "compartment": ("cell_type", {**dict.fromkeys(["alpha", "beta", "delta", "gamma", "epsilon"], "endocrine"),
+                                  **dict.fromkeys(["acinar", "ductal"], "exocrine")}),
 }
 FAST = dict(n_blocks=16, hidden_size=128, condition_dim=256, n_encoder_layers=2, n_decoder_layers=2)
 
@@ -54,7 +65,12 @@ def split(dataset, seed, max_genes=2000):
 
     file, keys, batch_key = DATASETS[dataset]
     adata = ad.read_h5ad(os.path.join(DATA, file))
-    train_mask, test_mask = stratified_split(adata.obs, keys, seed)
+    for key in keys:
+        if key in DERIVED:
+            source, values = DERIVED[key]
+            adata.obs[key] = adata.obs[source].astype(str).map(lambda v: values.get(v, "other")).astype("category")
+    # Derived conditions are nested in their sources: stratifying by the others gives the same split.
+    train_mask, test_mask = stratified_split(adata.obs, [k for k in keys if k not in DERIVED], seed)
     if adata.n_vars > max_genes:
         hvg = adata[train_mask].copy()
         sc.pp.highly_variable_genes(hvg, n_top_genes=max_genes, flavor="seurat_v3")

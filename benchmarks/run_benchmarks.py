@@ -46,7 +46,9 @@ Tasks
   decoded as stimulated, ZINB counts; peers venv).
 - generation (80/20 stratified split): dual condition (pbmc_3tech, baron_human) and single
   condition (scvelo_pancreas, pbmc4k); methods pysave and scvi (prior samples decoded under the
-  conditions); noise floor and per-group Gaussian baselines in every result. See eval_generation.py.
+  conditions); noise floor and per-group Gaussian baselines in every result. ``*_4cond``: the
+  dual-condition sets with two nested conditions more (same split and groups, four conditions), for
+  guidance's unconditional field. See eval_generation.py.
 """
 from __future__ import annotations
 
@@ -93,7 +95,8 @@ TASKS = {
                   methods=["pca", "harmony", "scanorama", "scvi", "pysave_latent", "pysave_corrected",
                            "pysave_corrected_mean", "pysave_corrected_total", "pysave_corrected_mean_total",
                            "pysave_flow_latent", "pysave_flow_corrected"]),
-    "generation": dict(datasets=["pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k"], methods=["pysave", "scvi"]),
+    "generation": dict(datasets=["pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k", "pbmc_3tech_4cond", "baron_human_4cond"],
+                       methods=["pysave", "scvi"]),
 }
 
 
@@ -603,7 +606,7 @@ PLOT_PYSAVE_ROWS = {
     "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6"],
     "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2",
               "pysave_corrected_mean_total_kl0.5_vmask0"],
-    "generation": ["pysave_fmask0.3_midpoint10_w2", "pysave_product_fmask0.3_midpoint10_w2",
+    "generation": ["pysave_fmask0.15_all0.1_midpoint10_w2", "pysave_product_fmask0.15_all0.1_midpoint10_w2",
                    "pysave_no_attention_fmask0.3_midpoint10_w2"],
 }
 

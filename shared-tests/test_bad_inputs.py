@@ -89,6 +89,7 @@ def _python(case, model_dir, tmp_path):
         if "gene_embeddings" in options:
             params["gene_embeddings"] = os.path.join(INPUTS, options["gene_embeddings"])
             params["n_blocks"] = options.get("n_blocks", params["n_blocks"])
+        params.update(options.get("params", {}))  # network parameters by their engine names
         model = pysave.SAVE(adata, verbose=False, **params)
         model.train(max_epochs=1, flow_epochs=1, progress=False)
         assert np.isfinite(model.generate(n_cells=2).X).all()
@@ -121,6 +122,8 @@ def _cli(case, model_dir, tmp_path):
             args += ["--layer", options["layer"]]
         if "gene_embeddings" in options:
             args += ["--gene-embeddings", os.path.join(INPUTS, options["gene_embeddings"]), "--n-blocks", str(options.get("n_blocks", 4))]
+        for key, value in options.get("params", {}).items():
+            args += ["--" + key.replace("_", "-"), str(value)]
     elif action == "generate":
         args = ["generate", model_dir, "--n", "3", "--out", str(tmp_path / "g.h5ad")]
         for k, v in options["set"].items():

@@ -132,7 +132,9 @@ def main():
 @click.option("--flow-token-size", type=int, default=32, show_default=True)
 @click.option("--flow-heads", type=int, default=4, show_default=True)
 @click.option("--flow-condition-dim", type=int, default=256, show_default=True, help="Size of the flow's time + condition embedding.")
-@click.option("--mask-prob", type=float, default=0.3, show_default=True, help="Condition masking while training the flow (the paper: 0.6).")
+@click.option("--mask-prob", type=float, default=0.15, show_default=True, help="Masking of each condition while training the flow (the paper: 0.6).")
+@click.option("--mask-all-prob", type=float, default=0.1, show_default=True,
+              help="Probability of masking all of a cell's conditions at once while training the flow (trains guidance's unconditional velocity whatever the number of conditions).")
 @click.option("--vae-mask-prob", type=float, default=0.2, show_default=True)
 @click.option("--kl-weight", type=float, default=0.05, show_default=True,
               help="Weight of the KL term; 0.5 for a model meant for batch correction / integration (better scIB scores; worse generation and transfer).")

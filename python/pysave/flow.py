@@ -66,10 +66,12 @@ class VelocityField(nn.Module):
         v = self.out(h).flatten(1)
         return (v, weights) if return_weights else v
 
-    def loss(self, x1: torch.Tensor, codes: torch.Tensor, mask_prob: float, generator=None) -> torch.Tensor:
-        """Flow-matching MSE with each condition masked independently with ``mask_prob``."""
+    def loss(self, x1: torch.Tensor, codes: torch.Tensor, mask_prob: float, generator=None,
+             mask_all_prob: float = 0.0) -> torch.Tensor:
+        """Flow-matching MSE with each condition masked independently with ``mask_prob``, and all
+        of a cell's conditions at once with ``mask_all_prob``."""
         t, xt, target = LinearPath.sample(x1, generator)
-        codes = self.condition_embedding.random_mask(codes, mask_prob, generator)
+        codes = self.condition_embedding.random_mask(codes, mask_prob, generator, mask_all_prob)
         return ((self(xt, t, codes) - target) ** 2).mean()
 
 

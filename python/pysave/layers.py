@@ -44,11 +44,17 @@ class ConditionEmbedding(nn.Module):
         _, first, inverse = _unique_first(key)
         return self(codes[first]), inverse
 
-    def random_mask(self, codes: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Replace each condition of each cell by [MASK] with probability ``p`` (paper eq. 13)."""
-        if p <= 0:
+    def random_mask(self, codes: torch.Tensor, p: float, generator: torch.Generator | None = None,
+                    p_all: float = 0.0) -> torch.Tensor:
+        """Replace each condition of each cell by [MASK] with probability ``p`` (paper eq. 13), and
+        every condition of a cell at once with probability ``p_all`` (classifier-free guidance's
+        usual dropout, so the unconditional field keeps its share however many conditions there are)."""
+        if p <= 0 and p_all <= 0:
             return codes
-        hit = torch.rand(codes.shape, generator=generator, device=codes.device) < p
+        # Draw only what is used, so that models trained without p_all keep their random stream.
+        hit = torch.rand(codes.shape, generator=generator, device=codes.device) < p if p > 0 else torch.zeros_like(codes, dtype=torch.bool)
+        if p_all > 0:
+            hit |= torch.rand((codes.shape[0], 1), generator=generator, device=codes.device) < p_all
         mask = torch.tensor(self.mask_codes, device=codes.device).expand_as(codes)
         return torch.where(hit, mask, codes)
 

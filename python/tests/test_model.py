@@ -231,6 +231,25 @@ def test_decoder_head_size_survives_save_and_load(pbmc_small, tmp_path):
     assert np.array_equal(model.generate(n_cells=5, seed=1).X, loaded.generate(n_cells=5, seed=1).X)
 
 
+def test_mask_all_prob_is_saved_and_older_models_load_with_what_they_were_trained_with(pbmc_small, tmp_path):
+    import warnings
+
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    # Only masking all conditions at once trains the unconditional field here: guidance is fine.
+    model = pysave.SAVE(pbmc_small, verbose=False, mask_prob=0.0, mask_all_prob=0.2, **TINY)
+    model.train(max_epochs=1, flow_epochs=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.generate({"cell_type": "B"}, n_cells=3, guidance=2.0)
+    path = model.save(str(tmp_path / "m"))
+    assert pysave.SAVE.load(path, device="cpu", verbose=False).params["mask_all_prob"] == 0.2
+    # A directory saved before the parameter existed lacks the key: it was trained without it.
+    config = json.load(open(os.path.join(path, "config.json")))
+    del config["params"]["mask_all_prob"]
+    json.dump(config, open(os.path.join(path, "config.json"), "w"))
+    assert pysave.SAVE.load(path, device="cpu", verbose=False).params["mask_all_prob"] == 0.0
+
+
 def test_load_with_adata_sets_default_data(trained):
     loaded = pysave.SAVE.load(trained["dir"], adata=trained["adata"], device="cpu", verbose=False)
     assert loaded.get_latent_representation().shape == (400, 32)
@@ -311,6 +330,9 @@ def test_tiny_datasets_and_bad_parameters(pbmc_small):
     pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
     with pytest.raises(PySaveError, match="unknown parameter"):
         pysave.SAVE(pbmc_small, hidden=3)
+    for key in ("mask_prob", "mask_all_prob", "vae_mask_prob"):
+        with pytest.raises(PySaveError, match=rf"{key} must be in \[0, 1\)"):
+            pysave.SAVE(pbmc_small, **{key: 1.0})
     with pytest.raises(PySaveError, match="likelihood must be one of"):
         pysave.SAVE(pbmc_small, likelihood="poisson")
     with pytest.raises(PySaveError, match=r"decoder_head_size must be a whole number >= 0 \(0 = the paper"):

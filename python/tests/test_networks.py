@@ -24,6 +24,24 @@ def test_condition_masking_rate():
     assert torch.allclose(rate, torch.tensor([0.6, 0.6]), atol=0.02)
 
 
+def test_masking_all_conditions_at_once_trains_the_unconditional_case_whatever_their_number():
+    emb = ConditionEmbedding([3, 5, 2, 4], 4)
+    codes = torch.zeros(40000, 4, dtype=torch.long)
+    all_masked = lambda out: (out == torch.tensor([3, 5, 2, 4])).all(1).float().mean().item()
+    # Per-condition masking alone reaches every condition masked only with p^K (0.3^4 = 0.8%).
+    assert abs(all_masked(emb.random_mask(codes, 0.3, torch.Generator().manual_seed(0))) - 0.3 ** 4) < 0.002
+    both = emb.random_mask(codes, 0.3, torch.Generator().manual_seed(0), p_all=0.1)
+    assert abs(all_masked(both) - (0.1 + 0.9 * 0.3 ** 4)) < 0.006
+    # Per condition, the rate is p_all + (1 - p_all) p.
+    rate = (both == torch.tensor([3, 5, 2, 4])).float().mean(0)
+    assert torch.allclose(rate, torch.full((4,), 0.1 + 0.9 * 0.3), atol=0.01)
+    assert abs(all_masked(emb.random_mask(codes, 0.0, torch.Generator().manual_seed(0), p_all=0.2)) - 0.2) < 0.01
+    # Without p_all the random stream is the one models were trained with before it existed.
+    g = torch.Generator().manual_seed(1)
+    old = torch.where(torch.rand(codes.shape, generator=g) < 0.3, torch.tensor([3, 5, 2, 4]).expand_as(codes), codes)
+    assert torch.equal(emb.random_mask(codes, 0.3, torch.Generator().manual_seed(1), p_all=0.0), old)
+
+
 def _vae(likelihood):
     index = torch.arange(24).view(4, 6)
     index[3, 4:] = -1  # padding

@@ -497,8 +497,8 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
 
     model, adata = trained["model"], trained["adata"]
     cells = adata[:5].copy()
-    saved = model.params["mask_prob"]
-    model.params["mask_prob"] = 0.0  # as if trained without condition masking
+    saved = model.params["mask_prob"], model.params["mask_all_prob"]
+    model.params["mask_prob"] = model.params["mask_all_prob"] = 0.0  # as if trained without condition masking
     try:
         with pytest.warns(UserWarning, match="mask_prob=0.*guidance=2"):
             model.generate({"cell_type": "B"}, n_cells=3)  # the default w = 2
@@ -509,7 +509,7 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
             model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)
             model.transfer(cells, {"batch": "10x_5prime"}, via="decoder")
     finally:
-        model.params["mask_prob"] = saved
+        model.params["mask_prob"], model.params["mask_all_prob"] = saved
     with pytest.raises(PySaveError, match="n_steps must be at least 1"):
         model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", n_steps=0)
 

@@ -9,7 +9,7 @@
                  dropout = "dropout", flow_hidden_size = "flow_hidden_size", flow_layers = "flow_layers",
                  flow_token_size = "flow_token_size", flow_heads = "flow_heads",
                  flow_condition_dim = "flow_condition_dim", mask_prob = "mask_prob",
-                 vae_mask_prob = "vae_mask_prob", kl_weight = "kl_weight")
+                 mask_all_prob = "mask_all_prob", vae_mask_prob = "vae_mask_prob", kl_weight = "kl_weight")
 .TRAIN_ARGS <- c(max_epochs = "max_epochs", flow_epochs = "flow_epochs", batch_size = "batch_size", lr = "lr",
                  flow_lr = "flow_lr", weight_decay = "weight_decay", warmup_epochs = "warmup_epochs",
                  validation_fraction = "validation_fraction", early_stopping = "early_stopping",

@@ -144,7 +144,7 @@ test_that("GenerateCells shift_from samples under other values, then adds the la
 
 test_that("pysave's warnings reach R as warnings (guidance on a model trained without masking)", {
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
-  fit <- run_tiny(sce, conditions = c("batch", "cell_type"), mask_prob = 0, seed = 3)
+  fit <- run_tiny(sce, conditions = c("batch", "cell_type"), mask_prob = 0, mask_all_prob = 0, seed = 3)
   expect_warning(GenerateCells(fit, n = 5, conditions = list(cell_type = "B"), guidance = 2, expression = "mean"),
                  "trained with mask_prob=0.*guidance=1")
   expect_warning(GenerateCells(fit, n = 5, conditions = list(cell_type = "B"), guidance = 1, expression = "mean"), NA)
@@ -161,7 +161,7 @@ test_that("leaving a condition masked warns on a model whose VAE never saw a mas
 
 test_that("a pysave warning is raised again on every call that causes it", {
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
-  fit <- run_tiny(sce, conditions = c("batch", "cell_type"), mask_prob = 0, seed = 4)
+  fit <- run_tiny(sce, conditions = c("batch", "cell_type"), mask_prob = 0, mask_all_prob = 0, seed = 4)
   for (i in 1:2) {
     expect_warning(GenerateCells(fit, n = 3, conditions = list(cell_type = "B"), guidance = 2, expression = "mean"), "mask_prob=0")
   }

@@ -61,6 +61,7 @@ run_case <- function(case) {
         extra$gene_embeddings <- file.path(inputs, opts$gene_embeddings)
         if (!is.null(opts$n_blocks)) extra$n_blocks <- opts$n_blocks
       }
+      for (key in names(opts$params)) extra[[key]] <- opts$params[[key]]  # engine names are RunSAVE's
       out <- do.call(RunSAVE, c(list(sce, conditions = conds, out_dir = file.path(tempfile("m"), "model")), extra))
       expect_equal(nrow(SingleCellExperiment::reducedDim(out, "SAVE")), ncol(sce))
     },
