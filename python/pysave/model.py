@@ -70,6 +70,24 @@ DEFAULTS = dict(
 PARAMS_BEFORE_THEY_EXISTED = dict(mask_all_prob=0.0)
 
 
+def fingerprint_params(params: dict) -> dict:
+    """The parameters a training checkpoint is matched on: those at the value they had before
+    they existed are left out, so that checkpoints written then still resume."""
+    return {k: v for k, v in params.items() if k not in PARAMS_BEFORE_THEY_EXISTED or v != PARAMS_BEFORE_THEY_EXISTED[k]}
+
+
+def fingerprint_differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """What differs between a checkpoint's fingerprint and this call's, as "key: checkpoint X, now Y"."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "absent"), now.get(key, "absent")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += fingerprint_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: checkpoint {a}, now {b}")
+    return out
+
+
 # Parameters that size networks or seed them, with their smallest valid value. Integral floats
 # (128.0, as R and JSON hand them over) become ints; anything else is refused by name, instead of
 # failing later inside torch. decoder_head_size 0 is the paper's direct linear map.
@@ -447,7 +465,7 @@ class SAVE:
         seed = self.params["seed"] if seed is None else int(seed)
         fingerprint = json.loads(json.dumps({
             "n_cells": n_cells, "genes": hashlib.sha256("\n".join(self.genes).encode()).hexdigest(),
-            "params": self.params, "max_epochs": max_epochs, "flow_epochs": flow_epochs, "batch_size": batch_size,
+            "params": fingerprint_params(self.params), "max_epochs": max_epochs, "flow_epochs": flow_epochs, "batch_size": batch_size,
             "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay, "warmup_epochs": warmups,
             "validation_fraction": validation_fraction, "early_stopping": early_stopping,
             "early_stopping_patience": early_stopping_patience, "seed": seed, "precision": precision,
@@ -460,8 +478,11 @@ class SAVE:
                 raise PySaveError("resume=True needs checkpoint_dir (CLI: the checkpoint beside --out).")
             checkpoint = io.load_checkpoint(checkpoint_dir)
             if checkpoint.get("fingerprint") != fingerprint:
+                differ = "; ".join(fingerprint_differences(checkpoint.get("fingerprint") or {}, fingerprint)[:6])
                 raise PySaveError(f"the checkpoint in {checkpoint_dir!r} comes from a different run (other data, parameters "
-                                  "or training options); resume with exactly the same command, or train without --resume.")
+                                  f"or training options: {differ}); resume with exactly the same command (a checkpoint "
+                                  "written before pysave's defaults changed needs the values it was trained with), "
+                                  "or train without --resume.")
             self._log(f"resuming from the {checkpoint['stage']} checkpoint in {checkpoint_dir}")
 
         def saver(stage: str, extra: dict):

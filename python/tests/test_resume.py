@@ -79,6 +79,17 @@ def test_resume_refuses_a_different_run(trained, tmp_path):
     other = subprocess.run([sys.executable, "-m", "pysave", "train", trained["data"], "--out", out, *ARGS, "--seed", "5", "--resume"],
                            capture_output=True, text=True)
     assert other.returncode == 1 and "different run" in other.stderr
+    assert "params.seed: checkpoint 0, now 5" in other.stderr  # names what differs
     missing = subprocess.run([sys.executable, "-m", "pysave", "train", trained["data"], "--out", str(tmp_path / "none"), *ARGS, "--resume"],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "no training checkpoint" in missing.stderr
+
+
+def test_checkpoints_from_before_mask_all_prob_still_match():
+    from pysave.model import DEFAULTS, fingerprint_differences, fingerprint_params
+
+    older = {k: v for k, v in DEFAULTS.items() if k != "mask_all_prob"}  # as a checkpoint of then holds them
+    assert fingerprint_params({**older, "mask_all_prob": 0.0}) == older
+    assert fingerprint_params(DEFAULTS) == DEFAULTS  # at today's 0.1 it is part of the match
+    assert fingerprint_differences({"params": older, "seed": 0}, {"params": fingerprint_params(DEFAULTS), "seed": 0}) == [
+        "params.mask_all_prob: checkpoint absent, now 0.1"]
