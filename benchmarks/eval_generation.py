@@ -206,6 +206,15 @@ def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_d
     saved = None if model_dir is None else os.path.join(model_dir, model_name(dataset, seed, epochs, params, held_out, train_params))
     if saved is not None and os.path.exists(saved):
         model = pysave.SAVE.load(saved, verbose=False, device="cpu")
+        # The folder is named by the parameters given, not the defaults they fill in: one kept
+        # before a default changed would pass for a model trained today. Name what differs instead.
+        from pysave.model import DEFAULTS, fingerprint_differences
+
+        stale = fingerprint_differences({k: model.params[k] for k in DEFAULTS}, {**DEFAULTS, **params, "seed": seed},
+                                        saved_as="kept")
+        if stale:
+            raise SystemExit(f"{saved} was trained with other parameters than this run would use ({'; '.join(stale)}), "
+                             "e.g. before a default changed: delete it or use another --model-dir.")
         stats = model.condition_latents
         if stats is not None and "cell_latents" not in stats:
             # Kept before the expression PCs (or the kept cells of the local shifts) existed: add

@@ -76,15 +76,16 @@ def fingerprint_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in PARAMS_BEFORE_THEY_EXISTED or v != PARAMS_BEFORE_THEY_EXISTED[k]}
 
 
-def fingerprint_differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """What differs between a checkpoint's fingerprint and this call's, as "key: checkpoint X, now Y"."""
+def fingerprint_differences(saved: dict, now: dict, prefix: str = "", saved_as: str = "checkpoint") -> list[str]:
+    """What differs between a checkpoint's fingerprint (or another saved set of parameters) and
+    this call's, as "key: checkpoint X, now Y"."""
     out = []
     for key in sorted(set(saved) | set(now)):
         a, b = saved.get(key, "absent"), now.get(key, "absent")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += fingerprint_differences(a, b, f"{prefix}{key}.")
+            out += fingerprint_differences(a, b, f"{prefix}{key}.", saved_as)
         elif a != b:
-            out.append(f"{prefix}{key}: checkpoint {a}, now {b}")
+            out.append(f"{prefix}{key}: {saved_as} {a}, now {b}")
     return out
 
 
