@@ -108,8 +108,6 @@ def main():
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="VAE learning rate (AdamW; the paper's 1e-4 trained worse here, see the README).")
 @click.option("--flow-lr", type=float, default=1e-3, show_default=True)
-@click.option("--flow-ema-decay", type=float, default=0.0, show_default=True,
-              help="Keep an exponential moving average of the flow's weights with this decay (e.g. 0.999) and use it; 0: off.")
 @click.option("--weight-decay", type=float, default=2.5e-5, show_default=True)
 @click.option("--warmup-epochs", type=int, default=None, help="Linear lr warm-up in epochs (default: 2 for the VAE, a quarter of the epochs for the flow; a value given applies to both).")
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
@@ -156,7 +154,7 @@ def main():
 @common_overwrite
 @common_quiet
 @_friendly
-def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batch_size, lr, flow_lr, flow_ema_decay, weight_decay,
+def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batch_size, lr, flow_lr, weight_decay,
           warmup_epochs, validation_fraction, patience, no_early_stopping, checkpoint_every, resume, backed, chunk_size,
           precision, torch_compile, device, overwrite, quiet, **params):
     """Train a SAVE model on DATA (.h5ad with raw counts) and write it to --out.
@@ -192,7 +190,7 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
                 early_stopping=not no_early_stopping, early_stopping_patience=patience, seed=params["seed"],
                 device=device, progress=not quiet, checkpoint_dir=checkpoint_dir if checkpoint_every else None,
                 checkpoint_every=checkpoint_every, resume=resume, precision=precision, chunk_size=chunk_size,
-                torch_compile=torch_compile, flow_ema_decay=flow_ema_decay)
+                torch_compile=torch_compile)
     if is_main:  # the other ranks hold the same weights; rank 0 alone writes
         model.save(out, overwrite=overwrite)
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

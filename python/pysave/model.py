@@ -415,7 +415,6 @@ class SAVE:
         precision: str = "auto",
         chunk_size: int | None = None,
         torch_compile: bool = False,
-        flow_ema_decay: float = 0.0,
     ) -> "SAVE":
         """Train the VAE, then the flow on its latent space.
 
@@ -464,8 +463,6 @@ class SAVE:
             raise PySaveError(f"chunk_size must be a positive number of cells, got {chunk_size}.")
         if not 0.0 <= validation_fraction < 1.0:
             raise PySaveError(f"validation_fraction must be in [0, 1), got {validation_fraction}.")
-        if not 0.0 <= float(flow_ema_decay) < 1.0:
-            raise PySaveError(f"flow_ema_decay must be in [0, 1) (0: no moving average, e.g. 0.999), got {flow_ema_decay}.")
         seed = self.params["seed"] if seed is None else int(seed)
         fingerprint = json.loads(json.dumps({
             "n_cells": n_cells, "genes": hashlib.sha256("\n".join(self.genes).encode()).hexdigest(),
@@ -475,7 +472,6 @@ class SAVE:
             "early_stopping_patience": early_stopping_patience, "seed": seed, "precision": precision,
             "chunk_size": chunk_size,
             **({"torch_compile": True} if torch_compile else {}),  # absent when off: older checkpoints still resume
-            **({"flow_ema_decay": float(flow_ema_decay)} if flow_ema_decay else {}),
         }))
         checkpoint = None
         if resume:
@@ -612,7 +608,7 @@ class SAVE:
             warmups["flow"], flow_patience, dev, seed + 7, "flow",
             self._log, progress and self.verbose, resume=resumed("flow"),
             on_checkpoint=saver("flow", {"vae_final": self.vae.state_dict(), "vae_result": vae_result}),
-            checkpoint_every=checkpoint_every, precision=precision, ema_decay=float(flow_ema_decay),
+            checkpoint_every=checkpoint_every, precision=precision,
         )
         self.verbose = verbose
         self.history = {f"vae_{k}": v for k, v in vae_result["history"].items()}
@@ -623,7 +619,7 @@ class SAVE:
             "batch_size": batch_size, "lr": lr, "flow_lr": flow_lr, "weight_decay": weight_decay,
             "max_epochs": max_epochs, "flow_epochs": flow_epochs, "warmup_epochs": warmups, "seed": seed, "device": str(dev),
             "processes": world, "precision": precision, "torch_compile": bool(torch_compile), "backed": bool(data.backed),
-            "active_latent_dims": active_dims, "flow_ema_decay": float(flow_ema_decay),
+            "active_latent_dims": active_dims,
         }
         self.is_trained = True
         return self

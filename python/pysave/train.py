@@ -174,7 +174,6 @@ def fit(
     on_checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
     precision: str = "32",
-    ema_decay: float = 0.0,
 ) -> dict:
     """Train ``module`` for up to ``epochs``; return the history and a summary.
 
@@ -186,10 +185,6 @@ def fit(
     so gradients are averaged over ranks; ``train_batches`` must then give each rank its own
     shard with the same number of steps. Metrics are averaged over ranks, so every rank takes
     the same early-stopping decision, and only rank 0 writes checkpoints and logs.
-
-    With ``ema_decay`` > 0, an exponential moving average of the weights (torch's
-    ``AveragedModel``) follows the optimizer; validation, the best epoch and the returned
-    weights are the average's, not the last step's.
     """
     world, rank = dist_utils.world_size(), dist_utils.rank()
     step_module: torch.nn.Module = _LossModule(module, loss_fn)
@@ -204,11 +199,6 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
     # Each rank draws its own noise (masks, reparameterisation); rank 0 matches a single process.
     generator = torch.Generator(device=device).manual_seed(seed + 100_003 * rank)
-    ema = None
-    if ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     history: dict[str, list[float]] = {}
     best = (math.inf, None, 0)  # (val loss, state, epoch)
     n_seen, first_epoch, elapsed = 0, 1, 0.0
@@ -217,8 +207,6 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         generator.set_state(resume["generator"])
-        if ema is not None:
-            ema.load_state_dict(resume["ema"])
         history = {k: list(v) for k, v in resume["history"].items()}
         best = (resume["best_loss"], resume["best_state"], resume["best_epoch"])
         n_seen, first_epoch, elapsed = resume["n_seen"], resume["epoch"] + 1, resume["seconds"]
@@ -239,18 +227,11 @@ def fit(
             torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
             optimizer.step()
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(module)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n_batches += 1
             n_seen += _batch_size(batch) * world
         metrics = _mean_over_ranks(sums, n_batches, "train", device)
-        # The average is validated (and kept as the best) in the module itself, since the loss
-        # function calls the module it was built around; the last step's weights return after.
-        last_step = copy.deepcopy(module.state_dict()) if ema is not None else None
-        if ema is not None:
-            module.load_state_dict(ema.module.state_dict())
         if val_batches is not None:
             module.eval()
             val_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -266,12 +247,9 @@ def fit(
             history.setdefault(k, []).append(v)
         bar.update(epoch, {k: v for k, v in metrics.items() if k.endswith("_loss")})
         monitored = metrics.get("validation_loss", metrics["train_loss"])
-        improved = monitored < best[0]
-        if improved:
+        if monitored < best[0]:
             best = (monitored, copy.deepcopy(module.state_dict()), epoch)
-        if last_step is not None:
-            module.load_state_dict(last_step)
-        if not improved and patience is not None and val_batches is not None and epoch - best[2] >= patience:
+        elif patience is not None and val_batches is not None and epoch - best[2] >= patience:
             stopped_early = True
             break
         if is_main and on_checkpoint is not None and checkpoint_every and epoch % checkpoint_every == 0 and epoch < epochs:
@@ -280,13 +258,11 @@ def fit(
                 "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "history": history, "best_loss": best[0],
                 "best_state": best[1], "best_epoch": best[2], "n_seen": n_seen, "epoch": epoch,
-                "seconds": time.perf_counter() - start, **({"ema": ema.state_dict()} if ema is not None else {}),
+                "seconds": time.perf_counter() - start,
             })
     seconds = time.perf_counter() - start
     if best[1] is not None and val_batches is not None:
         module.load_state_dict(best[1])
-    elif ema is not None:
-        module.load_state_dict(ema.module.state_dict())
     module.eval()
     summary = {
         "epochs_run": epoch,

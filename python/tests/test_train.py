@@ -45,35 +45,6 @@ def test_fit_stops_patience_epochs_after_the_best_and_restores_it():
     assert longer["best_epoch"] == best  # stopping early loses nothing: same best epoch
 
 
-def _fit_plain(epochs, ema_decay=0.0, resume=None, on_checkpoint=None):
-    """_Drifting trained on the training loss alone (no validation, so the last weights return)."""
-    module = _Drifting()
-    fit(module, _loss(module), lambda epoch: [torch.zeros(1)], None, epochs, 1, 0.1, 0.0, 1, None,
-        torch.device("cpu"), 0, "toy", lambda m: None, progress=False, ema_decay=ema_decay, resume=resume,
-        on_checkpoint=on_checkpoint, checkpoint_every=3 if on_checkpoint else 0)
-    return float(module.w.detach())
-
-
-def test_fit_with_ema_returns_the_moving_average_of_the_steps():
-    decay, epochs = 0.8, 8
-    steps = [_fit_plain(t) for t in range(1, epochs + 1)]  # the weight after each optimizer step
-    expected = steps[0]
-    for w in steps[1:]:
-        expected = decay * expected + (1 - decay) * w
-    averaged = _fit_plain(epochs, ema_decay=decay)
-    assert averaged == pytest.approx(expected, abs=1e-6)
-    assert averaged < steps[-1] - 0.1  # it lags the last step, so it really is the average
-
-
-def test_fit_with_ema_resumes_to_the_uninterrupted_weights():
-    import copy
-
-    snapshots = []
-    full = _fit_plain(9, ema_decay=0.8, on_checkpoint=lambda snap: snapshots.append(copy.deepcopy(snap)))
-    assert [s["epoch"] for s in snapshots] == [3, 6] and "ema" in snapshots[0]
-    assert _fit_plain(9, ema_decay=0.8, resume=snapshots[0]) == pytest.approx(full, abs=1e-7)
-
-
 def _spy_on_fit(monkeypatch, run_epochs=None) -> dict:
     """Record what SAVE.train hands fit for each stage (by its label, "VAE" or "flow"): epochs,
     steps per epoch, warm-up and patience. With ``run_epochs`` the stage really trains only that many."""

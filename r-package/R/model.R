@@ -15,7 +15,7 @@
                  validation_fraction = "validation_fraction", early_stopping = "early_stopping",
                  patience = "early_stopping_patience", checkpoint_dir = "checkpoint_dir",
                  checkpoint_every = "checkpoint_every", resume = "resume", precision = "precision",
-                 torch_compile = "torch_compile", flow_ema_decay = "flow_ema_decay")
+                 torch_compile = "torch_compile")
 
 # Split `...` into model and training arguments, refusing unknown or partial names.
 .engine_args <- function(dots, fun) {
