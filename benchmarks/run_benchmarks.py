@@ -607,7 +607,7 @@ PLOT_PYSAVE_ROWS = {
     "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2",
               "pysave_corrected_mean_total_kl0.5_vmask0"],
     "generation": ["pysave_fmask0.15_all0.1_midpoint10_w2", "pysave_product_fmask0.15_all0.1_midpoint10_w2",
-                   "pysave_no_attention_fmask0.3_midpoint10_w2"],
+                   "pysave_no_attention_fmask0.15_all0.1_midpoint10_w2"],
 }
 
 
