@@ -24,9 +24,11 @@ model = pysave.SAVE(train, **FAST)
 model.train(max_epochs=EPOCHS, flow_epochs=None if EPOCHS >= 20 else EPOCHS, lr=1e-3)
 
 control = adata[((adata.obs["cell_type"] == held_type) & (adata.obs["condition"] == "control")).to_numpy()].copy()
-predicted = model.transfer(control, {"condition": "stimulated"})                # through the flow (the default)
-# + the latent shifts of the 30 training cells of other types each cell resembles most (shift_neighbours)
-shifted = model.transfer(control, {"condition": "stimulated"}, via="shift")
+predicted = model.transfer(control, {"condition": "stimulated"}, via="flow")    # through the flow
+# The default (via="auto" takes the shift here): the latent shifts of the 30 training cells of other
+# types each cell resembles most (shift_neighbours)
+shifted = model.transfer(control, {"condition": "stimulated"})
+print("transfer's default went", shifted.uns["pysave"]["via"])
 # the control cells' own expression plus the decoded change: the VAE's reconstruction error cancels
 plus = model.transfer(control, {"condition": "stimulated"}, via="shift", output="input_plus_change")
 

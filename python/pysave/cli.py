@@ -264,13 +264,16 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
                    "input_plus_change: the cell's own log1p(CP10k) plus the predicted change (decoded under the target "
                    "minus decoded under its own conditions), clipped at 0.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled output.")
-@click.option("--via", type=click.Choice(["flow", "decoder", "shift"]), default="flow", show_default=True,
-              help="flow: move the cell's latent through the flow (back to noise under its conditions, forward under "
-                   "the target), then decode; decoder: decode the cell's latent under the target (faster, less accurate "
-                   "for perturbations); shift: add the training cells' latent shift between the conditions "
-                   "(scGen's latent arithmetic, per cell from the training cells it resembles), then decode under the target.")
-@click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow.")
-@click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow.")
+@click.option("--via", type=click.Choice(["auto", "shift", "flow", "decoder"]), default="auto", show_default=True,
+              help="auto: shift where it can be used, else flow (a [MASK] target, no training cells of both values "
+                   "under the same other conditions); the path taken is in the output's uns['pysave']['via']. "
+                   "shift: add the training cells' latent shift between the conditions (scGen's latent arithmetic, "
+                   "per cell from the training cells it resembles), then decode under the target; flow: move the "
+                   "cell's latent through the flow (back to noise under its conditions, forward under the target), "
+                   "then decode; decoder: decode the cell's latent under the target (fastest, least accurate for "
+                   "perturbations).")
+@click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow (or auto, when it takes the flow).")
+@click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow (or auto, when it takes the flow).")
 # model.SHIFT_NEIGHBOURS and SHIFT_BANDWIDTH written out (a test keeps them equal): --help must not import torch.
 @click.option("--shift-neighbours", type=int, default=30, show_default=True,
               help="--via shift: each cell takes the mean displacement of its N nearest training cells (in expression), "
@@ -304,7 +307,13 @@ def transfer(model_dir, data, sets, out, output_kind, seed, via, guidance, n_ste
                            guidance=guidance, n_steps=n_steps, precision=precision, shift_bandwidth=shift_bandwidth,
                            shift_neighbours=shift_neighbours)
     if not quiet:
-        _log(f"wrote {cells.n_obs} transferred cells to {out}")
+        import anndata as ad
+
+        written = ad.read_h5ad(out, backed="r")
+        taken = dict(written.uns["pysave"])  # the path --via auto took, and why
+        written.file.close()
+        _log(f"wrote {cells.n_obs} transferred cells to {out} (via {taken['via']}"
+             + (f": {taken['via_reason']})" if "via_reason" in taken else ")"))
 
 
 @main.command()

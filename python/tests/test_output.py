@@ -208,7 +208,6 @@ def test_transfer_via_flow(trained):
     assert err < 0.1 * np.linalg.norm(mu - mu.mean(0), axis=1).mean()
     moved = model.transfer(cells, {"batch": "10x_5prime"}, via="flow")
     plain = model.transfer(cells, {"batch": "10x_5prime"}, via="decoder")
-    assert np.array_equal(model.transfer(cells, {"batch": "10x_5prime"}).X, moved.X)  # the flow is the default
     assert moved.uns["pysave"]["via"] == "flow" and moved.uns["pysave"]["guidance"] == 2.0
     assert plain.uns["pysave"]["via"] == "decoder" and np.array_equal(plain.obsm["X_save"], mu)
     shift = np.linalg.norm(moved.obsm["X_save"] - mu, axis=1).mean()
@@ -220,6 +219,36 @@ def test_transfer_via_flow(trained):
                                        "--steps", "5", "--out", str(os.path.join(os.path.dirname(trained["data"]), "via.h5ad")),
                                        "--overwrite", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+def test_transfer_auto_takes_the_shift_where_it_can(trained, tmp_path):
+    """The default, via="auto": the latent shift for a named value with training cells behind it,
+    the flow for what the shift cannot do (a masked target; a model without the shift's
+    statistics), each output the same as asking for that path, and the path taken recorded."""
+    import copy
+
+    import anndata as ad
+
+    model, adata = trained["model"], trained["adata"]
+    cells = adata[adata.obs["batch"].astype(str) == "10x_3prime_v2"][:20].copy()
+    auto = model.transfer(cells, {"batch": "10x_5prime"})
+    assert np.array_equal(auto.X, model.transfer(cells, {"batch": "10x_5prime"}, via="shift").X)
+    info = auto.uns["pysave"]
+    assert info["via"] == "shift" and info["via_requested"] == "auto" and "shift_strata" in info
+    masked = model.transfer(cells, {"batch": None}, n_steps=3)
+    assert np.array_equal(masked.X, model.transfer(cells, {"batch": None}, via="flow", n_steps=3).X)
+    assert masked.uns["pysave"]["via"] == "flow" and "masked" in masked.uns["pysave"]["via_reason"]
+    with pytest.raises(PySaveError, match="masked"):  # asked for by name, the shift still refuses
+        model.transfer(cells, {"batch": None}, via="shift")
+    old = copy.copy(model)  # as loaded from a directory saved before the shift's statistics existed
+    old.condition_latents = None
+    fallback = old.transfer(cells, {"batch": "10x_5prime"}, n_steps=3)
+    assert fallback.uns["pysave"]["via"] == "flow" and "older pysave" in fallback.uns["pysave"]["via_reason"]
+    out = str(tmp_path / "auto.h5ad")
+    result = CliRunner().invoke(main, ["transfer", trained["dir"], trained["data"], "--set", "batch=10x_5prime", "--out", out],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "via shift" in result.output and ad.read_h5ad(out).uns["pysave"]["via"] == "shift"
 
 
 def test_transfer_via_shift(trained, tmp_path):
@@ -503,7 +532,7 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
         with pytest.warns(UserWarning, match="mask_prob=0.*guidance=2"):
             model.generate({"cell_type": "B"}, n_cells=3)  # the default w = 2
         with pytest.warns(UserWarning, match="mask_prob=0"):
-            model.transfer(cells, {"batch": "10x_5prime"}, n_steps=2)  # via the flow, w = 2
+            model.transfer(cells, {"batch": "10x_5prime"}, via="flow", n_steps=2)  # w = 2
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)

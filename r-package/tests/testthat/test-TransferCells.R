@@ -28,7 +28,7 @@ test_that("TransferCells via = \"flow\" moves the latent and gives other values 
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   target <- list(batch = "10x_5prime")
   dec <- TransferCells(sce, tiny_model_dir(), target = target, via = "decoder")
-  flow <- TransferCells(sce, tiny_model_dir(), target = target, steps = 10)  # the flow is the default
+  flow <- TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = 10)
   expect_identical(S4Vectors::metadata(dec)$pysave$via, "decoder")
   expect_identical(S4Vectors::metadata(dec)$pysave$output, "mean")
   info <- S4Vectors::metadata(flow)$pysave
@@ -72,7 +72,7 @@ test_that("TransferCells rejects bad expression / via / guidance / steps / seed 
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
   target <- list(batch = "10x_5prime")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "flux"),
-               "TransferCells: via must be one of \"flow\" or \"decoder\" or \"shift\"; got \"flux\"", fixed = TRUE)
+               "TransferCells: via must be one of \"auto\" or \"shift\" or \"flow\" or \"decoder\"; got \"flux\"", fixed = TRUE)
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = NA), "TransferCells: via must be one of")
   # the strings TransferCells accepts are exactly pysave's transfer paths
   expect_setequal(unlist(reticulate::import("pysave.model")$TRANSFER_VIAS), eval(formals(TransferCells)$via))
@@ -85,6 +85,27 @@ test_that("TransferCells rejects bad expression / via / guidance / steps / seed 
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, guidance = NA_real_),
                "TransferCells: guidance must be one finite number")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, seed = -3), "TransferCells: seed must be a whole number >= 0")
+})
+
+test_that("TransferCells' default via = \"auto\" takes the shift where it can, else the flow, and says which", {
+  fit <- sampling_fit()  # trained here: it has the shift's per-condition statistics
+  target <- list(batch = "10x_5prime")
+  auto <- TransferCells(fit, target = target)
+  info <- S4Vectors::metadata(auto)$pysave
+  expect_identical(info$via, "shift")
+  expect_identical(info$via_requested, "auto")
+  expect_match(info$via_reason, "training cells on both sides")
+  shf <- TransferCells(fit, target = target, via = "shift")
+  expect_identical(as.matrix(SummarizedExperiment::assay(auto, "logcounts")),
+                   as.matrix(SummarizedExperiment::assay(shf, "logcounts")))
+  masked <- TransferCells(fit, target = list(batch = NA), steps = 5)
+  expect_identical(S4Vectors::metadata(masked)$pysave$via, "flow")
+  expect_match(S4Vectors::metadata(masked)$pysave$via_reason, "masked")
+  expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: .*masked")
+  # The shared tiny model was saved without those statistics: "auto" takes the flow, and says why.
+  old <- TransferCells(ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad")), tiny_model_dir(), target = target, steps = 5)
+  expect_identical(S4Vectors::metadata(old)$pysave$via, "flow")
+  expect_match(S4Vectors::metadata(old)$pysave$via_reason, "no per-condition latent means")
 })
 
 test_that("TransferCells via = \"shift\" adds the training cells' latent shift and records its strata", {
