@@ -1149,7 +1149,8 @@ class SAVE:
         if via not in TRANSFER_VIAS:
             raise PySaveError(f"via must be one of {list(TRANSFER_VIAS)}, got {via!r}.")
         # n_steps is checked for either path (as before); guidance only matters for the flow.
-        self._check_flow_options(guidance if via in ("flow", "auto") else 1.0, n_steps)
+        # "auto" checks guidance only if it takes the flow (its warning is about the flow).
+        self._check_flow_options(guidance if via == "flow" else 1.0, n_steps)
         if via in ("shift", "auto"):
             _check_shift_bandwidth(shift_bandwidth)
             _check_shift_neighbours(shift_neighbours)
@@ -1182,6 +1183,7 @@ class SAVE:
                 # "auto": what the shift cannot do (a masked target, no training cells behind a
                 # value, a model saved without the shift's statistics) goes through the flow.
                 via = "flow"
+                self._check_flow_options(guidance, n_steps)
                 shift_info = {"via_requested": "auto", "via_reason": f"the latent shift could not be used: {err}"}
                 progress("via='auto': through the flow (the latent shift could not be used)")
             else:

@@ -533,10 +533,13 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
             model.generate({"cell_type": "B"}, n_cells=3)  # the default w = 2
         with pytest.warns(UserWarning, match="mask_prob=0"):
             model.transfer(cells, {"batch": "10x_5prime"}, via="flow", n_steps=2)  # w = 2
+        with pytest.warns(UserWarning, match="mask_prob=0"):
+            model.transfer(cells, {"batch": None}, n_steps=2)  # "auto" takes the flow for a masked target
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)
             model.transfer(cells, {"batch": "10x_5prime"}, via="decoder")
+            model.transfer(cells, {"batch": "10x_5prime"})  # "auto" takes the shift: no flow, no warning
     finally:
         model.params["mask_prob"], model.params["mask_all_prob"] = saved
     with pytest.raises(PySaveError, match="n_steps must be at least 1"):
