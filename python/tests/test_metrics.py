@@ -44,6 +44,24 @@ def test_log_normalized_layers_are_not_normalized_twice():
     np.testing.assert_allclose(np.abs(M.unintegrated_pca(a, n_pcs=5, layer="save_corrected")), np.abs(direct), rtol=1e-4, atol=1e-4)
 
 
+def test_pca_does_not_depend_on_memory_layout():
+    """The same values held column-major (an R matrix through reticulate) or sparse give the same
+    PCA to the last bit: scIB's kBET flips on last-bit differences, so two copies of one layer
+    scored differently on CI before the layout was fixed."""
+    import scipy.sparse as sp
+
+    from pysave.datasets import pbmc_3tech
+
+    counts = pbmc_3tech().X
+    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    counts = counts.astype(np.float64)  # real data: on small random matrices the two orders happened to agree
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    for values in (counts, lognorm):
+        rows = M.unintegrated_pca(ad.AnnData(np.ascontiguousarray(values)))
+        np.testing.assert_array_equal(M.unintegrated_pca(ad.AnnData(np.asfortranarray(values))), rows)
+        np.testing.assert_array_equal(M.unintegrated_pca(ad.AnnData(sp.csc_matrix(values))), rows)
+
+
 def test_mean_agreement():
     a = np.random.default_rng(0).random((50, 30))
     out = M.mean_agreement(a, a)
