@@ -1,8 +1,8 @@
-"""Batch transfer: which of transfer()'s paths (via="flow", the default; "shift"; "decoder") best
-moves cells of one batch into another, with the cell type kept?
+"""Batch transfer: which of transfer()'s paths ("flow", "shift", "decoder") best moves cells of
+one batch into another, with the cell type kept?
 
-The README's "transfer path" row keeps via="flow" as transfer()'s default because the shift was
-measured only for perturbation. This measures the other use the default serves. A 50/50 split
+The shift had been measured only for perturbation; these results (2026-12-03) made via="auto"
+(the shift where it can be used, else the flow) transfer()'s default. A 50/50 split
 stratified by (batch, cell type); a model (the harness's fast network, 60 epochs, today's
 defaults, one torch thread) trained on the first half with both conditions. Each test cell of
 batch A is moved to batch B under its own cell type, and compared, per (A -> B, cell type) with
