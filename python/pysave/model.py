@@ -1188,8 +1188,15 @@ class SAVE:
                 progress("via='auto': through the flow (the latent shift could not be used)")
             else:
                 if requested == "auto":
-                    shift_info = {**shift_info, "via_requested": "auto",
-                                  "via_reason": "the target names values with training cells on both sides"}
+                    reason = "the target names values with training cells on both sides"
+                    if len(keys) == len(target_codes):
+                        # Measured (benchmarks/try_batch_transfer.py, BATCH_ONLY=1): with nothing to
+                        # stratify by, cells can be moved towards other cell types where batches differ
+                        # in composition (Baron DEGs R^2 0.761 against 0.858 with the cell type given).
+                        reason += ("; one stratum (the model has no other condition), so each source value's cells are "
+                                   "matched as a whole: where they differ in cell-type composition, train with the "
+                                   "cell type as a condition too")
+                    shift_info = {**shift_info, "via_requested": "auto", "via_reason": reason}
                 progress(f"shifted by {'local' if shift_info.get('shift_neighbours') else 'stratum-mean'} latent shifts")
         if via == "flow":
             self.flow.eval()

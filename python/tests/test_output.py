@@ -11,6 +11,7 @@ import pysave
 from pysave import data as D
 from pysave.cli import main
 from pysave.errors import PySaveError
+from support import TINY, TINY_TRAIN
 
 
 def test_library_statistics_per_batch_and_combination():
@@ -221,6 +222,17 @@ def test_transfer_via_flow(trained):
     assert result.exit_code == 0, result.output
 
 
+def test_transfer_auto_says_when_the_shift_has_one_stratum(pbmc_small):
+    """A model given the batch alone has nothing to stratify the shift by: "auto" still takes it
+    (ahead of the flow in benchmarks/try_batch_transfer.py) but its reason says so and what to do."""
+    pysave.SAVE.setup_anndata(pbmc_small, condition_keys=["batch"], batch_key="batch")
+    model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
+    model.train(**{**TINY_TRAIN, "max_epochs": 3, "flow_epochs": 1})
+    cells = pbmc_small[pbmc_small.obs["batch"].astype(str) == "10x_3prime_v2"][:20].copy()
+    info = model.transfer(cells, {"batch": "10x_5prime"}).uns["pysave"]
+    assert info["via"] == "shift" and "one stratum" in info["via_reason"] and "cell type" in info["via_reason"]
+
+
 def test_transfer_auto_takes_the_shift_where_it_can(trained, tmp_path):
     """The default, via="auto": the latent shift for a named value with training cells behind it,
     the flow for what the shift cannot do (a masked target; a model without the shift's
@@ -235,6 +247,7 @@ def test_transfer_auto_takes_the_shift_where_it_can(trained, tmp_path):
     assert np.array_equal(auto.X, model.transfer(cells, {"batch": "10x_5prime"}, via="shift").X)
     info = auto.uns["pysave"]
     assert info["via"] == "shift" and info["via_requested"] == "auto" and "shift_strata" in info
+    assert "one stratum" not in info["via_reason"]  # the cell type stratifies the shift
     masked = model.transfer(cells, {"batch": None}, n_steps=3)
     assert np.array_equal(masked.X, model.transfer(cells, {"batch": None}, via="flow", n_steps=3).X)
     assert masked.uns["pysave"]["via"] == "flow" and "masked" in masked.uns["pysave"]["via_reason"]
