@@ -1192,7 +1192,7 @@ class SAVE:
                     if len(keys) == len(target_codes):
                         # Measured (benchmarks/try_batch_transfer.py, BATCH_ONLY=1): with nothing to
                         # stratify by, cells can be moved towards other cell types where batches differ
-                        # in composition (Baron DEGs R^2 0.761 against 0.858 with the cell type given).
+                        # in composition (Baron DEGs R^2 0.749 against 0.858 with the cell type given; 2 seeds).
                         reason += ("; one stratum (the model has no other condition), so each source value's cells are "
                                    "matched as a whole: where they differ in cell-type composition, train with the "
                                    "cell type as a condition too")
