@@ -120,14 +120,14 @@ def score(train, test, keys, seed, generated_by_output: dict) -> dict:
         common = common.intersection(table.index[table["floor_W1"].notna()])
     summary = {
         "groups": int(len(common)),
-        "noise_floor": {m: float(table.loc[common, f"floor_{m}"].mean()) for m in ("W1", "W2", "MMD")},
-        "gaussian_pca": {m: float(gauss.loc[common, m].mean()) for m in ("W1", "W2", "MMD")},
+        "noise_floor": {m: float(table.loc[common, f"floor_{m}"].mean()) for m in ("W1", "W2", "MMD", "spread")},
+        "gaussian_pca": {m: float(gauss.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "spread")},
         "protocol": next(iter(scored_by_output.values()))["protocol"], "outputs": {},
     }
     for output, result in scored_by_output.items():
         t = result["per_group"]
         summary["outputs"][output] = {
-            "pysave": {m: float(t.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "mean_r2")},
+            "pysave": {m: float(t.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "mean_r2", "spread")},
             "per_group": t.loc[common].reset_index().to_dict(orient="records"),
         }
     return summary

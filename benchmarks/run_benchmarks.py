@@ -512,13 +512,21 @@ def run_generation(dataset, method, seed, args):
         metrics.update({f"{out}_{k}": x for k, x in v["pysave"].items()})
     metrics.update({f"floor_{k}": x for k, x in r["noise_floor"].items()})
     metrics.update({f"gaussian_{k}": x for k, x in r["gaussian_pca"].items()})
-    metrics.update({f"{k}_over_floor": metrics[f"{k}"] / metrics[f"floor_{k.split('_', 1)[1]}"]
-                    for k in ("sample_W1", "sample_MMD") if k in metrics})
+    add_floor_ratios(metrics)
     return {"metrics": metrics, "wall_seconds": time.perf_counter() - t0, "train_cells_per_s": r.get("train_cells_per_s"),
             "protocol": r["protocol"], "guidance": args.guidance if method == "pysave" else None,
             "n_steps": args.steps if method == "pysave" else None, "solver": args.solver if method == "pysave" else None,
             "sampling_cells_per_s": r["outputs"]["sample"].get("sampling_cells_per_s"), "groups": r["groups"],
             "per_group": {out: v["per_group"] for out, v in r["outputs"].items()}}
+
+
+def add_floor_ratios(metrics):
+    """Generation metrics over the noise floor's (the spread's too: two real samples are not 1.0
+    apart in a PC space fitted on one of them). Rows written before a metric existed lack it."""
+    metrics.update({f"{k}_over_floor": metrics[k] / metrics[f"floor_{k.split('_', 1)[1]}"]
+                    for k in ("sample_W1", "sample_MMD", "sample_spread", "gaussian_spread")
+                    if k in metrics and f"floor_{k.split('_', 1)[1]}" in metrics})
+    return metrics
 
 
 RUNNERS = {"perturbation": run_perturbation, "unseen": run_unseen, "batch": run_batch, "generation": run_generation}
@@ -673,6 +681,8 @@ def build_table():
     runs = {}
     for (task, dataset, method, seed), files in raw.items():
         r = _merge_perturbation(files) if task in ("perturbation", "unseen") else files[-1]
+        if task == "generation":
+            add_floor_ratios(r["metrics"])
         runs.setdefault((task, dataset, method), []).append(r)
     for key, rs in runs.items():  # held-out types: a method's seeds are averaged over the types all of them ran
         if key[0] in ("perturbation", "unseen") and len(rs) > 1:

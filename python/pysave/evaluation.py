@@ -114,7 +114,7 @@ def _plot(out, files, name, draw):
 
 
 def _evaluate_generation(real_a, gen_a, out, files, opts):
-    from .metrics import generation_fidelity, log_normalized
+    from .metrics import generation_fidelity, log_normalized_on, shared_genes
     from .plotting import metric_bars, real_vs_generated_umap
 
     groups, seed = list(opts["groups"]), opts["seed"]
@@ -125,9 +125,9 @@ def _evaluate_generation(real_a, gen_a, out, files, opts):
     if out is not None and not opts["no_umap"]:
         import anndata as ad
 
-        genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
-        r = ad.AnnData(log_normalized(real_a[:, genes]), obs=real_a.obs[groups].copy())
-        g = ad.AnnData(log_normalized(gen_a[:, genes]), obs=gen_a.obs[groups].copy())
+        genes = shared_genes([gen_a, real_a])
+        r = ad.AnnData(log_normalized_on(real_a, genes), obs=real_a.obs[groups].copy())
+        g = ad.AnnData(log_normalized_on(gen_a, genes), obs=gen_a.obs[groups].copy())
         r.var_names = g.var_names = genes
         _plot(out, files, "umap.png", lambda path: real_vs_generated_umap(r, g, groups[0], path, seed=seed))
     info = gen_a.uns.get("pysave", {})
@@ -172,7 +172,7 @@ def _evaluate_perturbation(real_a, gen_a, out, files, opts):
     import anndata as ad
     import pandas as pd
 
-    from .metrics import log_normalized, perturbation_evaluation
+    from .metrics import log_normalized_on, perturbation_evaluation, shared_genes
     from .plotting import grouped_bars, mean_scatter, real_vs_generated_umap
 
     ct = opts["cell_type_key"]
@@ -189,11 +189,11 @@ def _evaluate_perturbation(real_a, gen_a, out, files, opts):
                "scored_output": gen_a.uns.get("pysave", {}).get("output", "unknown")}
     if out is None:  # the rest draws plots
         return table, summary
-    genes = [g for g in gen_a.var_names if g in set(real_a.var_names)]
+    genes = shared_genes([gen_a, real_a])
     cond = real_a.obs[opts["condition_key"]].astype(str).to_numpy()
     t_real = real_a.obs[ct].astype(str).to_numpy() if ct else np.full(real_a.n_obs, "all")
     t_pred = gen_a.obs[ct].astype(str).to_numpy() if ct else np.full(gen_a.n_obs, "all")
-    x_real, x_pred = log_normalized(real_a[:, genes]), log_normalized(gen_a[:, genes])
+    x_real, x_pred = log_normalized_on(real_a, genes), log_normalized_on(gen_a, genes)
     pairs = {t: (x_real[(t_real == t) & (cond == opts["stimulated"])].mean(0), x_pred[t_pred == t].mean(0)) for t in table.index}
     _plot(out, files, "means.png", lambda path: mean_scatter(pairs, path, xlabel="real stimulated mean", ylabel="predicted mean"))
     if not opts["no_umap"]:

@@ -1,13 +1,17 @@
 """Evaluation protocols shipped with pysave (``../shared/notes/evaluation.md``).
 
 Generation fidelity (the CFGen protocol used by SAVE's Tables 1-3): real cells define the space
-(highly variable genes, ``seurat_v3`` on counts, log1p(CP10k), 30 PCs fitted on the real cells
-only); generated cells are log-normalized the same way (or taken as they are when already
-log-normalized), centred with the real gene means and projected on the real PCs. Per group:
+(highly variable genes, ``seurat_v3`` on counts, among the genes every scored set has; then
+log1p(CP10k) over those HVGs; 30 PCs fitted on the real cells only); generated cells are
+log-normalized the same way (taken as they are when already log-normalized on exactly those
+genes, renormalized over them when log-normalized over more, e.g. pysave's output over all the
+genes of a model), centred with the real gene means and projected on the real PCs. Per group:
 exact W1 / W2 (POT ``ot.emd2``, uniform weights, Euclidean cost, each side subsampled to at most
 1,000 cells with a fixed seed), MMD^2 with a sum of RBF kernels (sigma in 0.01 ... 100, biased
-estimator, both sides cut to the same size), per-gene mean R^2 and Pearson r; the unweighted mean
-over groups; and the noise floor: the same metrics between two disjoint sets of real cells.
+estimator, both sides cut to the same size), per-gene mean R^2 and Pearson r, and the spread
+(generated total variance in the PC space over the real cells'; it shows under-dispersed output,
+which W1 rewards on small groups); the unweighted mean over groups; and the noise floor: the same
+metrics between two disjoint sets of real cells.
 
 Perturbation (the scGen protocol): Pearson r and R^2 (= r^2, as scGen's ``linregress``) of
 per-gene means over all genes and over the top-100 DEGs (Wilcoxon, stimulated vs control in the
@@ -23,21 +27,28 @@ Every result records its protocol, parameters and seed.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import PySaveError
+from .errors import PySaveError, PySaveWarning
 
-# 2: a log-normalized layer (e.g. save_corrected) is scored as it is; version 1 log-normalized it again
-PROTOCOL_VERSION = "2"
+# 2: a log-normalized layer (e.g. save_corrected) is scored as it is; version 1 log-normalized it again.
+# 3: log-normalized cells over more genes than those compared are renormalized over them (version 2
+# took them as they were, against real cells normalized over the HVGs alone); generation adds
+# the spread. Counts, and data already on the compared genes, score as in version 2.
+PROTOCOL_VERSION = "3"
 SCIB_METRICS_VERSION = "0.5.10"  # pinned in pyproject's "eval" extra; other versions are refused
 BIO_METRICS = ("isolated_labels", "nmi_ari_cluster_labels_kmeans", "silhouette_label", "clisi_knn")
 BATCH_METRICS = ("bras", "ilisi_knn", "kbet_per_label", "graph_connectivity", "pcr_comparison")
 SIGMAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 MAX_CELLS = 1000
+# A total variance in 30 dimensions from 2-9 cells swings by 2-10x between samples (pbmc_3tech's
+# floor: 0.2-3.8 on such groups); from 10 cells on the per-group ratios are stable.
+MIN_SPREAD_CELLS = 10
 
 
 # ----------------------------------------------------------------------------- expression
@@ -71,6 +82,32 @@ def log_normalized(adata, layer: str | None = None) -> np.ndarray:
     return np.log1p(X / lib * 1e4)
 
 
+def log_normalized_on(adata, genes, layer: str | None = None, chunk: int = 2048) -> np.ndarray:
+    """log1p(CP10k) of ``genes`` with each cell's total taken over those genes, as the protocol
+    normalizes the real cells after the HVG subset. Counts are subset, then normalized;
+    log-normalized data are kept as they are when ``genes`` are all their genes, and otherwise
+    renormalized over them (expm1, subset, rescale to 1e4, log1p): pysave's output over 20,000
+    genes is then normalized like real cells subset to 2,000 HVGs."""
+    genes = list(genes)
+    missing = [g for g in genes if g not in set(adata.var_names)]
+    if missing:
+        raise PySaveError(f"{len(missing)} genes of the reference space are missing from the data (e.g. {missing[:3]}); "
+                          "compare cells in the same gene space.")
+    if len(genes) == adata.n_vars or not is_log_normalized(adata, layer):  # names are unique in an AnnData
+        return log_normalized(adata[:, genes], layer)
+    out = np.empty((adata.n_obs, len(genes)))
+    for start in range(0, adata.n_obs, chunk):  # dense a chunk of cells at a time
+        X = np.expm1(_dense(_layer(adata[start:start + chunk, genes], layer)))
+        total = X.sum(1, keepdims=True)
+        total[total == 0] = 1
+        out[start:start + chunk] = np.log1p(X / total * 1e4)
+    return out
+
+
+def _layer(adata, layer):
+    return adata.X if layer is None else adata.layers[layer]
+
+
 @dataclass
 class ReferenceSpace:
     """The real cells' PCA space: genes, their means, and the components."""
@@ -80,17 +117,17 @@ class ReferenceSpace:
     mean: np.ndarray
     components: np.ndarray  # (n_pcs, n_genes)
 
+    def log_normalized(self, adata) -> np.ndarray:
+        """The data's log1p(CP10k) over the space's genes (``log_normalized_on``)."""
+        return log_normalized_on(adata, self.genes)
+
     def project(self, adata) -> np.ndarray:
-        missing = [g for g in self.genes if g not in set(adata.var_names)]
-        if missing:
-            raise PySaveError(f"{len(missing)} genes of the reference space are missing from the data (e.g. {missing[:3]}); "
-                              "compare cells in the same gene space.")
-        X = log_normalized(adata[:, self.genes])
-        return (X - self.mean) @ self.components.T
+        return (self.log_normalized(adata) - self.mean) @ self.components.T
 
 
 def fit_reference_space(real, n_hvg: int = 2000, n_pcs: int = 30, counts_layer: str | None = None, seed: int = 0) -> ReferenceSpace:
-    """HVGs (seurat_v3 on counts; all genes if fewer) and a PCA fitted on the real cells only."""
+    """HVGs (seurat_v3 on counts; all genes if fewer) and a PCA fitted on the real cells only,
+    log-normalized over the HVGs (``log_normalized_on``)."""
     import scanpy as sc
     from sklearn.decomposition import PCA
 
@@ -109,7 +146,7 @@ def fit_reference_space(real, n_hvg: int = 2000, n_pcs: int = 30, counts_layer: 
         genes = counts.var_names[counts.var["highly_variable"].to_numpy()].tolist()
     else:
         genes = counts.var_names.tolist()
-    X = log_normalized(counts[:, genes])
+    X = log_normalized_on(counts, genes)
     k = int(min(n_pcs, X.shape[0] - 1, X.shape[1]))
     if k < 1:
         raise PySaveError("too few real cells or genes to fit a PCA space.")
@@ -158,7 +195,19 @@ def mean_agreement(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def _distances(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
-    return {"W1": wasserstein(x, y, 1, seed=seed), "W2": wasserstein(x, y, 2, seed=seed), "MMD": mmd_rbf(x, y, seed=seed)}
+    return {"W1": wasserstein(x, y, 1, seed=seed), "W2": wasserstein(x, y, 2, seed=seed), "MMD": mmd_rbf(x, y, seed=seed),
+            "spread": spread_ratio(x, y)}
+
+
+def spread_ratio(real: np.ndarray, other: np.ndarray, min_cells: int = MIN_SPREAD_CELLS) -> float:
+    """Total variance of ``other`` over that of ``real`` (both cells x PCs); NaN when either side
+    has fewer than ``min_cells`` cells. Below the noise floor's ratio, ``other`` is under-dispersed;
+    W1 on small groups rewards that (a narrow set sits close to every held-out cell), so read W1
+    next to this. In the protocol's space, fitted on ``real``, even other real cells score below 1."""
+    if min(len(real), len(other)) < min_cells:
+        return float("nan")
+    real_var = float(np.var(real, axis=0, ddof=1).sum())
+    return float(np.var(other, axis=0, ddof=1).sum()) / real_var if real_var > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -183,11 +232,17 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     # the groups first: a missing column should fail before the PCA is fitted
     g_real, g_gen = _groups(real, keys).to_numpy(), _groups(generated, keys, "generated cells").to_numpy()
     g_floor = _groups(floor, keys, "floor cells").to_numpy() if floor is not None else None
-    space = fit_reference_space(real, n_hvg, n_pcs, counts_layer, seed)
-    z_real, z_gen = space.project(real), space.project(generated)
-    x_real, x_gen = log_normalized(real[:, space.genes]), log_normalized(generated[:, space.genes])
+    # HVGs among the genes every set has; each set normalized over the HVGs (log_normalized_on).
+    # Log-normalized output over more genes is renormalized: taken as it was, pysave's output over
+    # pbmc4k's 15,195 genes put the real cells it was made of at 1.6x the floor.
+    sets = [(a, n) for a, n in ((real, "real"), (generated, "generated"), (floor, "floor")) if a is not None]
+    shared = shared_genes([a for a, _ in sets], [n for _, n in sets])
+    space = fit_reference_space(real if len(shared) == real.n_vars else real[:, shared], n_hvg, n_pcs, counts_layer, seed)
+    x_real, x_gen = space.log_normalized(real), space.log_normalized(generated)
+    z_real, z_gen = (x_real - space.mean) @ space.components.T, (x_gen - space.mean) @ space.components.T
     if floor is not None:
-        z_floor, x_floor = space.project(floor), log_normalized(floor[:, space.genes])
+        x_floor = space.log_normalized(floor)
+        z_floor = (x_floor - space.mean) @ space.components.T
     rows = []
     for group in sorted(set(g_real)):
         r, g = g_real == group, g_gen == group
@@ -210,8 +265,31 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     protocol = {"name": "generation_fidelity", "version": PROTOCOL_VERSION, "group_keys": keys, "hvg_flavor": space.hvg_flavor,
                 "n_hvg": len(space.genes), "n_pcs": int(space.components.shape[0]), "max_cells": MAX_CELLS,
                 "mmd_sigmas": list(SIGMAS), "mmd": "biased, equal sizes", "wasserstein": "exact (ot.emd2), Euclidean",
+                "spread": f"total variance in the PC space, generated / real (read against floor_spread); groups with "
+                          f"fewer than {MIN_SPREAD_CELLS} cells on either side get none",
+                "normalization": "HVGs among the genes all sets share, then log1p(CP10k) over the HVGs; log-normalized "
+                                 "input over more genes is renormalized over them",
+                "n_genes_shared": len(shared), "n_genes_real": int(real.n_vars),
                 "seed": seed, "groups_scored": int(len(table))}
     return {"per_group": table, "mean": numeric.mean().to_dict(), "protocol": protocol}
+
+
+def shared_genes(datasets, names=None) -> list[str]:
+    """The genes every dataset has, in the first one's order; an error when they share too few.
+    With ``names`` (one per dataset), a PySaveWarning says so when some set loses genes."""
+    common = set(datasets[0].var_names)
+    for a in datasets[1:]:
+        common &= set(a.var_names)
+    genes = [g for g in datasets[0].var_names if g in common]
+    if len(genes) < 2:
+        raise PySaveError(f"the sets to compare share {len(genes)} gene names (of {', '.join(str(a.n_vars) for a in datasets)}); "
+                          "give them the same var_names (e.g. all gene symbols or all Ensembl IDs).")
+    if names is not None and any(a.n_vars > len(genes) for a in datasets):
+        sizes = ", ".join(f"{name} {a.n_vars:,}" for name, a in zip(names, datasets))
+        warnings.warn(f"scoring on the {len(genes):,} genes all sets share ({sizes}): e.g. a model's genes against real "
+                      "cells with more. If that is not what you meant, check that both hold the same genes.", PySaveWarning,
+                      stacklevel=3)
+    return genes
 
 
 def pc_space_distances(z_real: np.ndarray, groups_real: np.ndarray, z_other: np.ndarray, groups_other: np.ndarray,
@@ -236,8 +314,8 @@ def perturbation_agreement(control, stimulated_real, predicted, n_degs: int = 10
     import anndata as ad
     import scanpy as sc
 
-    genes = [g for g in predicted.var_names if g in set(stimulated_real.var_names) and g in set(control.var_names)]
-    ctrl, stim, pred = (log_normalized(a[:, genes]) for a in (control, stimulated_real, predicted))
+    genes = shared_genes([predicted, stimulated_real, control])
+    ctrl, stim, pred = (log_normalized_on(a, genes) for a in (control, stimulated_real, predicted))  # over the shared genes
     both = ad.AnnData(np.vstack([ctrl, stim]), obs=pd.DataFrame({"condition": ["control"] * len(ctrl) + ["stimulated"] * len(stim)}))
     both.var_names = genes
     both.obs["condition"] = both.obs["condition"].astype("category")
@@ -369,6 +447,7 @@ def perturbation_evaluation(real, predicted, condition_key: str, control: str, s
         types_pred = predicted.obs[cell_type_key].astype(str).to_numpy()
     else:
         types_real, types_pred = np.full(real.n_obs, "all"), np.full(predicted.n_obs, "all")
+    shared_genes([predicted, real], ["predicted", "real"])  # says so when the scores use fewer genes than given
     cond = real.obs[condition_key].astype(str).to_numpy()
     rng = np.random.default_rng(seed)
     rows, degs = [], {}

@@ -74,8 +74,12 @@ def real_vs_generated_umap(real, generated, color: str, path: str, seed: int = 0
 
 
 
-def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2")) -> None:
-    """One panel per metric: a bar per group, with the noise floor as a black tick where known."""
+METRIC_TITLES = {"spread": "spread (generated / real variance)"}
+
+
+def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2", "spread")) -> None:
+    """One panel per metric: a bar per group, with the noise floor as a black tick where known
+    (for the spread too: two sets of real cells are not 1.0 apart in a PC space fitted on one)."""
     plt = _figure()
     metrics = [m for m in metrics if m in table.columns]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), max(3, 0.3 * len(table) + 1.5)), squeeze=False)
@@ -86,7 +90,7 @@ def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2")) -> None:
         if floor in table.columns:
             ax.scatter(table[floor].to_numpy(), y, marker="|", s=200, color="black", label="noise floor (real vs real)")
         ax.set_yticks(y, [str(g) for g in table.index], fontsize=7)
-        ax.set_title(metric)
+        ax.set_title(METRIC_TITLES.get(metric, metric))
         ax.invert_yaxis()
     axes[0][0].legend(fontsize=7, loc="lower right")
     _save(fig, path)

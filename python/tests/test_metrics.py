@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from pysave import metrics as M
 from pysave.cli import main
-from pysave.errors import PySaveError
+from pysave.errors import PySaveError, PySaveWarning
 
 
 def test_wasserstein_and_mmd_basics():
@@ -89,6 +89,57 @@ def test_generation_fidelity_scores_real_near_floor_and_noise_far(pbmc_full):
     worse = M.generation_fidelity(test, scrambled, "cell_type", n_hvg=500)
     assert worse["mean"]["W1"] > 1.2 * real_vs_real["mean"]["W1"]
     assert worse["mean"]["mean_r2"] < real_vs_real["mean"]["mean_r2"]
+
+
+def test_spread_shows_under_dispersed_output(pbmc_full):
+    """Cells pulled halfway to their group's mean (in log1p(CP10k), where the PC projection is
+    linear) have a quarter of the real spread; the real cells scored as generated have all of it.
+    W1 alone would call the shrunk set closer to the held-out cells than the real one."""
+    test, train = _split(pbmc_full)
+    lognorm = M.log_normalized(train)
+    shrunk = lognorm.copy()
+    for group in train.obs["cell_type"].unique():
+        rows = (train.obs["cell_type"] == group).to_numpy()
+        shrunk[rows] = 0.5 * lognorm[rows] + 0.5 * lognorm[rows].mean(0)
+    narrow = ad.AnnData(shrunk, obs=train.obs.copy(), var=train.var.copy())
+    # all genes in the space (n_hvg above the gene count), so nothing is renormalized
+    self_score = M.generation_fidelity(train, train, "cell_type")["per_group"]
+    big = (self_score["n_real"] >= M.MIN_SPREAD_CELLS).to_numpy()
+    assert big.sum() >= 3 and (~big).sum() >= 1  # both kinds of group are in the data
+    np.testing.assert_allclose(self_score["spread"][big], 1.0, rtol=1e-9)
+    assert self_score["spread"][~big].isna().all()  # too few cells for a variance in 30 dimensions
+    scored = M.generation_fidelity(train, narrow, "cell_type")
+    np.testing.assert_allclose(scored["per_group"]["spread"][big], 0.25, rtol=1e-6)
+    assert scored["mean"]["spread"] == pytest.approx(0.25, rel=1e-6)  # the groups without one are left out of the mean
+    real = M.generation_fidelity(test, train, "cell_type", floor=train, n_hvg=500)
+    assert "floor_spread" in real["per_group"].columns and "spread" in real["mean"]
+    assert abs(np.log(real["mean"]["spread"])) < abs(np.log(0.25))
+    assert np.isnan(M.spread_ratio(np.zeros((12, 2)), np.ones((12, 2))))  # real cells all alike: no ratio
+
+
+def test_log_normalized_output_over_more_genes_scores_like_its_counts(pbmc_full):
+    """pysave writes log1p(CP10k) over all of a model's genes, while the real cells are normalized
+    over their HVGs: the same cells given either way must score the same (taken as they were,
+    they sat far above the floor), and a set over fewer genes is compared on the shared ones."""
+    import scipy.sparse as sp
+
+    test, train = _split(pbmc_full)
+    lognorm = train.copy()
+    lognorm.X = sp.csr_matrix(M.log_normalized(train).astype(np.float32))
+    as_counts = M.generation_fidelity(test, train, "cell_type", floor=train, n_hvg=500)
+    as_lognorm = M.generation_fidelity(test, lognorm, "cell_type", floor=train, n_hvg=500)
+    for metric in ("W1", "MMD", "mean_r2", "spread"):
+        np.testing.assert_allclose(as_lognorm["per_group"][metric], as_counts["per_group"][metric], rtol=1e-4)
+    np.testing.assert_allclose(as_lognorm["per_group"]["W1"], as_lognorm["per_group"]["floor_W1"], rtol=1e-4)
+    assert as_lognorm["protocol"]["n_genes_shared"] == pbmc_full.n_vars
+    with pytest.warns(PySaveWarning, match="scoring on the 1,000 genes all sets share"):
+        fewer = M.generation_fidelity(test, lognorm[:, :1000], "cell_type", floor=train, n_hvg=500)
+    assert fewer["protocol"]["n_genes_shared"] == 1000 and fewer["protocol"]["n_genes_real"] == pbmc_full.n_vars
+    np.testing.assert_allclose(fewer["per_group"]["W1"], fewer["per_group"]["floor_W1"], rtol=1e-4)
+    renamed = lognorm.copy()
+    renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
+    with pytest.raises(PySaveError, match="share 0 gene names"):
+        M.generation_fidelity(test, renamed, "cell_type")
 
 
 def test_generation_fidelity_errors(pbmc_full):

@@ -4,8 +4,10 @@
 #' Python function does the work), for Seurat and SingleCellExperiment objects or `.h5ad` files:
 #' - `task = "generation"`: `generated` cells against `real` held-out cells, per group of the
 #'   `groups` metadata columns: W1 / W2 (exact EMD) and RBF MMD in a 30-PC space fitted on the
-#'   real cells, per-gene-mean R^2 / PCC, and with `floor` (other real cells of the same groups,
-#'   e.g. the training cells) the real-vs-real noise floor of each metric.
+#'   real cells, per-gene-mean R^2 / PCC, the spread (generated over real total variance in that
+#'   space: below `floor_spread`, under-dispersed output, which W1 rewards), and with `floor`
+#'   (other real cells of the same groups, e.g. the training cells) the real-vs-real noise floor
+#'   of each metric. Sets with different genes are compared on the genes they share.
 #' - `task = "perturbation"`: predicted stimulated cells (`generated`) against `real`, which holds
 #'   both control and stimulated cells: R^2 / PCC of per-gene means over all genes and the top
 #'   `n_degs` DEGs, per value of `cell_type_key`, next to the control cells and the noise floor.
