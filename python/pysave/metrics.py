@@ -233,8 +233,8 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     g_real, g_gen = _groups(real, keys).to_numpy(), _groups(generated, keys, "generated cells").to_numpy()
     g_floor = _groups(floor, keys, "floor cells").to_numpy() if floor is not None else None
     # HVGs among the genes every set has; each set normalized over the HVGs (log_normalized_on).
-    # Log-normalized output over more genes is renormalized: taken as it was, pysave's output over
-    # pbmc4k's 15,195 genes put the real cells it was made of at 1.6x the floor.
+    # Log-normalized input over more genes is renormalized: taken as it was, real pbmc4k cells
+    # given as log1p(CP10k) over all 15,195 genes (as pysave writes its output) scored 1.6x the floor.
     sets = [(a, n) for a, n in ((real, "real"), (generated, "generated"), (floor, "floor")) if a is not None]
     shared = shared_genes([a for a, _ in sets], [n for _, n in sets])
     space = fit_reference_space(real if len(shared) == real.n_vars else real[:, shared], n_hvg, n_pcs, counts_layer, seed)
