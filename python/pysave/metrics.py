@@ -73,16 +73,18 @@ def is_log_normalized(adata, layer: str | None = None) -> bool:
 def log_normalized(adata, layer: str | None = None) -> np.ndarray:
     """log1p(CP10k) as a dense matrix; data already log-normalized (X or a layer, such as
     pysave's "save_corrected") are returned as they are."""
-    X = adata.X if layer is None else adata.layers[layer]
-    if is_log_normalized(adata, layer):
-        return _dense(X)
-    X = _dense(X)
+    X = _dense(adata.X if layer is None else adata.layers[layer])
+    return X if is_log_normalized(adata, layer) else _cp10k_log1p(X)
+
+
+def _cp10k_log1p(X: np.ndarray) -> np.ndarray:
+    """Each row scaled to 1e4 in total (empty rows left at 0), then log1p."""
     lib = X.sum(1, keepdims=True)
     lib[lib == 0] = 1
     return np.log1p(X / lib * 1e4)
 
 
-def log_normalized_on(adata, genes, layer: str | None = None, chunk: int = 2048) -> np.ndarray:
+def log_normalized_on(adata, genes, layer: str | None = None) -> np.ndarray:
     """log1p(CP10k) of ``genes`` with each cell's total taken over those genes, as the protocol
     normalizes the real cells after the HVG subset. Counts are subset, then normalized;
     log-normalized data are kept as they are when ``genes`` are all their genes, and otherwise
@@ -93,19 +95,10 @@ def log_normalized_on(adata, genes, layer: str | None = None, chunk: int = 2048)
     if missing:
         raise PySaveError(f"{len(missing)} genes of the reference space are missing from the data (e.g. {missing[:3]}); "
                           "compare cells in the same gene space.")
+    subset = adata[:, genes]
     if len(genes) == adata.n_vars or not is_log_normalized(adata, layer):  # names are unique in an AnnData
-        return log_normalized(adata[:, genes], layer)
-    out = np.empty((adata.n_obs, len(genes)))
-    for start in range(0, adata.n_obs, chunk):  # dense a chunk of cells at a time
-        X = np.expm1(_dense(_layer(adata[start:start + chunk, genes], layer)))
-        total = X.sum(1, keepdims=True)
-        total[total == 0] = 1
-        out[start:start + chunk] = np.log1p(X / total * 1e4)
-    return out
-
-
-def _layer(adata, layer):
-    return adata.X if layer is None else adata.layers[layer]
+        return log_normalized(subset, layer)
+    return _cp10k_log1p(np.expm1(_dense(subset.X if layer is None else subset.layers[layer])))
 
 
 @dataclass
@@ -121,8 +114,12 @@ class ReferenceSpace:
         """The data's log1p(CP10k) over the space's genes (``log_normalized_on``)."""
         return log_normalized_on(adata, self.genes)
 
+    def to_pcs(self, x: np.ndarray) -> np.ndarray:
+        """Log-normalized values (cells x the space's genes) centred and projected on the PCs."""
+        return (x - self.mean) @ self.components.T
+
     def project(self, adata) -> np.ndarray:
-        return (self.log_normalized(adata) - self.mean) @ self.components.T
+        return self.to_pcs(self.log_normalized(adata))
 
 
 def fit_reference_space(real, n_hvg: int = 2000, n_pcs: int = 30, counts_layer: str | None = None, seed: int = 0) -> ReferenceSpace:
@@ -239,10 +236,10 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     shared = shared_genes([a for a, _ in sets], [n for _, n in sets])
     space = fit_reference_space(real if len(shared) == real.n_vars else real[:, shared], n_hvg, n_pcs, counts_layer, seed)
     x_real, x_gen = space.log_normalized(real), space.log_normalized(generated)
-    z_real, z_gen = (x_real - space.mean) @ space.components.T, (x_gen - space.mean) @ space.components.T
+    z_real, z_gen = space.to_pcs(x_real), space.to_pcs(x_gen)
     if floor is not None:
         x_floor = space.log_normalized(floor)
-        z_floor = (x_floor - space.mean) @ space.components.T
+        z_floor = space.to_pcs(x_floor)
     rows = []
     for group in sorted(set(g_real)):
         r, g = g_real == group, g_gen == group
