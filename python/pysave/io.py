@@ -238,7 +238,7 @@ def save_model_dir(path: str, config: dict, tensors: dict, overwrite: bool = Fal
     with atomic_folder(path, "model directory") as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, os.path.join(tmp, WEIGHTS_NAME))
         with open(os.path.join(tmp, CONFIG_NAME), "w") as fh:
-            json.dump(config, fh, indent=1, default=_json_default)
+            json.dump(json_ready(config, nonfinite="tag"), fh, indent=1, allow_nan=False)
     return path
 
 
@@ -256,7 +256,7 @@ def load_model_dir(path: str) -> tuple[dict, dict]:
             raise ModelDirectoryError(f"model directory {path!r} is incomplete: {os.path.basename(f)} is missing; retrain or copy the whole folder again.")
     try:
         with open(config_path) as fh:
-            config = json.load(fh)
+            config = json.load(fh, object_hook=_untag_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ModelDirectoryError(f"{config_path!r} is corrupted ({err}); retrain or restore the model directory.") from err
     if not isinstance(config, dict) or "format_version" not in config:
@@ -352,9 +352,37 @@ def load_checkpoint(path: str) -> dict:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """JSON to a temporary file beside ``path``, then renamed into place."""
+    """Strict JSON (NaN and inf as null) to a temporary file beside ``path``, then renamed into place."""
     with atomic_output(path) as tmp, open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, default=_json_default)
+        json.dump(json_ready(obj), fh, indent=1, allow_nan=False)
+
+
+def json_ready(obj, nonfinite: str = "null"):
+    """A copy of ``obj`` that strict JSON parsers read. JSON has no NaN or inf, yet Python writes
+    them as bare words, which jsonlite (saveR), jq and browsers reject. ``nonfinite="null"`` (reports:
+    a mean over no group is "not computed") or ``"tag"`` (``{"__float__": "inf"}``, read back as the
+    float by `load_model_dir` and saveR's ``.nonfinite``). numpy scalars and arrays become plain values."""
+    if isinstance(obj, (float, np.floating)):
+        if np.isfinite(obj):
+            return float(obj)
+        return None if nonfinite == "null" else {"__float__": repr(float(obj))}
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist(), nonfinite)
+    if isinstance(obj, dict):
+        return {k: json_ready(v, nonfinite) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v, nonfinite) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
+
+
+def _untag_float(obj: dict):
+    return float(obj["__float__"]) if set(obj) == {"__float__"} else obj
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -362,11 +390,3 @@ def write_text_atomic(path: str, text: str) -> None:
         fh.write(text)
 
 
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"cannot store {type(obj).__name__} in config.json")

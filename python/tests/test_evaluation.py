@@ -156,3 +156,24 @@ def test_perturbation_skips_a_type_too_small_for_the_floor_halves(pbmc_full):
     predicted = real[(real.obs["condition"] == "stimulated").to_numpy()].copy()
     result = M.perturbation_evaluation(real, predicted, "condition", "control", "stimulated", cell_type_key="cell_type", n_degs=20)
     assert "B" not in result["per_group"].index and len(result["per_group"]) >= 5
+
+
+def _strict_json(path):
+    """Parse as strict JSON: a bare NaN / Infinity (which Python writes, and jsonlite, jq and
+    browsers reject) fails the test."""
+    def refuse(word):
+        raise AssertionError(f"{path} holds {word}, which is not JSON")
+    return json.loads(open(path).read(), parse_constant=refuse)
+
+
+def test_summary_json_is_strict_json_when_a_mean_is_not_computed(kang, tmp_path):
+    # Every group under pysave.metrics.MIN_SPREAD_CELLS cells: no group has a spread, so its
+    # mean is NaN in Python and must be null in summary.json (saveR's jsonlite rejects NaN).
+    import pysave
+
+    few = kang[kang.obs.groupby("cell_type", observed=True).cumcount().to_numpy() < 6].copy()
+    table, summary, _ = pysave.evaluate(kang, few, groups=["cell_type"], n_hvg=200, umap=False, out=str(tmp_path / "e"))
+    assert table["spread"].isna().all() and np.isnan(summary["mean"]["spread"])
+    written = _strict_json(tmp_path / "e" / "summary.json")
+    assert written["mean"]["spread"] is None
+    assert written["mean"]["W1"] == pytest.approx(summary["mean"]["W1"])

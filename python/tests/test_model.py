@@ -221,6 +221,20 @@ def test_save_load_roundtrip_is_identical(trained, tmp_path):
         model.save(trained["dir"])
 
 
+def test_model_config_is_strict_json_and_keeps_non_finite_values(tmp_path):
+    # A non-finite value in a model's config (e.g. a loss that was never computed) is written as
+    # {"__float__": "nan"}: Python's bare NaN is not JSON, and saveR's LoadSAVE (jsonlite) rejects it.
+    from pysave.io import load_model_dir, save_model_dir
+
+    config = {"format_version": 1, "params": {"bandwidth": float("inf")}, "history": {"loss": [1.5, float("nan")]}}
+    path = save_model_dir(str(tmp_path / "m"), config, {"w": torch.zeros(2)})
+    text = open(os.path.join(path, "config.json")).read()
+    json.loads(text, parse_constant=lambda word: pytest.fail(f"config.json holds {word}"))
+    loaded, tensors = load_model_dir(path)
+    assert loaded["params"]["bandwidth"] == float("inf") and loaded["history"]["loss"][0] == 1.5
+    assert np.isnan(loaded["history"]["loss"][1]) and list(tensors) == ["w"]
+
+
 def test_decoder_head_size_survives_save_and_load(pbmc_small, tmp_path):
     pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
     model = pysave.SAVE(pbmc_small, verbose=False, decoder_head_size=0, **TINY)  # the paper's eq. (6)

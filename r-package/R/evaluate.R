@@ -89,7 +89,7 @@ EvaluateSAVE <- function(real, generated = NULL, task = c("generation", "perturb
   res <- .pycall(py$bridge$evaluate(real_a, gen_a, args[!vapply(args, is.null, logical(1))]), fun)
   columns <- lapply(.r(res$columns), function(v) if (is.list(v)) as.character(unlist(v)) else as.vector(v))
   table <- data.frame(columns, row.names = .chr(res$rownames), check.names = FALSE, stringsAsFactors = FALSE)
-  attr(table, "summary") <- jsonlite::fromJSON(.r(res$summary_json), simplifyVector = TRUE)
+  attr(table, "summary") <- .nonfinite(jsonlite::fromJSON(.r(res$summary_json), simplifyVector = TRUE))
   attr(table, "files") <- .chr(res$files)
   table
 }

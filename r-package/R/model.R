@@ -91,7 +91,7 @@ LoadSAVE <- function(path, device = "auto") {
     stop(sprintf("LoadSAVE: model directory '%s' does not exist; train one with RunSAVE() or `pysave train`.", path), call. = FALSE)
   }
   path <- normalizePath(path)
-  cfg <- jsonlite::fromJSON(.r(.pycall(.py()$bridge$model_config(path), "LoadSAVE")), simplifyVector = TRUE)
+  cfg <- .nonfinite(jsonlite::fromJSON(.r(.pycall(.py()$bridge$model_config(path), "LoadSAVE")), simplifyVector = TRUE))
   reg <- cfg$registry
   structure(list(
     path = path, device = device,

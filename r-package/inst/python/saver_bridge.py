@@ -168,7 +168,7 @@ def model_config(path):
     from pysave.io import load_model_dir
 
     config, _ = load_model_dir(str(path))
-    return json.dumps(config)
+    return json.dumps(_plain(config))
 
 
 def to_python_values(values):
@@ -229,7 +229,7 @@ def evaluate(real, generated, kwargs):
     table, summary, files = run(real, generated, **to_python_values(kwargs or {}))
     # plain columns, not a DataFrame: reticulate's DataFrame conversion warns under pandas 2
     columns = {str(c): (table[c].to_numpy() if table[c].dtype.kind in "biuf" else [str(v) for v in table[c]]) for c in table.columns}
-    return {"columns": columns, "rownames": [str(i) for i in table.index], "summary_json": json.dumps(summary, default=str),
+    return {"columns": columns, "rownames": [str(i) for i in table.index], "summary_json": json.dumps(_plain(summary), default=str),
             "files": list(files)}
 
 

@@ -38,6 +38,20 @@ test_that("EvaluateSAVE scores generated cells per group, the same from objects 
   expect_error(EvaluateSAVE(real, gen, groups = "cell_type", out_dir = out), "already exists")
 })
 
+test_that("EvaluateSAVE reads a summary whose mean spread was not computed (every group under 10 cells)", {
+  fit <- sampling_fit()
+  real <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  real <- real[, real$cell_type %in% c("B", "T_CD4")]
+  gen <- GenerateCells(fit, n = 5, conditions = data.frame(cell_type = c("B", "T_CD4")), seed = 1)
+  out <- file.path(tempfile("eval"), "few")
+  scores <- EvaluateSAVE(real, gen, groups = "cell_type", n_hvg = 30L, out_dir = out, umap = FALSE)
+  expect_true(all(is.na(scores$spread)))
+  summary <- attr(scores, "summary")
+  expect_true(is.na(summary$mean$spread) && is.finite(summary$mean$W1))
+  # summary.json is strict JSON (null, not NaN), so jsonlite and other readers take it
+  expect_null(jsonlite::fromJSON(file.path(out, "summary.json"), simplifyVector = FALSE)$mean$spread)
+})
+
 test_that("EvaluateSAVE scores a perturbation per cell type and integration with scIB", {
   pbmc <- bundled_pbmc()
   pbmc$condition <- ifelse(pbmc$batch == "10x_3prime_v2", "control", ifelse(pbmc$batch == "10x_5prime", "stimulated", "other"))
