@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from pysave.io import json_ready  # JSON has no inf / NaN: they travel as {"__float__": "inf"}, read back by saveR's .nonfinite
 from pysave.model import INTEGER_PARAMS
 
 
@@ -130,24 +131,10 @@ def anndata_to_r(adata):
         "layers": {str(k): matrix_to_r(v) for k, v in adata.layers.items()},
         "obsm": {str(k): np.ascontiguousarray(np.asarray(v, dtype=np.float64)) for k, v in adata.obsm.items()
                  if not isinstance(v, pd.DataFrame)},
-        "uns_pysave": json.dumps(_plain(adata.uns.get("pysave", {}))),
+        "uns_pysave": json.dumps(json_ready(adata.uns.get("pysave", {}), nonfinite="tag")),
         "uns_saveR": str(adata.uns.get("saveR", {}).get("json", "")) if isinstance(adata.uns.get("saveR"), dict) else "",
     }
     return out
-
-
-def _plain(obj):
-    """JSON-ready copy of pysave's provenance. JSON has no inf or NaN (e.g. shift_bandwidth=inf):
-    they travel as {"__float__": "inf"}, which saveR turns back into Inf."""
-    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
-        return {"__float__": repr(float(obj))}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in list(obj)]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 # ----------------------------------------------------------------------------- files and models
@@ -168,7 +155,7 @@ def model_config(path):
     from pysave.io import load_model_dir
 
     config, _ = load_model_dir(str(path))
-    return json.dumps(_plain(config))
+    return json.dumps(json_ready(config, nonfinite="tag"))
 
 
 def to_python_values(values):
@@ -229,7 +216,7 @@ def evaluate(real, generated, kwargs):
     table, summary, files = run(real, generated, **to_python_values(kwargs or {}))
     # plain columns, not a DataFrame: reticulate's DataFrame conversion warns under pandas 2
     columns = {str(c): (table[c].to_numpy() if table[c].dtype.kind in "biuf" else [str(v) for v in table[c]]) for c in table.columns}
-    return {"columns": columns, "rownames": [str(i) for i in table.index], "summary_json": json.dumps(_plain(summary), default=str),
+    return {"columns": columns, "rownames": [str(i) for i in table.index], "summary_json": json.dumps(json_ready(summary, nonfinite="tag")),
             "files": list(files)}
 
 
