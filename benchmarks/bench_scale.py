@@ -80,7 +80,7 @@ def child_expression_pcs(path: str, backed: bool) -> dict:
     import torch
 
     from pysave import SAVE
-    from pysave.model import expression_pcs
+    from pysave.shift import expression_pcs
 
     torch.set_num_threads(THREADS)
     adata = ad.read_h5ad(path, backed="r" if backed else None)
@@ -116,7 +116,7 @@ def child_local_shifts(n_types: int, n_donors: int, n_cells: int, reference_cell
     import torch
     from scipy.spatial.distance import cdist
 
-    from pysave import model as M
+    from pysave import shift as M
 
     torch.set_num_threads(THREADS)
     rng = np.random.default_rng(0)

@@ -220,7 +220,7 @@ def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_d
             # Kept before the expression PCs (or the kept cells of the local shifts) existed: add
             # them as train() does now (same cells, same seed, so the same numbers), so that
             # via="shift" works as the product does.
-            from pysave.model import expression_pcs, kept_shift_cells
+            from pysave.shift import expression_pcs, kept_shift_cells
 
             prep = model._prepare(train)
             pcs, positions = expression_pcs(prep, model.scalers, seed)

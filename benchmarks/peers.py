@@ -183,7 +183,7 @@ def perturbation(args):
     q.layers["counts"] = q.X.copy()
     zq = model.get_latent_representation(q)
     if args.method == "weighted" and len(origins) > 1:  # one type: its shift, as pysave does
-        # pysave's per-cell weighting of the types (pysave.model.latent_shifts, same width), here in
+        # pysave's per-cell weighting of the types (pysave.shift.latent_shifts, same width), here in
         # scVI's latent: shows how much of pysave's shift gain is the weighting itself.
         from scipy.spatial.distance import cdist, pdist
 

@@ -28,7 +28,7 @@ VARIANTS = ("both", "latent", "label", "masked")
 
 def main():
     import run_benchmarks as RB
-    from pysave.model import SHIFT_BANDWIDTH, _source_positions
+    from pysave.shift import SHIFT_BANDWIDTH, source_positions
 
     args = shift_cases.parse_args(__doc__, lambda ap: ap.add_argument("--variants", nargs="+", default=list(VARIANTS),
                                                                       choices=VARIANTS))
@@ -45,7 +45,7 @@ def main():
         masked[:, j] = model.vae.condition_embedding.mask_codes[j]
         # Strata weighed by the cells' expression, as transfer(via="shift") does since 2026-12-01.
         moved, _ = model._shifted(mu, source, target, [j], SHIFT_BANDWIDTH, "",
-                                  expression=lambda stats: _source_positions(stats, prep, model.scalers, 1024))
+                                  expression=lambda stats: source_positions(stats, prep, model.scalers, 1024))
         home = model._decode(mu, source)
         change = {"both": lambda: model._decode(moved, target) - home,
                   "latent": lambda: model._decode(moved, source) - home,

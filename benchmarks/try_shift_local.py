@@ -46,7 +46,7 @@ def main():
 
     import run_benchmarks as RB
     from pysave import metrics as M
-    from pysave.model import SHIFT_BANDWIDTH, _stratum_weights
+    from pysave.shift import SHIFT_BANDWIDTH, _stratum_weights
 
     def options(ap):
         ap.add_argument("--max-cells", type=int, help="match at most this many cells of each side of a stratum (drawn by "

@@ -32,7 +32,7 @@ def main():
     import torch
 
     import run_benchmarks as RB
-    from pysave.model import SHIFT_BANDWIDTH, _stratum_weights
+    from pysave.shift import SHIFT_BANDWIDTH, _stratum_weights
 
     args = shift_cases.parse_args(__doc__)
     rows = []

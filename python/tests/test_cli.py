@@ -215,7 +215,7 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
 
     kind = {c: next(p for p in main.commands[c].params if p.name == "output_kind") for c in ("generate", "transfer")}
     assert set(kind["transfer"].type.choices) == set(TRANSFER_OUTPUTS) and set(kind["generate"].type.choices) == set(OUTPUT_KINDS)
-    from pysave.model import SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS
+    from pysave.shift import SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS
 
     for command in ("transfer", "generate"):
         assert next(p for p in main.commands[command].params if p.name == "shift_bandwidth").default == SHIFT_BANDWIDTH

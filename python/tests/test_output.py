@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import pysave
+import pysave.shift
 from pysave import data as D
 from pysave.cli import main
 from pysave.errors import PySaveError
@@ -285,9 +286,9 @@ def test_transfer_via_shift(trained, tmp_path):
     lognorm = log_normalized(adata[:, model.genes])
     np.testing.assert_allclose(stats["pc_center"], lognorm.mean(0), atol=1e-4)
     pcs = stats["pc_components"].astype(np.float64)
-    assert pcs.shape == (pysave.model.EXPRESSION_PCS, len(model.genes))
+    assert pcs.shape == (pysave.shift.EXPRESSION_PCS, len(model.genes))
     np.testing.assert_allclose(pcs @ pcs.T, np.eye(len(pcs)), atol=1e-4)
-    positions = pysave.model.expression_positions(stats, lognorm)
+    positions = pysave.shift.expression_positions(stats, lognorm)
     grouped_pcs = pd.DataFrame(positions).groupby([obs["batch"].to_numpy(), obs["cell_type"].to_numpy()]).mean()
     np.testing.assert_allclose(stats["pc_means"], grouped_pcs.loc[names].to_numpy(), atol=1e-3)
     # The shift: per cell type with >= MIN_SHIFT_CELLS cells in both batches, the difference of the
@@ -296,7 +297,7 @@ def test_transfer_via_shift(trained, tmp_path):
     # SHIFT_BANDWIDTH x the median squared distance between those means).
     src, tgt = "10x_3prime_v2", "10x_5prime"
     types = [t for t in obs["cell_type"].unique()
-             if counts.get((src, t), 0) >= pysave.model.MIN_SHIFT_CELLS and counts.get((tgt, t), 0) >= pysave.model.MIN_SHIFT_CELLS]
+             if counts.get((src, t), 0) >= pysave.shift.MIN_SHIFT_CELLS and counts.get((tgt, t), 0) >= pysave.shift.MIN_SHIFT_CELLS]
     assert len(types) >= 2
     deltas = np.stack([grouped.loc[(tgt, t)].to_numpy() - grouped.loc[(src, t)].to_numpy() for t in types])
     origins = np.stack([grouped.loc[(src, t)].to_numpy() for t in types])
@@ -304,7 +305,7 @@ def test_transfer_via_shift(trained, tmp_path):
 
     def kernel_shift(points, strata_means):  # the weighted mean of deltas, computed by hand
         d = ((np.asarray(points, dtype=np.float64)[:, None, :] - strata_means[None]) ** 2).sum(-1)
-        width = pysave.model.SHIFT_BANDWIDTH * np.median([((strata_means[i] - strata_means[j]) ** 2).sum()
+        width = pysave.shift.SHIFT_BANDWIDTH * np.median([((strata_means[i] - strata_means[j]) ** 2).sum()
                                                           for i in range(len(types)) for j in range(i + 1, len(types))])
         weights = np.exp(-(d - d.min(1, keepdims=True)) / width)
         return (weights / weights.sum(1, keepdims=True)) @ deltas
@@ -315,18 +316,18 @@ def test_transfer_via_shift(trained, tmp_path):
     expected = kernel_shift(positions[in_source][:30], pc_origins)
     moved = model.transfer(cells, {"batch": tgt}, via="shift", shift_neighbours=0)  # the kernel over stratum means
     np.testing.assert_allclose(moved.obsm["X_save"] - mu, expected, atol=1e-4)
-    assert moved.uns["pysave"]["shift_weighed_in"] == f"{pysave.model.EXPRESSION_PCS} expression PCs"
+    assert moved.uns["pysave"]["shift_weighed_in"] == f"{pysave.shift.EXPRESSION_PCS} expression PCs"
     # Without positions (and for models saved before the PCs existed) the latent places the cells.
     source_codes = model._prepare(cells).codes
     moved_codes = source_codes.copy()
     moved_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
-    in_latent, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")])
+    in_latent, _ = pysave.shift.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")])
     np.testing.assert_allclose(in_latent, kernel_shift(mu, origins), atol=1e-5)
     assert np.abs(in_latent - expected).max() > 1e-4  # the two places differ
     assert np.ptp(moved.obsm["X_save"] - mu, axis=0).max() > 1e-3  # the shift depends on the cell
     # An infinite width weighs the strata equally (scGen's mean); a narrow one gives a cell sitting
     # on a stratum's source mean that stratum's own shift.
-    flat, _ = pysave.model.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
+    flat, _ = pysave.shift.latent_shifts(stats, mu, source_codes, moved_codes, [keys.index("batch")], bandwidth=np.inf)
     np.testing.assert_allclose(flat, np.tile(deltas.mean(0), (len(mu), 1)), atol=1e-5)
     equal = model.transfer(cells, {"batch": tgt}, via="shift", shift_bandwidth=float("inf"), shift_neighbours=0)
     np.testing.assert_allclose(equal.obsm["X_save"] - mu, flat, atol=1e-5)
@@ -334,12 +335,12 @@ def test_transfer_via_shift(trained, tmp_path):
     for bad in (0, -1.0, float("nan"), "wide", True):
         with pytest.raises(PySaveError, match="shift_bandwidth must be a positive number"):
             model.transfer(cells, {"batch": tgt}, via="shift", shift_bandwidth=bad)
-    sharp, _ = pysave.model.latent_shifts(stats, origins[:1].astype(np.float32), source_codes[:1], moved_codes[:1],
+    sharp, _ = pysave.shift.latent_shifts(stats, origins[:1].astype(np.float32), source_codes[:1], moved_codes[:1],
                                           [keys.index("batch")], bandwidth=1e-6)
     np.testing.assert_allclose(sharp[0], deltas[0], atol=1e-5)
     info = moved.uns["pysave"]
     assert info["via"] == "shift" and info["shift_strata"] == {f"batch={src} -> batch={tgt}": len(types)}
-    assert info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH and info["shift_neighbours"] == 0
+    assert info["shift_bandwidth"] == pysave.shift.SHIFT_BANDWIDTH and info["shift_neighbours"] == 0
     assert "guidance" not in info
     # Decoded under the target conditions: the same latents through the decoder give the same cells.
     assert np.array_equal(moved.X, model._decode(torch_from(moved.obsm["X_save"]), moved_codes))
@@ -353,7 +354,7 @@ def test_transfer_via_shift(trained, tmp_path):
     # kept source cells in the expression PCs.
     import ot
 
-    k = pysave.model.SHIFT_NEIGHBOURS
+    k = pysave.shift.SHIFT_NEIGHBOURS
     assert len(stats["cell_latents"]) == adata.n_obs
     np.testing.assert_allclose(stats["cell_latents"], mu_all, atol=1e-5)
     np.testing.assert_allclose(stats["cell_positions"], positions, atol=1e-3)
@@ -469,22 +470,22 @@ def test_generate_shift_from(trained, tmp_path):
     target_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
     # Weighed by where each sampled cell's decoded expression (base.X) lies in the expression PCs.
     stats = model.condition_latents
-    shifts, _ = pysave.model.latent_shifts(stats, base.obsm["X_save"], source_codes, target_codes, [keys.index("batch")],
-                                           positions=pysave.model.expression_positions(stats, base.X),
-                                           neighbours=pysave.model.SHIFT_NEIGHBOURS)
+    shifts, _ = pysave.shift.latent_shifts(stats, base.obsm["X_save"], source_codes, target_codes, [keys.index("batch")],
+                                           positions=pysave.shift.expression_positions(stats, base.X),
+                                           neighbours=pysave.shift.SHIFT_NEIGHBOURS)
     np.testing.assert_allclose(moved.obsm["X_save"], base.obsm["X_save"] + shifts, atol=1e-4)
     assert np.abs(shifts).max() > 1e-3
     np.testing.assert_allclose(moved.X, model._decode(torch_from(moved.obsm["X_save"]), target_codes), atol=1e-6)
     assert moved.obs["batch"].astype(str).eq(tgt).all()
     info = moved.uns["pysave"]
-    assert info["shift_from"] == {"batch": src} and info["shift_bandwidth"] == pysave.model.SHIFT_BANDWIDTH
-    assert info["shift_weighed_in"] == f"{pysave.model.EXPRESSION_PCS} expression PCs"
-    assert info["shift_neighbours"] == pysave.model.SHIFT_NEIGHBOURS
+    assert info["shift_from"] == {"batch": src} and info["shift_bandwidth"] == pysave.shift.SHIFT_BANDWIDTH
+    assert info["shift_weighed_in"] == f"{pysave.shift.EXPRESSION_PCS} expression PCs"
+    assert info["shift_neighbours"] == pysave.shift.SHIFT_NEIGHBOURS
     kernel = model.generate({"batch": tgt, "cell_type": cell_type}, n_cells=12, seed=3, guidance=1, output="mean",
                             shift_from={"batch": src}, shift_neighbours=0)
     assert kernel.uns["pysave"]["shift_neighbours"] == 0 and np.abs(kernel.obsm["X_save"] - moved.obsm["X_save"]).max() > 1e-4
     counts = trained["adata"].obs.groupby(["batch", "cell_type"], observed=False).size()
-    n_strata = sum(min(counts.get((src, t), 0), counts.get((tgt, t), 0)) >= pysave.model.MIN_SHIFT_CELLS
+    n_strata = sum(min(counts.get((src, t), 0), counts.get((tgt, t), 0)) >= pysave.shift.MIN_SHIFT_CELLS
                    for t in model.registry["categories"]["cell_type"])
     assert n_strata >= 2 and info["shift_strata"] == {f"batch={src} -> batch={tgt}": n_strata}
     assert "shift_from" in info["output_description"]
@@ -629,19 +630,19 @@ def test_kept_shift_cells(monkeypatch):
     positions = np.random.default_rng(1).random((600, 5)).astype(np.float32)
     combos, group = np.unique(codes, axis=0, return_inverse=True)
     group = np.asarray(group).reshape(-1)
-    kept = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
+    kept = pysave.shift.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
     assert np.bincount(kept["cell_groups"], minlength=len(combos)).tolist() == [min(20, n) for n in np.bincount(group)]
     # each kept row is one training cell: its latent, its position and its combination
     rows = [int(np.flatnonzero((mu.numpy() == z).all(1))[0]) for z in kept["cell_latents"]]
     np.testing.assert_array_equal(kept["cell_positions"], positions[rows])
     np.testing.assert_array_equal(kept["cell_groups"], group[rows])
     assert len(set(rows)) == len(rows)
-    again = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
+    again = pysave.shift.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
     np.testing.assert_array_equal(again["cell_latents"], kept["cell_latents"])  # the seed decides
-    monkeypatch.setattr(pysave.model, "SHIFT_KEPT_TOTAL", 45)
-    capped = pysave.model.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
+    monkeypatch.setattr(pysave.shift, "SHIFT_KEPT_TOTAL", 45)
+    capped = pysave.shift.kept_shift_cells(mu, positions, codes, seed=3, per_combination=20)
     assert np.bincount(capped["cell_groups"]).max() == 45 // len(combos)
-    assert pysave.model.kept_shift_cells(mu, None, codes, seed=3) == {}
+    assert pysave.shift.kept_shift_cells(mu, None, codes, seed=3) == {}
 
 
 def test_transfer_streamed_to_a_file_equals_the_in_memory_result(trained, tmp_path, monkeypatch):
@@ -718,7 +719,7 @@ def test_nearest_mean_matches_a_full_sort():
     d = ((positions.astype(np.float64)[:, None] - places[None]) ** 2).sum(-1)
     for k in (1, 7, 300, 500):
         expected = moves[np.argsort(d, axis=1)[:, :min(k, 300)]].mean(1)
-        got = pysave.model._nearest_mean(moves, places, positions, k, batch=16)  # 5 batches, the last short
+        got = pysave.shift._nearest_mean(moves, places, positions, k, batch=16)  # 5 batches, the last short
         assert got.dtype == np.float32 and got.shape == (70, 4)
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -736,15 +737,15 @@ def test_local_shifts_solve_transport_once(trained, monkeypatch):
     target = source.copy()
     target[:, keys.index("batch")] = tgt
     positions, latents = stats["pc_means"][rows], stats["means"][rows]
-    fresh, _ = pysave.model.latent_shifts(stats, latents, source, target, [keys.index("batch")], positions=positions,
-                                          neighbours=pysave.model.SHIFT_NEIGHBOURS)
+    fresh, _ = pysave.shift.latent_shifts(stats, latents, source, target, [keys.index("batch")], positions=positions,
+                                          neighbours=pysave.shift.SHIFT_NEIGHBOURS)
     solves = []
     emd = ot.emd
     monkeypatch.setattr(ot, "emd", lambda *a, **k: solves.append(1) or emd(*a, **k))
     transport = {}
     for call in range(3):
-        again, pairs = pysave.model.latent_shifts(stats, latents, source, target, [keys.index("batch")],
-                                                  positions=positions, neighbours=pysave.model.SHIFT_NEIGHBOURS,
+        again, pairs = pysave.shift.latent_shifts(stats, latents, source, target, [keys.index("batch")],
+                                                  positions=positions, neighbours=pysave.shift.SHIFT_NEIGHBOURS,
                                                   transport=transport)
         np.testing.assert_array_equal(again, fresh)
         n_strata = pairs[0][2]
