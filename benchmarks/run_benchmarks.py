@@ -161,6 +161,35 @@ def unseen_split(held, control, seed):
     return reference, floor, query
 
 
+def run_provenance() -> dict:
+    """Where a row came from: the code (commit, and whether the tree had uncommitted changes) and
+    the machine. Kang's per-type rows moved by up to 0.02 R^2 between two machines of this project
+    with the same code, seeds and library versions (benchmarks/README.md, "Rows run again")."""
+    import platform
+
+    import torch
+
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+                                  text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model", "stepping") and key.strip() not in cpu:
+                    cpu[key.strip()] = value.strip()
+    except OSError:
+        cpu["model name"] = platform.processor()
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+
+
 def peer(args, *cli):
     """Run benchmarks/peers.py in the peers' environment; its last stdout line is JSON."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -785,7 +814,7 @@ def main():
                                    "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
                                    "pysave_config": (("fast " + json.dumps(FAST)) if args.fast else "paper") + " " + args.params,
                                    "pysave_epochs": args.epochs, "pysave_train_params": json.loads(args.train_params),
-                                   "scvi_epochs": args.scvi_epochs})
+                                   "scvi_epochs": args.scvi_epochs, "provenance": run_provenance()})
                     with atomic_output(out) as tmp, open(tmp, "w") as fh:  # a stopped run leaves no half-written result
                         json.dump(result, fh, indent=1, default=float)
     build_table()
