@@ -183,6 +183,8 @@ def run_provenance() -> dict:
                 key, _, value = line.partition(":")
                 if key.strip() in ("model name", "cpu family", "model", "stepping") and key.strip() not in cpu:
                     cpu[key.strip()] = value.strip()
+                elif key.strip() == "flags" and "vector_flags" not in cpu:  # what MKL / oneDNN dispatch on
+                    cpu["vector_flags"] = " ".join(f for f in value.split() if f.startswith(("avx", "fma", "amx", "sse4")))
     except OSError:
         cpu["model name"] = platform.processor()
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
