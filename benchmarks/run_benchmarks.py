@@ -760,6 +760,7 @@ def build_table():
 
 
 def main():
+    provenance = run_provenance()  # taken before the runs: the commit of the code this process loaded
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--dataset", nargs="+", default=None, help="default: every dataset of the task")
@@ -817,7 +818,7 @@ def main():
                                    "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
                                    "pysave_config": (("fast " + json.dumps(FAST)) if args.fast else "paper") + " " + args.params,
                                    "pysave_epochs": args.epochs, "pysave_train_params": json.loads(args.train_params),
-                                   "scvi_epochs": args.scvi_epochs, "provenance": run_provenance()})
+                                   "scvi_epochs": args.scvi_epochs, "provenance": provenance})
                     with atomic_output(out) as tmp, open(tmp, "w") as fh:  # a stopped run leaves no half-written result
                         json.dump(result, fh, indent=1, default=float)
     build_table()
