@@ -187,7 +187,8 @@ def run_provenance() -> dict:
                     cpu["vector_flags"] = " ".join(f for f in value.split() if f.startswith(("avx", "fma", "amx", "sse4")))
     except OSError:
         cpu["model name"] = platform.processor()
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_code_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", "python", "benchmarks",
+                                               ":(exclude)benchmarks/README.md", ":(exclude)benchmarks/results")),
             "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
 
