@@ -162,9 +162,10 @@ def unseen_split(held, control, seed):
 
 
 def run_provenance() -> dict:
-    """Where a row came from: the code (commit, and whether the tree had uncommitted changes) and
-    the machine. Kang's per-type rows moved by up to 0.02 R^2 between two machines of this project
-    with the same code, seeds and library versions (benchmarks/README.md, "Rows run again")."""
+    """Where a row came from: the code (commit, and whether python/ or benchmarks/ had uncommitted
+    changes) and the machine. Single Kang models scored up to 0.024 R^2 apart on two machines of this
+    project with the same code, seeds and library versions (benchmarks/README.md, "Rows run again on
+    another machine")."""
     import platform
 
     import torch
@@ -187,8 +188,9 @@ def run_provenance() -> dict:
                     cpu["vector_flags"] = " ".join(f for f in value.split() if f.startswith(("avx", "fma", "amx", "sse4")))
     except OSError:
         cpu["model name"] = platform.processor()
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_code_changes": bool(git("status", "--porcelain", "--untracked-files=no", "--", "python", "benchmarks",
-                                               ":(exclude)benchmarks/README.md", ":(exclude)benchmarks/results")),
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "python", "benchmarks",
+                  ":(exclude)benchmarks/README.md", ":(exclude)benchmarks/results")  # the harness writes these itself
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_code_changes": bool(changed),
             "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
 
