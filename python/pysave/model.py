@@ -32,10 +32,10 @@ from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .errors import ModelDirectoryError, PySaveError, PySaveWarning
-from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth,
-                    check_shift_neighbours, source_positions, condition_latent_means, expression_pcs,
-                    expression_positions, kept_shift_cells, latent_shifts)
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
+from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
+                    condition_latent_means, expression_pcs, expression_positions, kept_shift_cells, latent_shifts,
+                    source_positions)
 from .train import PRECISIONS, autocast, compiled, fit, resolve_precision
 from .vae import LIKELIHOODS, BlockAttentionVAE
 
