@@ -182,12 +182,22 @@ def run_provenance() -> dict:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "cpu family", "model", "stepping") and key.strip() not in cpu:
+                if key.strip() in ("model name", "cpu family", "model", "stepping", "microcode") and key.strip() not in cpu:
                     cpu[key.strip()] = value.strip()
                 elif key.strip() == "flags" and "vector_flags" not in cpu:  # what MKL / oneDNN dispatch on
                     cpu["vector_flags"] = " ".join(f for f in value.split() if f.startswith(("avx", "fma", "amx", "sse4")))
     except OSError:
         cpu["model name"] = platform.processor()
+    # Cache sizes: one CPU model comes in parts with other caches, and BLAS blocking follows them.
+    caches = []
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            level, kind, size = (open(os.path.join(index, name)).read().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches.append(f"L{level}{ {'Data': 'd', 'Instruction': 'i'}.get(kind, '')} {size}")
+    if caches:
+        cpu["caches"] = ", ".join(caches)
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "python", "benchmarks",
                   ":(exclude)benchmarks/README.md", ":(exclude)benchmarks/results")  # the harness writes these itself
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_code_changes": bool(changed),
