@@ -172,7 +172,7 @@ def run_provenance() -> dict:
 
     def git(*cmd):
         try:
-            return subprocess.run(["git", *cmd], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+            return subprocess.run(["git", *cmd], cwd=os.path.dirname(HERE), capture_output=True,  # the root: pathspecs are relative
                                   text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
