@@ -773,7 +773,6 @@ def build_table():
 
 
 def main():
-    provenance = run_provenance()  # taken before the runs: the commit of the code this process loaded
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--dataset", nargs="+", default=None, help="default: every dataset of the task")
@@ -806,6 +805,7 @@ def main():
     args.epochs = eval_generation.epochs_arg(str(args.epochs))
     if args.table:
         return build_table()
+    provenance = run_provenance()  # taken before the runs: the commit of the code this process loaded
     import torch
 
     from pysave.io import atomic_output
