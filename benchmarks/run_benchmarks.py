@@ -200,8 +200,11 @@ def run_provenance() -> dict:
         cpu["caches"] = ", ".join(caches)
     changed = git("status", "--porcelain", "--untracked-files=no", "--", "python", "benchmarks",
                   ":(exclude)benchmarks/README.md", ":(exclude)benchmarks/results")  # the harness writes these itself
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_code_changes": bool(changed),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    commit = git("rev-parse", "HEAD")
+    gpu = {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda} if torch.cuda.is_available() else {}
+    return {"commit": commit or os.environ.get("PYSAVE_COMMIT", ""),  # a copy without .git (a lent GPU machine) is told it
+            "uncommitted_code_changes": bool(changed) if commit else None,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, **gpu,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
 
 
