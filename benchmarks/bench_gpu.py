@@ -2,7 +2,8 @@
 the CLI; whether a seed repeats there; VAE training and sampling throughput; and the generation
 protocol's verdict on pbmc_3tech with a model trained on the GPU.
 
-    python benchmarks/bench_gpu.py --out DIR [--sections smoke determinism speed quality] [--deadline SECONDS]
+    python benchmarks/bench_gpu.py --out DIR [--sections smoke determinism training sampling quality] [--seeds 0 1]
+                                   [--training paper,32,0,1024 ...] [--deadline SECONDS]
     python benchmarks/bench_gpu.py --table     # rewrite the README table from results/gpu.json
 
 CI has no GPU, so this runs by hand on a machine with one (this project's tasks are lent one only
@@ -231,10 +232,7 @@ def determinism(rec: Recorder) -> None:
         rec.step("determinism", f"train_twice_{precision}", twice)
 
 
-def speed(rec: Recorder) -> None:
-    import anndata as ad
-    import torch
-
+def training_speed(rec: Recorder) -> None:
     import pysave
 
     adata = load_pbmc()
@@ -254,6 +252,13 @@ def speed(rec: Recorder) -> None:
                     "warmup_epoch_seconds": out["warmup"]["vae_seconds"], "epochs": TRAINING_EPOCHS, "n_cells": adata.n_obs}
 
         rec.step("training", f"{network}_{precision}{'_compiled' if compiled else ''}_batch{batch_size}", train)
+
+
+def sampling_speed(rec: Recorder) -> None:
+    import anndata as ad
+    import torch
+
+    import pysave
 
     pancreas = ad.read_h5ad(PANCREAS)
     pysave.SAVE.setup_anndata(pancreas, ["clusters"])
@@ -308,23 +313,24 @@ def speed(rec: Recorder) -> None:
     rec.step("sampling", "parts_bf16_batch16384", parts)
 
 
-def quality(rec: Recorder, out: str, commit: str, deadline: float) -> None:
-    """The generation protocol's rows (run_benchmarks.py) for pbmc_3tech, seeds 0 and 1, with the
-    model trained (bf16, the default on CUDA) and sampled (fp32, as the CPU rows) on the GPU."""
-    for seed in (0, 1):
-        left = deadline - time.time()
-        if left < 150:
-            rec.results.setdefault("quality", {})[f"seed{seed}"] = {"ok": False, "error": f"skipped: {left:.0f} s left"}
-            rec.write()
-            continue
-
-        def run(seed=seed, left=left):
-            env = {**os.environ, "PYSAVE_COMMIT": commit}
-            r = subprocess.run([sys.executable, os.path.join(HERE, "run_benchmarks.py"), *QUALITY_CMD, "--seeds", str(seed),
-                                "--threads", "8", "--tag", QUALITY_TAG],
-                               capture_output=True, text=True, env=env, timeout=left - 20)
-            if r.returncode != 0:
-                raise RuntimeError(r.stderr[-2000:])
+def quality(rec: Recorder, out: str, commit: str, deadline: float, seeds=(0, 1)) -> None:
+    """The generation protocol's rows (run_benchmarks.py) for pbmc_3tech, with the model trained
+    (bf16, the default on CUDA) and sampled (fp32, as the CPU rows) on the GPU; the seeds run at
+    the same time (one GPU, the machine's cores shared out), each stopped at the deadline."""
+    threads = max(1, (os.cpu_count() or 2) // len(seeds))
+    env = {**os.environ, "PYSAVE_COMMIT": commit}
+    procs = {seed: subprocess.Popen([sys.executable, os.path.join(HERE, "run_benchmarks.py"), *QUALITY_CMD, "--seeds", str(seed),
+                                     "--threads", str(threads), "--tag", QUALITY_TAG],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for seed in seeds}
+    for seed, proc in procs.items():
+        def run(seed=seed, proc=proc):
+            try:
+                _, err = proc.communicate(timeout=max(1.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise RuntimeError("stopped at the deadline") from None
+            if proc.returncode != 0:
+                raise RuntimeError(err[-2000:])
             name = f"bench_generation_pbmc_3tech_pysave{QUALITY_TAG}_s{seed}.json"
             with open(os.path.join(HERE, "results", name)) as fh:
                 row = json.load(fh)
@@ -333,7 +339,7 @@ def quality(rec: Recorder, out: str, commit: str, deadline: float) -> None:
             m = row["metrics"]
             return {"file": name, "W1_over_floor": m["sample_W1_over_floor"], "MMD": m["sample_MMD"],
                     "gaussian_MMD": m["gaussian_MMD"], "spread_over_floor": m.get("sample_spread_over_floor"),
-                    "wall_seconds": row["wall_seconds"]}
+                    "wall_seconds": row["wall_seconds"], "threads": threads}
 
         rec.step("quality", f"seed{seed}", run)
 
@@ -376,7 +382,10 @@ def write_table(results: str = os.path.join(HERE, "results", "gpu.json"), readme
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--sections", nargs="+", default=["smoke", "determinism", "speed", "quality"])
+    p.add_argument("--sections", nargs="+", default=["smoke", "determinism", "training", "sampling", "quality"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="quality: the seeds (run at the same time)")
+    p.add_argument("--training", nargs="+", default=None,
+                   help="training rows NETWORK,PRECISION,COMPILE(0/1),BATCH (default: the TRAINING list)")
     p.add_argument("--deadline", type=float, default=480, help="seconds from the start; quality runs only in what is left")
     p.add_argument("--commit", default=os.environ.get("PYSAVE_COMMIT", ""))
     p.add_argument("--table", action="store_true")
@@ -390,6 +399,8 @@ def main() -> None:
 
     global DEVICE, N_SAMPLE, TRAINING_EPOCHS
     DEVICE = args.device
+    if args.training:
+        TRAINING[:] = [(n, p, bool(int(c)), int(b)) for n, p, c, b in (row.split(",") for row in args.training)]
     if args.quick:
         N_SAMPLE, TRAINING_EPOCHS = 512, 1
         TRAINING[:] = [t for t in TRAINING if not t[2]]
@@ -406,10 +417,12 @@ def main() -> None:
                 smoke(rec, work)
             elif section == "determinism":
                 determinism(rec)
-            elif section == "speed":
-                speed(rec)
+            elif section == "training":
+                training_speed(rec)
+            elif section == "sampling":
+                sampling_speed(rec)
             elif section == "quality":
-                quality(rec, args.out, args.commit, deadline)
+                quality(rec, args.out, args.commit, deadline, args.seeds)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,10 @@ def sample_latents(field: VelocityField, codes: torch.Tensor, guidance: float = 
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}")
     latent_dim = field.position.shape[0] * field.token_size
-    x = torch.randn((codes.shape[0], latent_dim), generator=generator, device=codes.device)
+    # Drawn where the generator lives, then moved: a CUDA generator's stream does not continue
+    # across calls of other sizes, a CPU one's does, so chunked sampling repeats the unchunked one.
+    noise_device = generator.device if generator is not None else codes.device
+    x = torch.randn((codes.shape[0], latent_dim), generator=generator, device=noise_device).to(codes.device)
     # dopri5's step sizes depend on every row it integrates, so it keeps the chunk whole.
     rows = CPU_SOLVE_ROWS if x.device.type == "cpu" and solver != "dopri5" else len(x)
     return torch.cat([_solve(field, x[s:s + rows], codes[s:s + rows], guidance, n_steps, solver, rtol, atol)

@@ -128,11 +128,34 @@ def atomic_output(path: str):
             os.remove(tmp)
 
 
+def plain_strings(frame):
+    """``frame`` with pandas' string dtype (the default from pandas 3, or pandas 2 with
+    ``future.infer_string``) in its index and columns turned into object: anndata writes that
+    dtype only when opted in, and readers before anndata 0.11 (R's among them) cannot read it."""
+    import pandas as pd
+
+    def plain(values):
+        return values.astype(object) if isinstance(values.dtype, pd.StringDtype) else values
+
+    out = frame.copy(deep=False)
+    out.index = plain(out.index)
+    for column in out.columns:
+        if isinstance(out[column].dtype, pd.StringDtype):
+            out[column] = plain(out[column])
+    return out
+
+
 def write_h5ad(adata, path: str, overwrite: bool = False, inputs: tuple[str, ...] = ()) -> str:
-    """Write ``adata`` atomically: to a temporary file beside ``path``, then rename."""
+    """Write ``adata`` atomically: to a temporary file beside ``path``, then rename. String
+    columns are written as plain strings (``plain_strings``); ``adata`` itself keeps its dtypes."""
     path = check_output_path(path, overwrite, inputs)
-    with atomic_output(path) as tmp:
-        adata.write_h5ad(tmp)
+    obs, var = adata.obs, adata.var
+    try:
+        adata.obs, adata.var = plain_strings(obs), plain_strings(var)
+        with atomic_output(path) as tmp:
+            adata.write_h5ad(tmp)
+    finally:
+        adata.obs, adata.var = obs, var
     return path
 
 
@@ -174,8 +197,8 @@ class H5adStream:
         import pandas as pd
         from anndata.io import write_elem
 
-        write_elem(self.file, "obs", obs)
-        write_elem(self.file, "var", pd.DataFrame(index=pd.Index(self.var_names)))
+        write_elem(self.file, "obs", plain_strings(obs))
+        write_elem(self.file, "var", plain_strings(pd.DataFrame(index=pd.Index(self.var_names))))
         write_elem(self.file, "uns", uns)
         for key in ("layers", "obsp", "varm", "varp"):
             write_elem(self.file, key, {})

@@ -851,7 +851,9 @@ class SAVE:
 
         With ``shift`` (from :meth:`_shift_plan`) the flow samples under ``shift["source"]``,
         and the latents take the latent shift to ``codes``."""
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        # A CPU generator on every device: sample_latents draws the starting noise from it in order,
+        # so the same seed gives the same cells whatever the batch size (CUDA's would not).
+        generator = torch.Generator().manual_seed(int(seed))
         finish = self._output_sampler(output, seed)
         self.flow.eval()
         for start in range(0, len(codes), batch_size):

@@ -778,3 +778,23 @@ def test_outputs_get_the_users_umask_not_private_modes(trained, tmp_path):
     for path, mode in modes.items():
         folder = os.path.isdir(tmp_path / path)
         assert mode == (0o750 if folder else 0o640), f"{path}: {oct(mode)}"
+
+
+def test_string_dtype_obs_and_var_are_written_as_plain_strings(trained, tmp_path):
+    """pandas 3 (or pandas 2 with future.infer_string) gives names the string dtype, which anndata
+    refuses to write unless opted in and older readers (R's) cannot read: outputs turn it into
+    plain strings, and the user's AnnData keeps its own dtypes. Seen on a GPU machine with pandas 3."""
+    import anndata as ad
+
+    model, adata = trained["model"], trained["adata"]
+    names = pd.Index([f"c{i}" for i in range(3)], dtype=pd.StringDtype())
+    x = ad.AnnData(np.ones((3, 2), dtype=np.float32), obs=pd.DataFrame({"label": pd.array(["a", "b", "a"], dtype="string")}, index=names),
+                   var=pd.DataFrame(index=pd.Index(["g1", "g2"], dtype=pd.StringDtype())))
+    pysave.io.write_h5ad(x, str(tmp_path / "x.h5ad"))
+    back = ad.read_h5ad(tmp_path / "x.h5ad")
+    assert list(back.obs_names) == ["c0", "c1", "c2"] and list(back.obs["label"]) == ["a", "b", "a"]
+    assert isinstance(x.obs.index.dtype, pd.StringDtype) and isinstance(x.obs["label"].dtype, pd.StringDtype)  # untouched
+    table = adata.obs.iloc[:4].copy()
+    table.index = pd.Index(table.index.astype(str), dtype=pd.StringDtype())
+    model.generate_to_h5ad(str(tmp_path / "g.h5ad"), table)
+    assert ad.read_h5ad(tmp_path / "g.h5ad").n_obs == 4
