@@ -345,37 +345,59 @@ def quality(rec: Recorder, out: str, commit: str, deadline: float, seeds=(0, 1))
 
 
 def write_table(results: str = os.path.join(HERE, "results", "gpu.json"), readme: str | None = None) -> None:
+    """The README block from results/gpu.json: one run's file, or runs merged by hand ("runs" names
+    each run's environment; every row says which run it came from)."""
     from readme_table import README, write_block
 
     with open(results) as fh:
         r = json.load(fh)
-    env = r["environment"]["info"]
-    lines = [f"GPU: {env.get('gpu', 'none')} ({env.get('gpu_memory_gib', '-')} GiB), torch {env['torch']} (CUDA {env['cuda']}), "
-             f"{env['cpu_count']} CPU cores, {env['date']}, commit {env['commit'][:7]}.", "",
-             "| VAE training, pbmc_3tech (1,200 cells x 1,767 genes) | cells/s | warm-up epoch, s |", "|---|---|---|"]
+    runs = r.get("runs") or {"1": r["environment"]["info"]}
+    lines = [f"Run {k}: {env.get('gpu', 'no GPU')} ({env.get('gpu_memory_gib', '-')} GiB), torch {env['torch']} "
+             f"(CUDA {env['cuda']}), numpy {env['numpy']}, {env['cpu_count']} CPU cores, {env['date']}, commit "
+             f"{env['commit'][:7]}." for k, env in runs.items()]
+
+    def run_of(row):
+        return f" (run {row['run']})" if "run" in row and len(runs) > 1 else ""
+
+    lines += ["", "| VAE training, pbmc_3tech (1,200 cells x 1,767 genes), 20 epochs | cells/s | warm-up epoch, s |", "|---|---|---|"]
     for name, row in r.get("training", {}).items():
-        lines.append(f"| {name} | {row['vae_train_cells_per_s']:,.0f} | {row['warmup_epoch_seconds']:.1f} |" if row["ok"]
-                     else f"| {name} | failed: {row['error'][:80]} | - |")
-    lines += ["", "| sampling, scVelo pancreas (2,000 genes), 50,000 cells | cells/s |", "|---|---|"]
+        lines.append(f"| {name}{run_of(row)} | {row['vae_train_cells_per_s']:,.0f} | {row['warmup_epoch_seconds']:.1f} |"
+                     if row["ok"] else f"| {name} | failed: {row['error'][:80]} | - |")
+    lines += ["", "| sampling, scVelo pancreas (2,000 genes), 50,000 cells, best of 2 | cells/s |", "|---|---|"]
     for name, row in r.get("sampling", {}).items():
         if name == "fit_pancreas":
             continue
         if name.startswith("parts"):
-            lines.append(f"| {name}: " + ", ".join(f"{k} {v:,.0f}" for k, v in row.items() if k.endswith("per_s")) + " | |")
+            lines.append(f"| {name}{run_of(row)}: " + ", ".join(f"{k} {v:,.0f}" for k, v in row.items()
+                                                              if k.endswith("per_s")) + " | |")
         else:
-            lines.append(f"| {name} | {row['cells_per_s']:,.0f} |" if row["ok"] else f"| {name} | failed |")
+            lines.append(f"| {name}{run_of(row)} | {row['cells_per_s']:,.0f} |" if row["ok"] else f"| {name} | failed |")
     quality_rows = r.get("quality", {})
     if quality_rows:
         lines += ["", "| pbmc_3tech generation (targets-table protocol), model trained on the GPU | W1 / floor | MMD | "
                   "Gaussian MMD | spread / floor's |", "|---|---|---|---|---|"]
         for name, row in quality_rows.items():
-            lines.append(f"| {name} | {row['W1_over_floor']:.3f} | {row['MMD']:.3f} | {row['gaussian_MMD']:.3f} | "
+            lines.append(f"| {name}{run_of(row)} | {row['W1_over_floor']:.3f} | {row['MMD']:.3f} | {row['gaussian_MMD']:.3f} | "
                          f"{row['spread_over_floor']:.2f} |" if row["ok"] else f"| {name} | {row['error'][:80]} | | | |")
+        ok = [row for row in quality_rows.values() if row["ok"]]
+        if len(ok) > 1:
+            mean = {k: sum(row[k] for row in ok) / len(ok) for k in ("W1_over_floor", "MMD", "gaussian_MMD", "spread_over_floor")}
+            lines.append(f"| mean of {len(ok)} | {mean['W1_over_floor']:.3f} | {mean['MMD']:.3f} | {mean['gaussian_MMD']:.3f} | "
+                         f"{mean['spread_over_floor']:.2f} |")
     lines += ["", "| check on the GPU | result |", "|---|---|"]
-    for section in ("smoke", "determinism"):
+    for section in ("smoke", "smoke_before_fixes", "determinism"):
         for name, row in r.get(section, {}).items():
-            shown = {k: v for k, v in row.items() if k not in ("ok", "seconds", "traceback", "digests")}
-            lines.append(f"| {section}: {name} | {'ok' if row['ok'] else 'FAILED'} {json.dumps(shown)[:200]} |")
+            shown = {k: v for k, v in row.items() if k not in ("ok", "seconds", "traceback", "digests", "run")}
+            lines.append(f"| {section}: {name}{run_of(row)} | {'ok' if row['ok'] else 'FAILED'} {json.dumps(shown)[:160]} |")
+    check = r.get("batch_size_check")
+    if check:
+        lines += ["", f"Batch size check: {check['note']}.", "",
+                  "| precision, output | latents, max diff | repeat, max diff | X, max diff | X, share of values differing |",
+                  "|---|---|---|---|---|"]
+        for name, row in check.items():
+            if name != "note":
+                lines.append(f"| {name.replace('_', ', ')} | {row['latent_max_abs_diff']:.2g} | {row['repeat_max_abs_diff']:.2g} | "
+                             f"{row['X_max_abs_diff']:.3g} | {row['X_fraction_differing']:.3f} |")
     write_block("gpu-table", "\n".join(lines), readme or README)
 
 

@@ -934,7 +934,9 @@ class SAVE:
         ``output`` is ``"sample"`` (counts drawn around the decoder mean with a library size
         from the training cells of the same conditions, as log1p(CP10k): cells with zeros and
         noise like real ones; the default) or ``"mean"`` (the decoder mean); recorded in
-        ``uns["pysave"]["output"]``. The same seed gives the same cells, whatever ``batch_size``.
+        ``uns["pysave"]["output"]``. The same seed gives the same cells, whatever ``batch_size``,
+        on the CPU and on a GPU in fp32; in bf16 on a GPU the decoder rounds by batch size, so
+        about a tenth of the sampled values change with it (docs/reproducibility.md).
         ``precision``: ``"32"``, ``"bf16"`` (autocast; 1.3-1.6x faster on CPUs with native bf16,
         scores within seed noise, benchmarks/README.md) or ``"auto"`` (bf16 on CUDA, 32 on CPU).
 

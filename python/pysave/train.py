@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import os
 import shutil
@@ -154,7 +155,30 @@ class Progress:
             self.log(f"{self.label}: {message}")
 
 
-def fit(
+@contextlib.contextmanager
+def deterministic_on_cpu(device: torch.device):
+    """torch's deterministic kernels while training on the CPU, restored afterwards. With more than
+    one thread, the backward of the per-condition gathers (AdaLN rows) adds in parallel, so two fp32
+    runs of one seed gave other weights (a fast network on 400 cells after 2 epochs, 2 threads);
+    measured cost within the noise (fast network, pbmc_3tech, 2 threads: 999-1,057 against
+    1,061 cells/s). On GPUs pysave does not force them (docs/reproducibility.md)."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def fit(*args, **kwargs) -> dict:
+    """``_fit`` (its arguments and result) under :func:`deterministic_on_cpu`."""
+    device = inspect.signature(_fit).bind(*args, **kwargs).arguments["device"]
+    with deterministic_on_cpu(device):
+        return _fit(*args, **kwargs)
+
+
+def _fit(
     module: torch.nn.Module,
     loss_fn: Callable[[object, torch.Generator], dict],
     train_batches: Callable[[int], Iterable],

@@ -385,3 +385,27 @@ def test_streamed_generation_equals_in_memory(trained, tmp_path):
     with pytest.raises(PySaveError, match="already exists"):
         model.generate_to_h5ad(path, table)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_training_repeats_with_several_threads(pbmc_small):
+    """With 2 threads the backward of the per-condition gathers added in parallel, so two fp32 runs
+    of one seed gave other weights; training now runs torch's deterministic kernels on the CPU
+    (and restores the user's setting afterwards)."""
+    import hashlib
+
+    import torch
+
+    pysave.SAVE.setup_anndata(pbmc_small, ["batch", "cell_type"], batch_key="batch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        digests = []
+        for _ in range(2):
+            m = pysave.SAVE(pbmc_small, verbose=False, seed=0, hidden_size=64, condition_dim=256, n_blocks=8,
+                            n_encoder_layers=1, n_decoder_layers=1, latent_dim=32)
+            m.train(max_epochs=2, flow_epochs=1, batch_size=128, progress=False, device="cpu", precision="32")
+            digests.append(hashlib.sha256(b"".join(v.detach().numpy().tobytes() for v in m.vae.state_dict().values())).hexdigest())
+    finally:
+        torch.set_num_threads(threads)
+    assert digests[0] == digests[1]
+    assert not torch.are_deterministic_algorithms_enabled()
