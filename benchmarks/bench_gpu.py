@@ -2,7 +2,7 @@
 the CLI; whether a seed repeats there; VAE training and sampling throughput; and the generation
 protocol's verdict on pbmc_3tech with a model trained on the GPU.
 
-    python benchmarks/bench_gpu.py --out DIR [--sections smoke determinism training sampling quality] [--seeds 0 1]
+    python benchmarks/bench_gpu.py --out DIR [--sections smoke determinism batch_size training sampling quality] [--seeds 0 1]
                                    [--training paper,32,0,1024 ...] [--deadline SECONDS]
     python benchmarks/bench_gpu.py --table     # rewrite the README table from results/gpu.json
 
@@ -11,6 +11,13 @@ by chance). Data: ../shared/data (pbmc_3tech for training and the checks; scVelo
 genes, for sampling, as benchmarks/bench_speed.py on the CPU). Each section's results go to
 DIR/gpu.json as soon as it ends, so a run stopped at its time limit keeps what it measured; a
 failing step is recorded with its error and the others go on.
+
+On this project's lent GPU machine (its own python3 with torch; nothing can be installed from a
+registry there) the runs of 2026-12-04 carried anndata, scanpy, POT and their missing needs as
+wheels in .whl/ and the two data files in .gpudata/, then ran
+    pip install --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site:$PWD/python
+    mkdir -p ../shared && ln -sfn $PWD/.gpudata ../shared/data
+    PYSAVE_COMMIT=<commit> python3 benchmarks/bench_gpu.py --out $OUT --deadline 420
 """
 from __future__ import annotations
 
@@ -232,6 +239,30 @@ def determinism(rec: Recorder) -> None:
         rec.step("determinism", f"train_twice_{precision}", twice)
 
 
+def batch_size_check(rec: Recorder) -> None:
+    """One model, 300 cells of one seed generated at batch_size 4,096 and 64 (and 4,096 again),
+    per precision and output: how far the cells move with the batch size (run 3 of 2026-12-04
+    ran this code as a one-off command; results/gpu.json's "batch_size_check")."""
+    import numpy as np
+
+    import pysave
+
+    adata = load_pbmc()
+    model = pysave.SAVE(adata, seed=0, verbose=False)
+    model.train(max_epochs=5, flow_epochs=5, seed=0, progress=False, device=DEVICE)
+    for precision in ("32", "bf16"):
+        for output in ("mean", "sample"):
+            def compare(precision=precision, output=output):
+                runs = [model.generate({"batch": "10x_5prime", "cell_type": "B"}, n_cells=300, seed=3, batch_size=b,
+                                       output=output, precision=precision) for b in (4096, 64, 4096)]
+                X = [np.asarray(r.X) for r in runs]
+                Z = [r.obsm["X_save"] for r in runs]
+                return {"latent_max_abs_diff": float(np.abs(Z[0] - Z[1]).max()), "repeat_max_abs_diff": float(np.abs(Z[0] - Z[2]).max()),
+                        "X_max_abs_diff": float(np.abs(X[0] - X[1]).max()), "X_fraction_differing": float((X[0] != X[1]).mean())}
+
+            rec.step("batch_size_check", f"{precision}_{output}", compare)
+
+
 def training_speed(rec: Recorder) -> None:
     import pysave
 
@@ -404,7 +435,7 @@ def write_table(results: str = os.path.join(HERE, "results", "gpu.json"), readme
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(HERE, "results"))
-    p.add_argument("--sections", nargs="+", default=["smoke", "determinism", "training", "sampling", "quality"])
+    p.add_argument("--sections", nargs="+", default=["smoke", "determinism", "batch_size", "training", "sampling", "quality"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="quality: the seeds (run at the same time)")
     p.add_argument("--training", nargs="+", default=None,
                    help="training rows NETWORK,PRECISION,COMPILE(0/1),BATCH (default: the TRAINING list)")
@@ -439,6 +470,8 @@ def main() -> None:
                 smoke(rec, work)
             elif section == "determinism":
                 determinism(rec)
+            elif section == "batch_size":
+                batch_size_check(rec)
             elif section == "training":
                 training_speed(rec)
             elif section == "sampling":
