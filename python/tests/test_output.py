@@ -798,3 +798,42 @@ def test_string_dtype_obs_and_var_are_written_as_plain_strings(trained, tmp_path
     table.index = pd.Index(table.index.astype(str), dtype=pd.StringDtype())
     model.generate_to_h5ad(str(tmp_path / "g.h5ad"), table)
     assert ad.read_h5ad(tmp_path / "g.h5ad").n_obs == 4
+
+
+def test_count_sampling_in_row_blocks_gives_the_same_values(monkeypatch):
+    """sample_counts goes through rows in blocks (for the cache), their rates computed by threads
+    ahead of the draws; the values must be those of one pass over all rows, as the code drew them
+    before, in both rate modes and with the NB's Gamma, whatever the blocks and threads."""
+
+    def one_pass(lognorm, lib_mean, lib_sd, seeds, theta=None, rates="fraction"):  # the former code
+        lib = np.exp(lib_mean + lib_sd * np.random.default_rng(seeds[0]).standard_normal(len(lognorm)))
+        if rates == "log_mean":
+            rate = D.LogMeanInverter().rates(lognorm, lib)
+        else:
+            expr = np.expm1(np.asarray(lognorm, dtype=np.float64)).clip(min=0.0)
+            total = expr.sum(1, keepdims=True)
+            total[total <= 0] = 1.0
+            rate = expr / total * lib[:, None]
+        counts_rng, gamma_rng = np.random.default_rng(seeds[1]), np.random.default_rng(seeds[2])
+        if theta is not None:
+            finite = np.isfinite(theta)
+            rate = np.array(rate, dtype=np.float64)
+            shape = np.broadcast_to(theta[finite], rate[:, finite].shape)
+            rate[:, finite] = gamma_rng.gamma(shape, rate[:, finite] / shape)
+        counts = counts_rng.poisson(rate).astype(np.float64)
+        size = counts.sum(1, keepdims=True)
+        size[size <= 0] = 1.0
+        return np.log1p(counts / size * D.TARGET_SUM).astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    lognorm = (np.abs(rng.standard_normal((700, 120))) * (rng.random((700, 120)) < 0.4)).astype(np.float32)
+    lib_mean, lib_sd = np.log(rng.uniform(500, 20_000, 700)), np.full(700, 0.3)
+    theta = np.where(rng.random(120) < 0.5, rng.uniform(0.5, 20, 120), np.inf)
+    for rates in ("fraction", "log_mean"):
+        for th in (None, theta):
+            expected = one_pass(lognorm, lib_mean, lib_sd, (1, 2, 3), th, rates)
+            for block_rows, workers in ((1, 3), (97, 1), (97, 4), (256, 2), (10_000, 2)):
+                monkeypatch.setattr(D, "SAMPLE_WORKERS", workers)
+                got = D.sample_counts(lognorm, lib_mean, lib_sd, np.random.default_rng(1), np.random.default_rng(2), th,
+                                      np.random.default_rng(3), rates=rates, block_rows=block_rows)
+                assert np.array_equal(got, expected), (rates, th is not None, block_rows, workers)
