@@ -160,8 +160,9 @@ def deterministic_on_cpu(device: torch.device):
     """torch's deterministic kernels while training on the CPU, restored afterwards. With more than
     one thread, the backward of the per-condition gathers (AdaLN rows) adds in parallel, so two fp32
     runs of one seed gave other weights (a fast network on 400 cells after 2 epochs, 2 threads);
-    measured cost within the noise (fast network, pbmc_3tech, 2 threads: 999-1,057 against
-    1,061 cells/s). On GPUs pysave does not force them (docs/reproducibility.md)."""
+    measured cost on pbmc_3tech at 2 threads, with against without: fast network fp32 999-1,057
+    against 1,061 cells/s; paper network fp32 171-176 against 169-181, bf16 281-317 against 296-339
+    (up to ~6%, within the rounds' spread). On GPUs pysave does not force them (docs/reproducibility.md)."""
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
