@@ -439,6 +439,7 @@ def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd
         raise ValueError(f"rates must be 'fraction' or 'log_mean', got {rates!r}")
     if rates == "log_mean" and _INVERTER is None:
         _INVERTER = LogMeanInverter()
+
     def rates_of(block: slice) -> np.ndarray:
         if rates == "log_mean":
             return _INVERTER.rates(lognorm_mean[block], lib[block])

@@ -128,20 +128,26 @@ def atomic_output(path: str):
             os.remove(tmp)
 
 
+def _has_string_dtype(frame) -> bool:
+    import pandas as pd
+
+    return isinstance(frame.index.dtype, pd.StringDtype) or any(isinstance(t, pd.StringDtype) for t in frame.dtypes)
+
+
 def plain_strings(frame):
     """``frame`` with pandas' string dtype (the default from pandas 3, or pandas 2 with
     ``future.infer_string``) in its index and columns turned into object: anndata writes that
     dtype only when opted in, and readers before anndata 0.11 (R's among them) cannot read it."""
     import pandas as pd
 
-    def plain(values):
-        return values.astype(object) if isinstance(values.dtype, pd.StringDtype) else values
-
+    if not _has_string_dtype(frame):
+        return frame
     out = frame.copy(deep=False)
-    out.index = plain(out.index)
+    if isinstance(out.index.dtype, pd.StringDtype):
+        out.index = out.index.astype(object)
     for column in out.columns:
         if isinstance(out[column].dtype, pd.StringDtype):
-            out[column] = plain(out[column])
+            out[column] = out[column].astype(object)
     return out
 
 
@@ -149,13 +155,16 @@ def write_h5ad(adata, path: str, overwrite: bool = False, inputs: tuple[str, ...
     """Write ``adata`` atomically: to a temporary file beside ``path``, then rename. String
     columns are written as plain strings (``plain_strings``); ``adata`` itself keeps its dtypes."""
     path = check_output_path(path, overwrite, inputs)
+    swap = _has_string_dtype(adata.obs) or _has_string_dtype(adata.var)  # else adata is written as given
     obs, var = adata.obs, adata.var
     try:
-        adata.obs, adata.var = plain_strings(obs), plain_strings(var)
+        if swap:
+            adata.obs, adata.var = plain_strings(obs), plain_strings(var)
         with atomic_output(path) as tmp:
             adata.write_h5ad(tmp)
     finally:
-        adata.obs, adata.var = obs, var
+        if swap:
+            adata.obs, adata.var = obs, var
     return path
 
 
