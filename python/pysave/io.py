@@ -128,19 +128,14 @@ def atomic_output(path: str):
             os.remove(tmp)
 
 
-def _has_string_dtype(frame) -> bool:
-    import pandas as pd
-
-    return isinstance(frame.index.dtype, pd.StringDtype) or any(isinstance(t, pd.StringDtype) for t in frame.dtypes)
-
-
 def plain_strings(frame):
     """``frame`` with pandas' string dtype (the default from pandas 3, or pandas 2 with
     ``future.infer_string``) in its index and columns turned into object: anndata writes that
-    dtype only when opted in, and readers before anndata 0.11 (R's among them) cannot read it."""
+    dtype only when opted in, and readers before anndata 0.11 (R's among them) cannot read it.
+    ``frame`` itself is returned when it holds none."""
     import pandas as pd
 
-    if not _has_string_dtype(frame):
+    if not (isinstance(frame.index.dtype, pd.StringDtype) or any(isinstance(t, pd.StringDtype) for t in frame.dtypes)):
         return frame
     out = frame.copy(deep=False)
     if isinstance(out.index.dtype, pd.StringDtype):
@@ -155,11 +150,12 @@ def write_h5ad(adata, path: str, overwrite: bool = False, inputs: tuple[str, ...
     """Write ``adata`` atomically: to a temporary file beside ``path``, then rename. String
     columns are written as plain strings (``plain_strings``); ``adata`` itself keeps its dtypes."""
     path = check_output_path(path, overwrite, inputs)
-    swap = _has_string_dtype(adata.obs) or _has_string_dtype(adata.var)  # else adata is written as given
     obs, var = adata.obs, adata.var
+    plain_obs, plain_var = plain_strings(obs), plain_strings(var)
+    swap = plain_obs is not obs or plain_var is not var  # else adata is written as given
     try:
         if swap:
-            adata.obs, adata.var = plain_strings(obs), plain_strings(var)
+            adata.obs, adata.var = plain_obs, plain_var
         with atomic_output(path) as tmp:
             adata.write_h5ad(tmp)
     finally:

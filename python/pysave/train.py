@@ -59,11 +59,9 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
     import torch._dynamo  # for its exception types below
 
     # The compiled backward of the per-condition gather (AdaLN rows) adds with atomics on the CPU,
-    # so two runs of the same seed differed by 4e-5; deterministic kernels keep them equal
-    # (at a cost of 4-13% of the speed). On GPUs pysave does not force them (docs/reproducibility.md).
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    # so two runs of the same seed differed by 4e-5: fit(), the only place the compiled modules
+    # run, holds torch's deterministic kernels on the CPU (deterministic_on_cpu), which keep them
+    # equal (at a cost of 4-13% of the compiled speed).
     for module in modules:
         module.compile(dynamic=True)  # the number of distinct condition rows changes between batches
     # The first steps compile (1.5-2 min on 2 cores with an empty cache): say so, or it looks hung.
@@ -85,7 +83,6 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
             del os.environ["CPLUS_INCLUDE_PATH"]
         elif headers:
             os.environ["CPLUS_INCLUDE_PATH"] = saved_path
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         for module in modules:
             module._compiled_call_impl = None  # Module.compile has no public undo; this is what it set
 
