@@ -82,7 +82,8 @@ common_quiet = click.option("--quiet", is_flag=True, help="Print only errors.")
 # train.PRECISIONS + auto, written out (--help must not import torch; a test keeps them equal).
 sampling_precision = click.option(
     "--precision", type=click.Choice(["auto", "32", "bf16"]), default="auto", show_default=True,
-    help="Precision of the flow and the decoder: auto = bf16 on CUDA GPUs, 32 on CPU. On CPUs with native bf16 "
+    help="Precision of the flow and the decoder: auto = 32 on every device, so that cells do not depend on the batch "
+         "size (in bf16 on a GPU the decoder rounds by batch size). On CPUs with native bf16 "
          "(AVX512-bf16/AMX) bf16 sampled 1.3-1.6x faster with the same scores (benchmarks/README.md).")
 
 

@@ -115,6 +115,8 @@ def _as_integer(key: str, value, minimum: int):
 # log1p(CP10k), like real cells; "mean": the decoder mean itself (smooth, no zeros or noise).
 OUTPUT_KINDS = ("sample", "mean")
 DEFAULT_OUTPUT = "sample"
+# What precision="auto" means for generate / transfer / correct, on every device (_precision says why).
+SAMPLING_AUTO_PRECISION = "32"
 SAMPLE_RATES = "log_mean"  # D.sample_counts: Poisson rates whose expected log1p(CP10k) is the decoder mean
 OUTPUT_DESCRIPTIONS = {
     "mean": "decoder mean (expected log1p(CP10k)), no count noise",
@@ -839,11 +841,19 @@ class SAVE:
         return sample
 
     def _precision(self, precision: str) -> str:
-        """The sampling precision to use ("auto": bf16 on CUDA GPUs, full precision elsewhere)."""
+        """The sampling precision to use: "auto" is full precision on every device.
+
+        Not bf16 on CUDA, as for training: there the decoder's rounding depends on the batch size
+        (on an H200, 11% of sampled values changed between batch sizes 4,096 and 64), which would
+        break "the same seed gives the same cells whatever batch_size". fp32 cost 16% of the
+        speed of decoder means there (24,262 against 28,771 cells/s); sampled counts, whose drawing
+        on the CPU took 88% of the time, were not timed in fp32 (benchmarks/README.md, "On a GPU").
+        """
         try:
-            return resolve_precision(precision, self.device)
+            resolved = resolve_precision(precision, self.device)
         except ValueError as err:
             raise PySaveError(f"{err} bf16 samples faster on GPUs and CPUs with native bf16 (benchmarks/README.md).") from None
+        return SAMPLING_AUTO_PRECISION if precision == "auto" else resolved
 
     def _generated_chunks(self, codes: np.ndarray, guidance: float, n_steps: int, solver: str, seed: int, batch_size: int,
                           output: str = "mean", precision: str = "32", shift: dict | None = None):
@@ -935,10 +945,12 @@ class SAVE:
         from the training cells of the same conditions, as log1p(CP10k): cells with zeros and
         noise like real ones; the default) or ``"mean"`` (the decoder mean); recorded in
         ``uns["pysave"]["output"]``. The same seed gives the same cells, whatever ``batch_size``,
-        on the CPU and on a GPU in fp32; in bf16 on a GPU the decoder rounds by batch size, so
-        about a tenth of the sampled values change with it (docs/reproducibility.md).
+        on the CPU and on a GPU in fp32 (what ``"auto"`` chooses); in bf16 on a GPU the decoder
+        rounds by batch size, so about a tenth of the sampled values change with it
+        (docs/reproducibility.md).
         ``precision``: ``"32"``, ``"bf16"`` (autocast; 1.3-1.6x faster on CPUs with native bf16,
-        scores within seed noise, benchmarks/README.md) or ``"auto"`` (bf16 on CUDA, 32 on CPU).
+        scores within seed noise, benchmarks/README.md) or ``"auto"`` (the default: 32 on every
+        device, so that cells do not depend on ``batch_size``; training's ``"auto"`` is bf16 on CUDA).
 
         ``shift_from`` (e.g. ``{"condition": "control"}``) generates a combination by way of
         another: the flow samples latents with these values in place of the table's, each latent

@@ -620,6 +620,23 @@ def test_bf16_sampling_is_close_recorded_and_checked(trained, tmp_path):
     assert bad.exit_code != 0 and "--precision" in bad.output and not os.path.exists(tmp_path / "x.h5ad")
 
 
+def test_sampling_auto_precision_is_full_precision_on_a_gpu(trained, monkeypatch):
+    """Sampling's "auto" is fp32 on CUDA too (bf16 there makes cells depend on batch_size);
+    training's "auto" stays bf16 on CUDA. The device is only named here, nothing runs on it."""
+    import torch
+
+    from pysave.train import resolve_precision
+
+    model = trained["model"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(model, "device", torch.device("cuda"))
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"  # training
+    assert model._precision("auto") == "32"
+    assert model._precision("bf16") == "bf16" and model._precision("32") == "32"
+    with pytest.raises(PySaveError, match="precision must be one of"):
+        model._precision("fp16")
+
+
 def test_kept_shift_cells(monkeypatch):
     """train() keeps up to SHIFT_KEPT_CELLS cells of each combination (by seed) for the local shifts,
     fewer of each when the combinations would hold more than SHIFT_KEPT_TOTAL."""

@@ -116,9 +116,10 @@
 #' @param solver "euler", "midpoint", "rk4" (fixed steps) or "dopri5" (adaptive, ignores `steps`).
 #' @param seed Random seed (same seed, same cells).
 #' @param device "auto", "cpu", "cuda", "cuda:N" or "mps".
-#' @param precision Precision of the flow and the decoder: "auto" (bf16 on CUDA GPUs, full
-#'   precision on the CPU), "32" or "bf16" (1.3-1.6x faster on CPUs with native bf16, such as
-#'   AVX512-bf16 or AMX, with the same scores in pysave's benchmarks). Recorded in the provenance.
+#' @param precision Precision of the flow and the decoder: "auto" (full precision on every device,
+#'   so that the cells do not depend on the batch size; RunSAVE's "auto" trains in bf16 on CUDA),
+#'   "32" or "bf16" (1.3-1.6x faster on CPUs with native bf16, such as AVX512-bf16 or AMX, with
+#'   the same scores in pysave's benchmarks). Recorded in the provenance.
 #' @param expression The values to return (pysave's `output`, CLI `--output-kind`): "sample"
 #'   (the default: counts sampled around the decoder mean with a library size drawn from the
 #'   training cells of the same conditions, then log1p of counts per 10,000, so cells have
