@@ -14,9 +14,9 @@ Writes results/latent_spread_<dataset>_s<seed>.json.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALPHAS = [1.15, 1.3, 1.5]
@@ -35,31 +35,24 @@ def run(model_dir, dataset, seed) -> dict:
     train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
     product = dict(seed=seed, output="sample", n_steps=10, solver="midpoint", guidance=2.0)
     original = model_module.sample_latents
-    alpha = [1.0]
 
-    def widened(field, codes, *args, **kwargs):
-        z = original(field, codes, *args, **kwargs)
-        _, group = torch.unique(codes, dim=0, return_inverse=True)
-        out = z.clone()
-        for g in group.unique():
-            rows = group == g
-            if int(rows.sum()) > 1:
-                m = z[rows].mean(0, keepdim=True)
-                out[rows] = m + alpha[0] * (z[rows] - m)
-        return out
-
-    @contextlib.contextmanager
-    def patched():  # _generated_chunks looks sample_latents up in pysave.model at call time
-        model_module.sample_latents = widened
-        try:
-            yield
-        finally:
-            model_module.sample_latents = original
+    def widened(alpha):
+        def sample(field, codes, *args, **kwargs):
+            z = original(field, codes, *args, **kwargs)
+            _, group = torch.unique(codes, dim=0, return_inverse=True)
+            out = z.clone()
+            for g in group.unique():
+                rows = group == g
+                if int(rows.sum()) > 1:
+                    m = z[rows].mean(0, keepdim=True)
+                    out[rows] = m + alpha * (z[rows] - m)
+            return out
+        return sample
 
     sets = {"default (w2)": model.generate_like(test.obs[keys], **product)}
     for a in ALPHAS:
-        alpha[0] = a
-        with patched():
+        # _generated_chunks looks sample_latents up in pysave.model at call time
+        with mock.patch.object(model_module, "sample_latents", widened(a)):
             sets[f"widened alpha {a:g}"] = model.generate_like(test.obs[keys], **product)
     return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets)
 

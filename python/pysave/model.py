@@ -849,11 +849,12 @@ class SAVE:
         speed of decoder means there (24,262 against 28,771 cells/s); sampled counts, whose drawing
         on the CPU took 88% of the time, were not timed in fp32 (benchmarks/README.md, "On a GPU").
         """
+        if precision == "auto":
+            return SAMPLING_AUTO_PRECISION
         try:
-            resolved = resolve_precision(precision, self.device)
+            return resolve_precision(precision, self.device)
         except ValueError as err:
             raise PySaveError(f"{err} bf16 samples faster on GPUs and CPUs with native bf16 (benchmarks/README.md).") from None
-        return SAMPLING_AUTO_PRECISION if precision == "auto" else resolved
 
     def _generated_chunks(self, codes: np.ndarray, guidance: float, n_steps: int, solver: str, seed: int, batch_size: int,
                           output: str = "mean", precision: str = "32", shift: dict | None = None):
