@@ -5,7 +5,7 @@
 
 Writes fixtures/tiny_model/ (a pysave model directory, ~100 KB) trained on fixtures/pbmc_tiny.h5ad,
 and expectations/tiny_model.json: the latent (encoder means) of every fixture cell, a fixed-seed
-generation, the batch correction averaged over all batches and a transfer with output
+generation (and one of a combination seen in training, so calibrated), the batch correction averaged over all batches and a transfer with output
 "input_plus_change", which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
 tolerance. Copies of the fixtures go to r-package/inst/extdata for the R package's examples.
 Re-run only when the engine's outputs change on purpose, and commit the results.
@@ -30,6 +30,9 @@ TINY = dict(hidden_size=32, condition_dim=32, latent_dim=16, latent_token_size=8
 TRAIN = dict(max_epochs=20, flow_epochs=60, batch_size=32, lr=3e-3, flow_lr=3e-3, device="cpu", progress=False)
 # What both suites reproduce (R: GenerateCells(model, n = 6, conditions = list(cell_type = "B"), seed = 7)).
 GENERATE = dict(conditions={"cell_type": "B"}, n_cells=6, seed=7)
+# A combination seen in training (5 fixture cells), so generation is calibrated (R: GenerateCells(model, n = 6,
+# conditions = list(batch = "10x_3prime_v1", cell_type = "B"), seed = 7)).
+GENERATE_SEEN = dict(conditions={"batch": "10x_3prime_v1", "cell_type": "B"}, n_cells=6, seed=7)
 # Batch correction averaged over every batch (R: RunSAVE(sce, model, corrected = TRUE, reference = "all")).
 CORRECT = dict(reference="all")
 # Transfer as the cells' own expression plus the decoded change (R: TransferCells(sce, model, target =
@@ -40,11 +43,16 @@ TRANSFER = dict(target={"batch": "10x_5prime"}, via="decoder", output="input_plu
 def expected_outputs(model, adata) -> dict:
     latent = model.get_latent_representation(adata, key_added=None)
     gen = model.generate(GENERATE["conditions"], n_cells=GENERATE["n_cells"], seed=GENERATE["seed"])
+    seen = model.generate(GENERATE_SEEN["conditions"], n_cells=GENERATE_SEEN["n_cells"], seed=GENERATE_SEEN["seed"])
+    if not seen.uns["pysave"]["calibrated_cells"] == GENERATE_SEEN["n_cells"]:
+        raise SystemExit("the seen combination was not calibrated; check the fixture's combinations")
     return {
         "generate": GENERATE,
         "latent": np.asarray(latent, dtype=float).round(7).tolist(),
         "generated_X": np.asarray(gen.X, dtype=float).round(7).tolist(),
         "generated_latent": np.asarray(gen.obsm["X_save"], dtype=float).round(7).tolist(),
+        "generate_seen": GENERATE_SEEN,
+        "generated_seen_X": np.asarray(seen.X, dtype=float).round(7).tolist(),
         "correct": CORRECT,
         "corrected_X": np.asarray(model.correct(adata, layer_added=None, **CORRECT), dtype=float).round(7).tolist(),
         "transfer": TRANSFER,

@@ -73,6 +73,15 @@ def test_tiny_model_generation_matches_expectation(tiny_model, tiny_model_expect
                                atol=tiny_model_expected["tolerance"], rtol=0)
 
 
+def test_tiny_model_calibrated_generation_matches_expectation(tiny_model, tiny_model_expected):
+    spec = tiny_model_expected["generate_seen"]
+    gen = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"])
+    assert gen.uns["pysave"]["calibrated"] and gen.uns["pysave"]["calibrated_cells"] == spec["n_cells"]
+    np.testing.assert_allclose(gen.X, tiny_model_expected["generated_seen_X"], atol=tiny_model_expected["tolerance"], rtol=0)
+    raw = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"], calibrate=False)
+    assert np.abs(raw.X - gen.X).max() > 10 * tiny_model_expected["tolerance"]
+
+
 def test_tiny_model_correction_over_all_batches_matches_expectation(tiny_model, tiny, tiny_model_expected):
     corrected = tiny_model.correct(tiny.copy(), layer_added=None, **tiny_model_expected["correct"])
     np.testing.assert_allclose(corrected, tiny_model_expected["corrected_X"], atol=tiny_model_expected["tolerance"], rtol=0)

@@ -228,13 +228,16 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
                    "displacements (as in transfer --shift-neighbours); 0 weighs the strata's mean shifts instead.")
 @click.option("--shift-bandwidth", type=float, default=0.5, show_default=True,
               help="Width of --shift-from's weighting over the strata with --shift-neighbours 0 (as in transfer).")
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Move the decoder mean of each combination seen in training onto its training cells' mean "
+                   "(kept by train; unseen or masked combinations are left as decoded).")
 @sampling_precision
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
 def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, output_kind, shift_from,
-             shift_neighbours, shift_bandwidth, precision, device, overwrite, quiet):
+             shift_neighbours, shift_bandwidth, calibrate, precision, device, overwrite, quiet):
     """Generate cells from MODEL_DIR for given conditions (any subset, unseen combinations too)."""
     from .io import check_output_path
 
@@ -250,7 +253,7 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
                            batch_size=chunk_size, overwrite=overwrite, extra_uns={"model_dir": os.path.abspath(model_dir)},
                            output=output_kind, precision=precision,
                            shift_from=_parse_sets(shift_from, "--shift-from") or None, shift_bandwidth=shift_bandwidth,
-                           shift_neighbours=shift_neighbours)
+                           shift_neighbours=shift_neighbours, calibrate=calibrate)
     if not quiet:
         _log(f"wrote generated cells to {out}")
 

@@ -64,7 +64,7 @@ def condition_latent_means(mu: torch.Tensor, codes: np.ndarray, batch: int = 65_
             "means": (sums / torch.from_numpy(counts)[:, None]).float().numpy()}
 
 
-def _log_normalized_rows(source, scalers, start: int, stop: int) -> np.ndarray:
+def log_normalized_rows(source, scalers, start: int, stop: int) -> np.ndarray:
     """log1p(CP10k) of rows start..stop of a prepared source (its [0, 1] values times the scalers)."""
     x01, _ = source.read(start, stop)
     return x01.toarray() * scalers.values[source.scaler_index[start:stop]]
@@ -87,7 +87,7 @@ def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PC
     fit_cells = min(fit_cells, max(1_000, EXPRESSION_FIT_VALUES // max(1, n_genes)))
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n, fit_cells), replace=False))
     sample = source.take(rows)
-    X = _log_normalized_rows(sample, scalers, 0, len(rows))
+    X = log_normalized_rows(sample, scalers, 0, len(rows))
     pca = PCA(max(1, min(n_components, X.shape[0] - 1, X.shape[1])), random_state=seed).fit(X)
     stats = {"pc_components": pca.components_.astype(np.float32), "pc_center": pca.mean_.astype(np.float32)}
     positions = source_positions(stats, source, scalers, batch)
@@ -95,15 +95,10 @@ def expression_pcs(source, scalers, seed: int, n_components: int = EXPRESSION_PC
     return stats, positions
 
 
-def kept_shift_cells(mu: torch.Tensor, positions: np.ndarray | None, codes: np.ndarray, seed: int,
-                     per_combination: int = SHIFT_KEPT_CELLS) -> dict:
-    """Up to ``per_combination`` training cells of each combination of conditions (fewer when the
-    combinations would hold more than ``SHIFT_KEPT_TOTAL`` in all), drawn by ``seed``,
-    kept with the model for the local shifts of ``latent_shifts``: their encoder means
-    (``cell_latents``), expression-PC positions (``cell_positions``) and combination
-    (``cell_groups``: the row of ``condition_latent_means``' ``codes``). Empty without positions."""
-    if positions is None:
-        return {}
+def kept_rows(codes: np.ndarray, seed: int, per_combination: int = SHIFT_KEPT_CELLS) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``per_combination`` rows of each combination of conditions (fewer when the
+    combinations would hold more than ``SHIFT_KEPT_TOTAL`` in all), drawn by ``seed``, in row
+    order; and each row's combination (the row of ``condition_latent_means``' ``codes``)."""
     _, group = np.unique(np.asarray(codes), axis=0, return_inverse=True)
     group = np.asarray(group).reshape(-1)
     order = np.argsort(group, kind="stable")
@@ -111,14 +106,25 @@ def kept_shift_cells(mu: torch.Tensor, positions: np.ndarray | None, codes: np.n
     per_combination = max(1, min(per_combination, SHIFT_KEPT_TOTAL // (len(bounds) - 1)))
     rng = np.random.default_rng([seed, 17])
     keep = np.sort(np.concatenate([rng.permutation(order[a:b])[:per_combination] for a, b in zip(bounds[:-1], bounds[1:])]))
+    return keep, group[keep]
+
+
+def kept_shift_cells(mu: torch.Tensor, positions: np.ndarray | None, codes: np.ndarray, seed: int,
+                     per_combination: int = SHIFT_KEPT_CELLS) -> dict:
+    """The training cells of ``kept_rows``, kept with the model for the local shifts of
+    ``latent_shifts``: their encoder means (``cell_latents``), expression-PC positions
+    (``cell_positions``) and combination (``cell_groups``). Empty without positions."""
+    if positions is None:
+        return {}
+    keep, group = kept_rows(codes, seed, per_combination)
     return {"cell_latents": mu[torch.from_numpy(keep)].numpy().astype(np.float32),
-            "cell_positions": np.asarray(positions[keep], dtype=np.float32), "cell_groups": group[keep].astype(np.int64)}
+            "cell_positions": np.asarray(positions[keep], dtype=np.float32), "cell_groups": group.astype(np.int64)}
 
 
 def source_positions(stats: dict, source, scalers, batch: int) -> np.ndarray:
     """Every cell of a prepared source in the expression PCs, read ``batch`` rows at a time."""
     n = source.n_cells
-    return np.concatenate([expression_positions(stats, _log_normalized_rows(source, scalers, s, min(s + batch, n)))
+    return np.concatenate([expression_positions(stats, log_normalized_rows(source, scalers, s, min(s + batch, n)))
                            for s in range(0, n, batch)] or [np.zeros((0, len(stats["pc_components"])), np.float32)])
 
 

@@ -77,6 +77,13 @@ def test_generate_set_and_like(trained, tmp_path):
     g = ad.read_h5ad(out)
     assert g.shape == (12, 300) and (g.obs["cell_type"] == "B").all()
     assert g.uns["pysave"]["model_dir"] == os.path.abspath(trained["dir"])
+    assert g.uns["pysave"]["calibrated"] and g.uns["pysave"]["calibrated_cells"] == 12  # a combination seen in training
+    raw = tmp_path / "raw.h5ad"
+    assert run("generate", trained["dir"], "--n", 12, "--set", "cell_type=B", "--set", "batch=10x_5prime",
+               "--out", raw, "--seed", 4, "--no-calibrate", "--quiet").exit_code == 0
+    r = ad.read_h5ad(raw)
+    assert not r.uns["pysave"]["calibrated"] and not np.array_equal(r.X, g.X)
+    np.testing.assert_array_equal(r.obsm["X_save"], g.obsm["X_save"])  # the same latents, decoded without the offset
     table = tmp_path / "plan.tsv"
     pd.DataFrame({"batch": ["10x_5prime", "10x_3prime_v1"], "cell_type": ["NK", "B"], "n_cells": [2, 3]}).to_csv(table, sep="\t", index=False)
     out2 = tmp_path / "like.h5ad"
@@ -202,6 +209,9 @@ def test_cli_solver_choices_and_defaults_are_pysave_s():
     assert tuple(params["solver"].type.choices) == SOLVERS
     assert (params["solver"].default, params["n_steps"].default, params["guidance"].default) == (
         DEFAULT_SOLVER, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    from pysave.model import DEFAULT_CALIBRATE
+
+    assert params["calibrate"].default == DEFAULT_CALIBRATE
     from pysave.model import CORRECT_VIAS, DEFAULT_CORRECT_VIA, DEFAULT_TRANSFER_VIA, TRANSFER_VIAS
 
     via = next(p for p in main.commands["correct"].params if p.name == "via")

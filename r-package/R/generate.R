@@ -139,6 +139,13 @@
 #'   the strata's mean shifts with `shift_bandwidth` instead). CLI `--shift-neighbours`.
 #' @param shift_bandwidth Width of `shift_from`'s weighting over the strata with
 #'   `shift_neighbours = 0` (as in [TransferCells()]; default 0.5, `Inf` weighs them equally).
+#' @param calibrate `TRUE` (the default) moves the decoder mean of each combination seen in
+#'   training (with at least 3 training cells) onto its training cells' mean expression, by an
+#'   offset the model keeps from training; combinations never seen, or with a condition left
+#'   `NA`, are generated as decoded. In pysave's benchmarks (pbmc_3tech, 4 seeds) it brought the
+#'   generated cells from 1.07x to 1.03x the noise floor's W1. `FALSE` gives the decoder's own
+#'   output. Models saved by an older pysave have no offsets and generate uncalibrated (the
+#'   provenance says so: `calibrated`, `calibrated_cells`). CLI `--no-calibrate`.
 #' @return A Seurat or SingleCellExperiment object of generated cells.
 #' @examples
 #' if (SAVEAvailable()) {
@@ -154,7 +161,7 @@
 GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), output = NULL, guidance = 2,
                           steps = 10L, solver = "midpoint", seed = 0L, device = "auto",
                           expression = c("sample", "mean"), precision = c("auto", "32", "bf16"), shift_from = NULL,
-                          shift_bandwidth = 0.5, shift_neighbours = 30L) {
+                          shift_bandwidth = 0.5, shift_neighbours = 30L, calibrate = TRUE) {
   # Left at its default (or NULL), pysave chooses: "sample", or "mean" for a model that cannot sample.
   kind <- if (missing(expression) || is.null(expression)) NULL
           else .choice(expression, c("sample", "mean"), "GenerateCells", "expression")
@@ -165,6 +172,9 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
   precision <- .choice(as.character(precision), c("auto", "32", "bf16"), "GenerateCells", "precision")  # = pysave.train.PRECISIONS + auto (tested)
   shift_bandwidth <- .check_shift_bandwidth(shift_bandwidth, "GenerateCells")
   shift_neighbours <- .check_number(shift_neighbours, "GenerateCells", "shift_neighbours", whole = TRUE, lower = 0)
+  if (!is.logical(calibrate) || length(calibrate) != 1 || is.na(calibrate)) {
+    stop("GenerateCells: calibrate must be TRUE or FALSE.", call. = FALSE)
+  }
   if (!is.null(shift_from)) {
     ok <- is.list(shift_from) && length(shift_from) && !is.null(names(shift_from)) && all(nzchar(names(shift_from))) &&
       all(vapply(shift_from, function(v) length(v) == 1 && !is.na(v), logical(1)))
@@ -212,7 +222,8 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
   adata <- .pycall(pymodel$generate_like(tab, guidance = guidance, n_steps = steps, solver = solver, seed = seed,
                                          output = kind, precision = precision,
                                          shift_from = if (is.null(shift_from)) NULL else reticulate::r_to_py(shift_from),
-                                         shift_bandwidth = shift_bandwidth, shift_neighbours = shift_neighbours),
+                                         shift_bandwidth = shift_bandwidth, shift_neighbours = shift_neighbours,
+                                         calibrate = calibrate),
                  "GenerateCells")
   .result_object(adata, output)
 }

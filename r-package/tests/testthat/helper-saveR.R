@@ -43,8 +43,28 @@ pbmc_small_sce <- function() {
 
 tiny_model_dir <- function() shared_file("fixtures", "tiny_model")
 
+# The fixture model as a model directory saved by an older pysave: a copy without the library-size
+# statistics (config.json) and the per-condition statistics (weights.safetensors) pysave keeps since
+# (edited by Python, so that both files stay pysave's own).
+old_model_dir <- local({
+  dir <- NULL
+  function() {
+    if (is.null(dir)) {
+      dir <<- file.path(tempfile("old_model"), "tiny_model")
+      dir.create(dir, recursive = TRUE)
+      file.copy(list.files(tiny_model_dir(), full.names = TRUE), dir)
+      reticulate::py_run_string(sprintf(paste(
+        "import json", "from safetensors.torch import load_file, save_file", "d = r'%s'",
+        "c = json.load(open(d + '/config.json'))", "del c['library_stats']", "open(d + '/config.json', 'w').write(json.dumps(c))",
+        "t = load_file(d + '/weights.safetensors')",
+        "save_file({k: v for k, v in t.items() if not k.startswith('extra.condition_latent_')}, d + '/weights.safetensors')",
+        sep = "\n"), dir))
+    }
+    dir
+  }
+})
+
 # A tiny model trained here on the shared fixture (conditions batch, cell_type), once per test run.
-# Unlike fixtures/tiny_model (saved before pysave kept library-size statistics) it can sample counts.
 sampling_fit <- local({
   fit <- NULL
   function() {

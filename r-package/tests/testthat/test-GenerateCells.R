@@ -68,9 +68,9 @@ test_that("GenerateCells expression = \"sample\" (default) gives sampled counts,
 })
 
 test_that("GenerateCells on a model without library-size statistics: default falls back to mean, sample errors", {
-  gen <- GenerateCells(tiny_model_dir(), n = 3, conditions = list(cell_type = "B"), output = "SingleCellExperiment")
+  gen <- GenerateCells(old_model_dir(), n = 3, conditions = list(cell_type = "B"), output = "SingleCellExperiment")
   expect_identical(S4Vectors::metadata(gen)$pysave$output, "mean")
-  expect_error(GenerateCells(tiny_model_dir(), n = 3, conditions = list(cell_type = "B"), expression = "sample"),
+  expect_error(GenerateCells(old_model_dir(), n = 3, conditions = list(cell_type = "B"), expression = "sample"),
                "GenerateCells: this model directory has no library-size statistics.*use expression = \"mean\"")
 })
 

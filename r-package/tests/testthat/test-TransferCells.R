@@ -78,7 +78,7 @@ test_that("TransferCells rejects bad expression / via / guidance / steps / seed 
   expect_setequal(unlist(reticulate::import("pysave.model")$TRANSFER_VIAS), eval(formals(TransferCells)$via))
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "counts"),
                "TransferCells: expression must be one of \"mean\" or \"sample\" or \"input_plus_change\"; got \"counts\"", fixed = TRUE)
-  expect_error(TransferCells(sce, tiny_model_dir(), target = target, expression = "sample"),
+  expect_error(TransferCells(sce, old_model_dir(), target = target, expression = "sample"),
                "TransferCells: this model directory has no library-size statistics.*use expression = \"mean\"")
   expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "flow", steps = -1),
                "TransferCells: steps must be a whole number >= 1; got -1")
@@ -102,8 +102,8 @@ test_that("TransferCells' default via = \"auto\" takes the shift where it can, e
   expect_identical(S4Vectors::metadata(masked)$pysave$via, "flow")
   expect_match(S4Vectors::metadata(masked)$pysave$via_reason, "masked")
   expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: .*masked")
-  # The shared tiny model was saved without those statistics: "auto" takes the flow, and says why.
-  old <- TransferCells(ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad")), tiny_model_dir(), target = target, steps = 5)
+  # A model saved without those statistics: "auto" takes the flow, and says why.
+  old <- TransferCells(ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad")), old_model_dir(), target = target, steps = 5)
   expect_identical(S4Vectors::metadata(old)$pysave$via, "flow")
   expect_match(S4Vectors::metadata(old)$pysave$via_reason, "no per-condition latent means")
 })
@@ -150,7 +150,7 @@ test_that("TransferCells via = \"shift\" adds the training cells' latent shift a
   expect_true(all(shf$batch == "10x_5prime"))
   expect_error(TransferCells(fit, target = list(batch = NA), via = "shift"), "TransferCells: the latent shift moves cells to a given value")
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
-  expect_error(TransferCells(sce, tiny_model_dir(), target = target, via = "shift"),
+  expect_error(TransferCells(sce, old_model_dir(), target = target, via = "shift"),
                "TransferCells: this model directory has no per-condition latent means")
 })
 

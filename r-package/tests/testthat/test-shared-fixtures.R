@@ -44,6 +44,25 @@ test_that("the tiny model gives the latent and generated cells that Python gives
   expect_true(all(gen$cell_type == spec$conditions$cell_type))
 })
 
+test_that("calibrated generation of a combination seen in training is the one Python gives", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = TRUE)
+  spec <- exp$generate_seen
+  gen <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions, seed = spec$seed,
+                       output = "SingleCellExperiment")
+  X <- unname(t(as.matrix(SummarizedExperiment::assay(gen, "logcounts"))))
+  expect_identical(dim(X), dim(exp$generated_seen_X))
+  expect_lt(max(abs(X - exp$generated_seen_X)), exp$tolerance)
+  prov <- S4Vectors::metadata(gen)$pysave
+  expect_true(isTRUE(prov$calibrated))
+  expect_equal(prov$calibrated_cells, spec$n_cells)
+  raw <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions, seed = spec$seed,
+                       output = "SingleCellExperiment", calibrate = FALSE)
+  expect_false(isTRUE(S4Vectors::metadata(raw)$pysave$calibrated))
+  expect_gt(max(abs(unname(t(as.matrix(SummarizedExperiment::assay(raw, "logcounts")))) - X)), 10 * exp$tolerance)
+  expect_error(GenerateCells(tiny_model_dir(), n = 2, conditions = spec$conditions, calibrate = "yes"),
+               "calibrate must be TRUE or FALSE")
+})
+
 test_that("batch correction averaged over all batches is the one Python gives", {
   exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = TRUE)
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
