@@ -133,6 +133,20 @@ def score(train, test, keys, seed, generated_by_output: dict) -> dict:
     return summary
 
 
+# The product's sampling (generate's defaults), as the diagnostics' kept models are scored with.
+PRODUCT_SAMPLING = dict(output="sample", n_steps=10, solver="midpoint", guidance=2.0)
+
+
+def kept_model(model_dir, dataset, seed):
+    """A diagnostic's model kept with --model-dir (on the CPU) and its split in the model's genes:
+    (model, train, test, condition keys)."""
+    import pysave
+
+    train, test, keys, _ = split(dataset, seed)
+    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
+    return model, train[:, model.genes].copy(), test[:, model.genes].copy(), keys
+
+
 def diagnostic_main(doc: str, run, stem: str, guidance: bool = False) -> dict:
     """Command line of a generation diagnostic (try_*.py) over a model kept with --model-dir:
     --model-dir, --dataset, --seed (and --guidance). Calls run(model_dir, dataset, seed[, guidance]),

@@ -50,16 +50,13 @@ def combination_offsets(codes: np.ndarray, real: np.ndarray, reference_codes: np
 def run(model_dir, dataset, seed) -> dict:
     import torch
 
-    import pysave
     import pysave.model as model_module
     from pysave import data as D
     sys.path.insert(0, HERE)
     import eval_generation
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
-    product = dict(seed=seed, output="sample", n_steps=10, solver="midpoint", guidance=2.0)
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
+    product = dict(seed=seed, **eval_generation.PRODUCT_SAMPLING)
     real = log_normalized(train)
     prep = model._prepare(train)
     codes = np.asarray(prep.codes)
@@ -107,20 +104,7 @@ def run(model_dir, dataset, seed) -> dict:
             return x
         return decode
 
-    original_sample = model_module.sample_latents
-
-    def widened(alpha):
-        def sample(field, codes, *args, **kwargs):
-            z = original_sample(field, codes, *args, **kwargs)
-            _, group = torch.unique(codes, dim=0, return_inverse=True)
-            out = z.clone()
-            for g in group.unique():
-                rows = group == g
-                if int(rows.sum()) > 1:
-                    m = z[rows].mean(0, keepdim=True)
-                    out[rows] = m + alpha * (z[rows] - m)
-            return out
-        return sample
+    from try_latent_spread import widened_sampler  # beside this script
 
     sets = {"default (w2)": model.generate_like(test.obs[keys], **product)}
     for name, ref_codes, ref in (("recon", codes, recon), ("generated", reference_codes, reference)):
@@ -139,8 +123,8 @@ def run(model_dir, dataset, seed) -> dict:
     # Offsets together with each group's latents widened around their mean (try_latent_spread.py).
     offsets = combination_offsets(codes, real, codes, recon, 0)
     for alpha in ALPHAS:
-        with mock.patch.object(model, "_decode", calibrated(offsets)), \
-                mock.patch.object(model_module, "sample_latents", widened(alpha)):
+        sampler = widened_sampler(model_module.sample_latents, alpha)
+        with mock.patch.object(model, "_decode", calibrated(offsets)), mock.patch.object(model_module, "sample_latents", sampler):
             sets[f"recon genes, latents widened {alpha:g}"] = model.generate_like(test.obs[keys], **product)
     return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets, n_reference=N_REFERENCE,
                                          combinations=len(combos))

@@ -22,37 +22,36 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ALPHAS = [1.15, 1.3, 1.5]
 
 
-def run(model_dir, dataset, seed) -> dict:
+def widened_sampler(original, alpha: float):
+    """``original`` (pysave.model.sample_latents) with each combination's sampled latents z
+    widened around their mean m: m + alpha (z - m)."""
     import torch
 
-    import pysave
+    def sample(field, codes, *args, **kwargs):
+        z = original(field, codes, *args, **kwargs)
+        _, group = torch.unique(codes, dim=0, return_inverse=True)
+        out = z.clone()
+        for g in group.unique():
+            rows = group == g
+            if int(rows.sum()) > 1:
+                m = z[rows].mean(0, keepdim=True)
+                out[rows] = m + alpha * (z[rows] - m)
+        return out
+    return sample
+
+
+def run(model_dir, dataset, seed) -> dict:
     import pysave.model as model_module
     sys.path.insert(0, HERE)
     import eval_generation
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
-    product = dict(seed=seed, output="sample", n_steps=10, solver="midpoint", guidance=2.0)
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
+    product = dict(seed=seed, **eval_generation.PRODUCT_SAMPLING)
     original = model_module.sample_latents
-
-    def widened(alpha):
-        def sample(field, codes, *args, **kwargs):
-            z = original(field, codes, *args, **kwargs)
-            _, group = torch.unique(codes, dim=0, return_inverse=True)
-            out = z.clone()
-            for g in group.unique():
-                rows = group == g
-                if int(rows.sum()) > 1:
-                    m = z[rows].mean(0, keepdim=True)
-                    out[rows] = m + alpha * (z[rows] - m)
-            return out
-        return sample
-
     sets = {"default (w2)": model.generate_like(test.obs[keys], **product)}
     for a in ALPHAS:
         # _generated_chunks looks sample_latents up in pysave.model at call time
-        with mock.patch.object(model_module, "sample_latents", widened(a)):
+        with mock.patch.object(model_module, "sample_latents", widened_sampler(original, a)):
             sets[f"widened alpha {a:g}"] = model.generate_like(test.obs[keys], **product)
     return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets)
 

@@ -150,6 +150,8 @@ def test_info_blocks_and_json(trained, tmp_path):
     assert r.exit_code == 0
     active = trained["model"].training_summary["active_latent_dims"]
     assert f"latent dimensions in use: {active} of 32" in r.output and "collapse" not in r.output
+    cells = trained["model"].condition_latents["offset_cells"]
+    assert f"generation calibrated for {(cells >= 3).sum()} of {len(cells)} combinations" in r.output
     assert len(pd.read_csv(tmp_path / "b.tsv", sep="\t")) == 300
     r = run("info", trained["dir"], "--json")
     assert r.exit_code == 0 and '"format_version": 1' in r.output
