@@ -662,10 +662,11 @@ PLOT_PYSAVE_ROWS = {
     "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6"],
     "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2",
               "pysave_corrected_mean_total_kl0.5_vmask0"],
-    # generation: the rows run again by committed code (`_v3`; the stored rows without it came in
-    # part from working trees that were never committed, benchmarks/README.md)
-    "generation": ["pysave_fmask0.15_all0.1_midpoint10_w2_v3", "pysave_product_fmask0.15_all0.1_midpoint10_w2_v3",
-                   "pysave_no_attention_fmask0.15_all0.1_midpoint10_w2_v3"],
+    # generation: the product with its calibration (`_calib`, 2026-12-04), and before it (`_v4`, the
+    # rows run again by committed code on the same machine; the ablation without attention likewise)
+    "generation": ["pysave_fmask0.15_all0.1_midpoint10_w2_calib", "pysave_product_fmask0.15_all0.1_midpoint10_w2_calib",
+                   "pysave_fmask0.15_all0.1_midpoint10_w2_v4", "pysave_product_fmask0.15_all0.1_midpoint10_w2_v4",
+                   "pysave_no_attention_fmask0.15_all0.1_midpoint10_w2_v4"],
 }
 
 
