@@ -144,8 +144,8 @@ DEFAULT_GUIDANCE = 2.0
 DEFAULT_SOLVER = "midpoint"
 DEFAULT_STEPS = 10
 # generate(): decoder means of combinations seen in training moved onto their training cells' mean
-# (pysave.calibration). pbmc_3tech, 4 seeds, W1 / floor 1.027 against 1.067, MMD 1.349 against 1.389
-# (benchmarks/README.md, "Combination calibration").
+# (pysave.calibration). 4 seeds, W1 / floor 1.028 against 1.067 on pbmc_3tech and 1.032 against 1.055
+# on Baron, MMD 1.348 / 1.361 against 1.389 / 1.374 (benchmarks/README.md, "Combination calibration").
 DEFAULT_CALIBRATE = True
 # correct(): the decoder path. Through the flow mixes batches better but also mixes cell types when
 # batches differ in composition (scIB on CellBench: Bio 0.90 -> 0.63; benchmarks/README.md).
@@ -1011,8 +1011,9 @@ class SAVE:
         ``MIN_CALIBRATION_CELLS`` cells) have their decoder mean moved by that combination's
         offset, kept at training: its training cells' mean log1p(CP10k) minus the decoder mean of
         their own latents (pysave.calibration). The decoder alone misplaces the combinations'
-        centres; calibrated, pbmc_3tech's generated cells came to 1.03x the noise floor's W1
-        against 1.07x (4 seeds; benchmarks/README.md, "Combination calibration"). Combinations
+        centres; calibrated, the generated cells came to 1.028x the noise floor's W1 against
+        1.067x on pbmc_3tech and 1.032x against 1.055x on Baron (4 seeds each;
+        benchmarks/README.md, "Combination calibration"). Combinations
         never seen, or with a masked condition, are generated as before. Recorded in
         ``uns["pysave"]`` (``calibrated``, ``calibrated_cells``). Models saved before calibration
         existed, and negative binomial models, generate without it (and say so).
