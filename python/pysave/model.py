@@ -31,9 +31,9 @@ from . import distributed as dist_utils
 from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
+from .calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets
 from .errors import ModelDirectoryError, PySaveError, PySaveWarning
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
-from .calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets
 from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
                     condition_latent_means, expression_pcs, expression_positions, kept_rows, kept_shift_cells, latent_shifts,
                     log_normalized_rows, source_positions)
