@@ -34,13 +34,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def decompose(model_dir: str, dataset: str, seed: int, guidance: float = 2.0) -> dict:
     import torch
 
-    import pysave
     sys.path.insert(0, HERE)
     import eval_generation
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     sets = {"flow": model.generate_like(test.obs[keys], seed=seed, output="sample", guidance=1.0)}
 
     # a perfect flow: latents from the training cells' aggregate posterior, per combination

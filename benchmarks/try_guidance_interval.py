@@ -23,7 +23,6 @@ SETTINGS = [(2.0, 0.0, 1.0), (2.0, 0.0, 0.5), (2.0, 0.0, 0.7), (2.0, 0.2, 0.8), 
 
 
 def run(model_dir, dataset, seed) -> dict:
-    import pysave
     import pysave.flow as flow
     sys.path.insert(0, HERE)
     import eval_generation
@@ -35,9 +34,7 @@ def run(model_dir, dataset, seed) -> dict:
         inside, outside = guided(field, codes, guidance), guided(field, codes, 1.0)
         return lambda t, x: (inside if interval[0] <= float(t.reshape(-1)[0]) <= interval[1] else outside)(t, x)
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     sets = {}
     flow.guided_velocity = in_interval  # sample_latents looks it up in pysave.flow at call time
     try:

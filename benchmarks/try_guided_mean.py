@@ -27,13 +27,10 @@ GUIDANCE = (2.0, 3.0)
 def run(model_dir, dataset, seed) -> dict:
     import torch
 
-    import pysave
     sys.path.insert(0, HERE)
     import eval_generation
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     product = dict(output="sample", n_steps=10, solver="midpoint")
     table = test.obs[keys]
     group = eval_generation.groups(test, keys)

@@ -80,14 +80,11 @@ def fit_theta(model, train, inverters, seed, n_cells=3000):
 def run(model_dir, dataset, seed, guidance=2.0) -> dict:
     import anndata as ad
 
-    import pysave
     from pysave import data as D
     sys.path.insert(0, HERE)
     import eval_generation
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     inverters = nb_inverters(D.LogMeanInverter())
     theta_index = fit_theta(model, train, inverters, seed)
 

@@ -58,14 +58,11 @@ def oracle_corrections(train, test, generated, keys, seed) -> dict:
 def run(model_dir, dataset, seed) -> dict:
     import torch
 
-    import pysave
     import pysave.flow as flow
     sys.path.insert(0, HERE)
     import eval_generation
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     product = dict(seed=seed, output="sample", n_steps=10, solver="midpoint")
     sets = {"default (w2)": model.generate_like(test.obs[keys], guidance=2.0, **product)}
     oracle = oracle_corrections(train, test, sets["default (w2)"], keys, seed)

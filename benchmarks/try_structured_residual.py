@@ -27,14 +27,11 @@ RANKS = (5, 10, 30)
 def run(model_dir, dataset, seed) -> dict:
     import anndata as ad
 
-    import pysave
     from pysave import metrics as M
     sys.path.insert(0, HERE)
     import eval_generation
 
-    train, test, keys, _ = eval_generation.split(dataset, seed)
-    model = pysave.SAVE.load(model_dir, verbose=False, device="cpu")
-    train, test = train[:, model.genes].copy(), test[:, model.genes].copy()
+    model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     product = dict(seed=seed, n_steps=10, solver="midpoint", guidance=2.0)
     sets = {"default (w2)": model.generate_like(test.obs[keys], output="sample", **product)}
     means = model.generate_like(test.obs[keys], output="mean", **product)
