@@ -660,7 +660,6 @@ class SAVE:
                           f"and {keys} is masked here: the result is arbitrary. Name a value for {keys} (for correct(): "
                           f"reference='all' or a batch), or train with vae_mask_prob > 0.", PySaveWarning, stacklevel=3)
 
-    @torch.no_grad()
     def _combination_offsets(self, data, mu: torch.Tensor, n_combinations: int, seed: int) -> dict:
         """Generation's calibration (``calibration.combination_offsets``) over the cells ``kept_rows``
         keeps of each combination: their log1p(CP10k) minus the decoder mean of their encoder means."""
