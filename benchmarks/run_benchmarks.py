@@ -659,7 +659,7 @@ PLOT_METRICS = {
 # plot with every sweep and ablation had grown past 100 bars and could not be read.
 PLOT_PYSAVE_ROWS = {
     "perturbation": ["pysave_shift_plus_vmask0.6_local"],
-    "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6"],
+    "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6_calib"],
     "batch": ["pysave_latent_kl0.5", "pysave_corrected_total_kl0.5_warm2", "pysave_corrected_mean_total_kl0.5_warm2",
               "pysave_corrected_mean_total_kl0.5_vmask0"],
     # generation: the product with its calibration (`_calib`, 2026-12-04), and before it (`_v4`, the
