@@ -57,6 +57,15 @@ def combination_offsets(real, decoded, groups: np.ndarray, n_groups: int, seed: 
             "offset_cells": counts.astype(np.int64)}
 
 
+def missing_reason(stats: dict | None, likelihood: str) -> str | None:
+    """Why a model's ``condition_latents`` (``stats``) hold no calibration, or None when they do."""
+    if "offset_scores" in (stats or {}):
+        return None
+    if likelihood == "nb":
+        return "the negative binomial decoder's mean is on the count scale, which calibration's offsets are not"
+    return "this model directory was saved before calibration existed; retrain the model to calibrate"
+
+
 class Calibration:
     """The offsets of a model's ``condition_latents`` (``combination_offsets``), applied to decoder means."""
 

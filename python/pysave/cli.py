@@ -439,14 +439,15 @@ def info(model_dir, blocks_out, as_json, overwrite):
             click.echo(f"  latent dimensions in use: {summary['active_latent_dims']} of {model.params['latent_dim']}"
                        + (" (posterior collapse)" if summary["active_latent_dims"] < MIN_ACTIVE_LATENT_DIMS else ""))
     click.echo(f"  gene blocks: {model.blocks.method}")
-    stats = model.condition_latents or {}
-    if "offset_cells" in stats:  # models saved before 2026-12-04 have no calibration
-        from .calibration import MIN_CALIBRATION_CELLS
+    from .calibration import MIN_CALIBRATION_CELLS, missing_reason
 
+    stats = model.condition_latents or {}
+    uncalibrated = missing_reason(stats, model.params["likelihood"])  # the reason generate() gives
+    if uncalibrated:
+        click.echo(f"  generation not calibrated: {uncalibrated}")
+    else:
         click.echo(f"  generation calibrated for {int((stats['offset_cells'] >= MIN_CALIBRATION_CELLS).sum())} of "
                    f"{len(stats['offset_cells'])} combinations seen in training (those with >= {MIN_CALIBRATION_CELLS} cells)")
-    else:
-        click.echo("  generation not calibrated (a model saved before calibration existed, or a negative binomial one)")
     if blocks_out:
         check_output_path(blocks_out, overwrite)
         write_text_atomic(blocks_out, model.gene_blocks().to_csv(sep="\t", index=False))

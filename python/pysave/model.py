@@ -31,7 +31,7 @@ from . import distributed as dist_utils
 from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
-from .calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets
+from .calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets, missing_reason
 from .errors import ModelDirectoryError, PySaveError, PySaveWarning
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
 from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
@@ -911,10 +911,8 @@ class SAVE:
         if not calibrate:
             return None, {"calibrated": False}
         stats = getattr(self, "condition_latents", None) or {}
-        if "offset_scores" not in stats:
-            why = ("the negative binomial decoder's mean is on the count scale, which calibration's offsets are not"
-                   if self.params["likelihood"] == "nb" else
-                   "this model directory was saved before calibration existed; retrain the model to calibrate")
+        why = missing_reason(stats, self.params["likelihood"])
+        if why:
             self._log(f"generating without calibration: {why}")
             return None, {"calibrated": False, "calibration_skipped": why}
         calibration = Calibration(stats)

@@ -157,6 +157,22 @@ def test_info_blocks_and_json(trained, tmp_path):
     assert r.exit_code == 0 and '"format_version": 1' in r.output
 
 
+def test_info_says_why_a_model_is_not_calibrated(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old_model"  # as a model directory saved before calibration existed
+    shutil.copytree(trained["dir"], old)
+    weights = load_file(str(old / "weights.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("extra.condition_latent_offset_")},
+              str(old / "weights.safetensors"))
+    r = run("info", old)
+    assert r.exit_code == 0, r.output
+    assert "generation not calibrated: this model directory was saved before calibration existed" in r.output
+    assert "generation calibrated for" not in r.output
+
+
 def test_input_errors(trained, tmp_path):
     user_error(run("embed", trained["dir"], tmp_path / "missing.h5ad", "--out", tmp_path / "o.h5ad"), "does not exist")
     bogus = tmp_path / "bogus.h5ad"
