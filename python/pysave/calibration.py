@@ -35,7 +35,7 @@ def combination_offsets(real, decoded, groups: np.ndarray, n_groups: int, seed: 
     log1p(CP10k) of cells start..stop and ``decoded(start, stop)`` their decoder means (dense,
     cells x genes), ``batch`` cells at a time."""
     # float32 sums, divided in place: one (combinations x genes) float32 matrix is the peak (240 MB
-    # at 2,000 x 30,000). Each sum holds at most SHIFT_KEPT_CELLS (500) residuals of order 1, so
+    # at 2,000 x 30,000). Each sum holds at most SHIFT_KEPT_CELLS (500) residuals of a few log units, so
     # float32 loses nothing that matters against the offsets' own sampling noise.
     sums, counts = None, np.bincount(groups, minlength=n_groups)
     for start in range(0, len(groups), batch):
