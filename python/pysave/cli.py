@@ -128,6 +128,8 @@ def main():
               help="Width of the decoder's last hidden layer before the genes (default: --hidden-size; 0: the paper's direct linear map).")
 @click.option("--heads", "n_heads", type=int, default=4, show_default=True)
 @click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--gelu-approximate", type=click.Choice(["none", "tanh"]), default="none", show_default=True,
+              help="Feed-forward activation: exact GELU ('none') or its tanh approximation (models saved before 2026-12-05; slower on CPUs).")
 @click.option("--flow-hidden-size", type=int, default=128, show_default=True)
 @click.option("--flow-layers", type=int, default=2, show_default=True)
 @click.option("--flow-token-size", type=int, default=32, show_default=True)

@@ -32,7 +32,7 @@ class VelocityField(nn.Module):
     """v_theta(x_t, t, c): a Transformer over tokens of the (standardised) latent."""
 
     def __init__(self, latent_dim: int, n_categories: list[int], token_size: int = 16, hidden: int = 128,
-                 depth: int = 3, n_heads: int = 4, cond_dim: int = 256):
+                 depth: int = 3, n_heads: int = 4, cond_dim: int = 256, gelu_approximate: str = "none"):
         super().__init__()
         if latent_dim % token_size:
             raise ValueError(f"latent size {latent_dim} is not a multiple of the flow token size {token_size}")
@@ -42,7 +42,7 @@ class VelocityField(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(self.time_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
         self.token_proj = nn.Linear(token_size, hidden)
         self.position = nn.Parameter(torch.randn(latent_dim // token_size, hidden) * 0.02)
-        self.transformer = AdaLNTransformer(hidden, depth, n_heads, cond_dim)
+        self.transformer = AdaLNTransformer(hidden, depth, n_heads, cond_dim, gelu_approximate=gelu_approximate)
         self.out = nn.Linear(hidden, token_size)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

@@ -3,6 +3,9 @@
 AdaLN follows the paper's eq. (2): from the condition vector each block computes a shift
 (beta), a scale (gamma) and a gate (alpha) for its attention and feed-forward sub-layers.
 The modulation is zero-initialised (adaLN-Zero), so every block starts as the identity.
+The feed-forward GELU is exact (erf) by default: torch's CPU kernel for the tanh approximation
+took 2.8x as long forward and backward (benchmarks/README.md, "Speed"); models saved with the tanh
+form keep it (``gelu_approximate``).
 LayerNorm only, never BatchNorm: a minibatch of one cell behaves like any other.
 """
 from __future__ import annotations
@@ -84,7 +87,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class AdaLNBlock(nn.Module):
     """Pre-LN Transformer block whose LayerNorms are modulated by a condition vector."""
 
-    def __init__(self, dim: int, n_heads: int, cond_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, dim: int, n_heads: int, cond_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 gelu_approximate: str = "none"):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"hidden size {dim} is not divisible by {n_heads} heads")
@@ -94,7 +98,7 @@ class AdaLNBlock(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate=gelu_approximate), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
@@ -128,9 +132,10 @@ class AdaLNBlock(nn.Module):
 class AdaLNTransformer(nn.Module):
     """A stack of :class:`AdaLNBlock` followed by a modulated final LayerNorm."""
 
-    def __init__(self, dim: int, depth: int, n_heads: int, cond_dim: int, dropout: float = 0.0):
+    def __init__(self, dim: int, depth: int, n_heads: int, cond_dim: int, dropout: float = 0.0, gelu_approximate: str = "none"):
         super().__init__()
-        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, cond_dim, dropout=dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, cond_dim, dropout=dropout, gelu_approximate=gelu_approximate)
+                                    for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
         nn.init.zeros_(self.final_modulation[1].weight)

@@ -160,13 +160,18 @@ def deterministic_on_cpu(device: torch.device):
     measured cost on pbmc_3tech at 2 threads, with against without: fast network fp32 999-1,057
     against 1,061 cells/s; paper network fp32 171-176 against 169-181, bf16 281-317 against 296-339
     (up to ~6%, within the rounds' spread). On GPUs pysave does not force them (docs/reproducibility.md)."""
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
+        # The mode also fills every new tensor with NaN, a guard for kernels that read memory they
+        # never wrote; none of ours does (same seed, same weights: tested), and the fills cost ~2%.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
 
 
 def fit(*args, **kwargs) -> dict:

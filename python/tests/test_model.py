@@ -264,6 +264,33 @@ def test_mask_all_prob_is_saved_and_older_models_load_with_what_they_were_traine
     assert pysave.SAVE.load(path, device="cpu", verbose=False).params["mask_all_prob"] == 0.0
 
 
+def _gelu_forms(model) -> set:
+    return {m.approximate for net in (model.vae, model.flow) for m in net.modules() if isinstance(m, torch.nn.GELU)}
+
+
+def test_gelu_is_exact_by_default_and_older_models_keep_their_tanh_form(pbmc_small, tmp_path):
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
+    assert model.params["gelu_approximate"] == "none" and _gelu_forms(model) == {"none"}
+    model.train(max_epochs=1, flow_epochs=1, progress=False)
+    path = model.save(str(tmp_path / "m"))
+    loaded = pysave.SAVE.load(path, device="cpu", verbose=False)
+    assert _gelu_forms(loaded) == {"none"}
+    assert np.array_equal(model.generate(n_cells=5, seed=1).X, loaded.generate(n_cells=5, seed=1).X)
+    # A directory saved before the parameter existed was trained with the tanh form and loads with it:
+    # the same weights then decode otherwise than with exact GELU.
+    config = json.load(open(os.path.join(path, "config.json")))
+    del config["params"]["gelu_approximate"]
+    json.dump(config, open(os.path.join(path, "config.json"), "w"))
+    older = pysave.SAVE.load(path, device="cpu", verbose=False)
+    assert older.params["gelu_approximate"] == "tanh" and _gelu_forms(older) == {"tanh"}
+    assert not np.array_equal(loaded.generate(n_cells=5, seed=1, output="mean").X, older.generate(n_cells=5, seed=1, output="mean").X)
+    tanh = pysave.SAVE(pbmc_small, verbose=False, gelu_approximate="tanh", **TINY)
+    assert _gelu_forms(tanh) == {"tanh"}
+    with pytest.raises(PySaveError, match="gelu_approximate must be one of"):
+        pysave.SAVE(pbmc_small, gelu_approximate="exact")
+
+
 def test_load_with_adata_sets_default_data(trained):
     loaded = pysave.SAVE.load(trained["dir"], adata=trained["adata"], device="cpu", verbose=False)
     assert loaded.get_latent_representation().shape == (400, 32)

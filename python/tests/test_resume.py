@@ -93,3 +93,12 @@ def test_checkpoints_from_before_mask_all_prob_still_match():
     assert fingerprint_params(DEFAULTS) == DEFAULTS  # at today's 0.1 it is part of the match
     assert fingerprint_differences({"params": older, "seed": 0}, {"params": fingerprint_params(DEFAULTS), "seed": 0}) == [
         "params.mask_all_prob: checkpoint absent, now 0.1"]
+
+
+def test_checkpoints_from_before_gelu_approximate_match_only_the_tanh_form():
+    from pysave.model import DEFAULTS, fingerprint_differences, fingerprint_params
+
+    older = {k: v for k, v in DEFAULTS.items() if k != "gelu_approximate"}
+    assert fingerprint_params({**older, "gelu_approximate": "tanh"}) == older  # resumes with --gelu-approximate tanh
+    assert fingerprint_differences({"params": older, "seed": 0}, {"params": fingerprint_params(DEFAULTS), "seed": 0}) == [
+        "params.gelu_approximate: checkpoint absent, now none"]

@@ -6,7 +6,7 @@
                  latent_dim = "latent_dim", latent_token_size = "latent_token_size",
                  n_encoder_layers = "n_encoder_layers", n_decoder_layers = "n_decoder_layers",
                  decoder_head_size = "decoder_head_size", n_heads = "n_heads",
-                 dropout = "dropout", flow_hidden_size = "flow_hidden_size", flow_layers = "flow_layers",
+                 dropout = "dropout", gelu_approximate = "gelu_approximate", flow_hidden_size = "flow_hidden_size", flow_layers = "flow_layers",
                  flow_token_size = "flow_token_size", flow_heads = "flow_heads",
                  flow_condition_dim = "flow_condition_dim", mask_prob = "mask_prob",
                  mask_all_prob = "mask_all_prob", vae_mask_prob = "vae_mask_prob", kl_weight = "kl_weight")
