@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 
 import shift_cases  # beside this script
 
