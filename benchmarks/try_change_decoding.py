@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 
-
 import shift_cases  # beside this script
 
 VARIANTS = ("both", "latent", "label", "masked")
