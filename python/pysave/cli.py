@@ -10,7 +10,6 @@ import os
 import sys
 import warnings
 
-
 import click
 
 from .errors import PySaveError

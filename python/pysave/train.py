@@ -165,7 +165,8 @@ def deterministic_on_cpu(device: torch.device):
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
         # The mode also fills every new tensor with NaN, a guard for kernels that read memory they
-        # never wrote; none of ours does (same seed, same weights: tested), and the fills cost ~2%.
+        # never wrote; none of ours does (same seed, same weights: tested). A profile counted ~700
+        # fills a step; their cost was within the noise (benchmarks/README.md, "Exact GELU").
         torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
