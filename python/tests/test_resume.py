@@ -85,20 +85,23 @@ def test_resume_refuses_a_different_run(trained, tmp_path):
     assert missing.returncode == 1 and "no training checkpoint" in missing.stderr
 
 
-def test_checkpoints_from_before_mask_all_prob_still_match():
+# Parameters added after checkpoints were first written: (name, the value every run had before it
+# existed, today's default). A checkpoint lacking the key resumes only at the old value.
+PARAMS_ADDED_LATER = [("mask_all_prob", 0.0, "0.1"), ("gelu_approximate", "tanh", "none")]
+
+
+def test_every_parameter_added_later_is_covered_below():
+    from pysave.model import PARAMS_BEFORE_THEY_EXISTED
+
+    assert {key: before for key, before, _ in PARAMS_ADDED_LATER} == PARAMS_BEFORE_THEY_EXISTED
+
+
+@pytest.mark.parametrize("key,before,now", PARAMS_ADDED_LATER)
+def test_checkpoints_from_before_a_parameter_existed_match_only_its_old_value(key, before, now):
     from pysave.model import DEFAULTS, fingerprint_differences, fingerprint_params
 
-    older = {k: v for k, v in DEFAULTS.items() if k != "mask_all_prob"}  # as a checkpoint of then holds them
-    assert fingerprint_params({**older, "mask_all_prob": 0.0}) == older
-    assert fingerprint_params(DEFAULTS) == DEFAULTS  # at today's 0.1 it is part of the match
+    older = {k: v for k, v in DEFAULTS.items() if k != key}  # as a checkpoint of then holds them
+    assert fingerprint_params({**older, key: before}) == older  # resumes with the old value given
+    assert fingerprint_params(DEFAULTS) == DEFAULTS  # at today's default it is part of the match
     assert fingerprint_differences({"params": older, "seed": 0}, {"params": fingerprint_params(DEFAULTS), "seed": 0}) == [
-        "params.mask_all_prob: checkpoint absent, now 0.1"]
-
-
-def test_checkpoints_from_before_gelu_approximate_match_only_the_tanh_form():
-    from pysave.model import DEFAULTS, fingerprint_differences, fingerprint_params
-
-    older = {k: v for k, v in DEFAULTS.items() if k != "gelu_approximate"}
-    assert fingerprint_params({**older, "gelu_approximate": "tanh"}) == older  # resumes with --gelu-approximate tanh
-    assert fingerprint_differences({"params": older, "seed": 0}, {"params": fingerprint_params(DEFAULTS), "seed": 0}) == [
-        "params.gelu_approximate: checkpoint absent, now none"]
+        f"params.{key}: checkpoint absent, now {now}"]
