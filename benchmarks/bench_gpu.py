@@ -213,7 +213,10 @@ def smoke(rec: Recorder, work: str) -> None:
         return {"commands": done, "generated_shape": list(ad.read_h5ad(g).shape)}
 
     rec.step("smoke", "cli", cli)
-    del state
+    # Drop the model before the next stage: `del state` alone left it alive in `model` (and
+    # pyflakes read the closures above as using a deleted name).
+    state.clear()
+    model = None  # noqa: F841 (the closures' cell, rebound so the GPU memory can go)
     if DEVICE.startswith("cuda"):
         torch.cuda.empty_cache()
 

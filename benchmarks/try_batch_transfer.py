@@ -50,7 +50,7 @@ def main(dataset: str, seed: int, model_dir: str | None) -> None:
                                             train, [bk] if batch_only else [bk, lk], bk, model_dir)
     RB.log(f"{dataset} seed {seed}: trained in {train_seconds:.0f} s")
     space = M.fit_reference_space(test, seed=seed)
-    z_test, z_train = space.project(test), space.project(train)
+    z_test = space.project(test)
     b_test, t_test = test.obs[bk].astype(str).to_numpy(), test.obs[lk].astype(str).to_numpy()
     b_train, t_train = train.obs[bk].astype(str).to_numpy(), train.obs[lk].astype(str).to_numpy()
     batches = sorted(set(b_test))

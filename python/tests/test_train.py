@@ -106,3 +106,33 @@ def test_active_latent_dims_counts_dimensions_that_vary_across_cells():
     assert model_module.active_latent_dims(mu[:1]) == 4  # one cell: nothing to judge
     offset = mu + 1000.0  # a large mean must not swamp the variance (float64 sums)
     assert model_module.active_latent_dims(offset) == 1
+
+
+def test_adamw_is_fused_on_the_cpu_and_a_checkpoint_from_before_resumes_unfused(tmp_path):
+    from pysave.io import load_checkpoint, save_checkpoint
+
+    fused_flags = []
+
+    def keep(state):  # written at once, as SAVE.train does: the live tensors change after this
+        fused_flags.append(state["optimizer"]["param_groups"][0]["fused"])
+        save_checkpoint(str(tmp_path / f"epoch{state['epoch']}"), state)
+
+    def run(resume=None):
+        torch.manual_seed(0)
+        module = _Drifting()
+        fit(module, _loss(module), lambda epoch: [torch.zeros(1)], None, 4, 1, 0.1, 0.01, 1, None,
+            torch.device("cpu"), 0, "toy", lambda m: None, progress=False, resume=resume,
+            on_checkpoint=keep, checkpoint_every=1)
+        return float(module.w.detach())
+
+    uninterrupted = run()
+    assert fused_flags == [True, True, True]  # the fused kernel on the CPU
+    saved = load_checkpoint(str(tmp_path / "epoch2"))  # through safetensors + JSON, as --resume reads it
+    assert saved["optimizer"]["param_groups"][0]["fused"] is True
+    assert run(saved) == uninterrupted  # resumed fused: the same weight to the last bit
+    # A checkpoint written before the fused kernel (its groups say None) keeps the loop it began with.
+    older = load_checkpoint(str(tmp_path / "epoch2"))
+    older["optimizer"]["param_groups"][0]["fused"] = None
+    fused_flags.clear()
+    run(older)
+    assert fused_flags == [None]
