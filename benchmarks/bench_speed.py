@@ -57,6 +57,24 @@ def sampling_key(solver, steps, guidance, output, precision) -> str:
     return f"sampling_cells_per_s_{solver}{steps}_w{guidance:g}_{output}" + ("" if precision == "32" else f"_{precision}")
 
 
+def cpu_description() -> str:
+    """The CPU's model name and its native bf16 units: the tables of two machines differ by these
+    (bf16 matrix products ran 10x fp32 on an Intel Xeon with AMX, 2.4x on an AMD EPYC)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:  # not Linux: the model as platform gives it
+        pass
+    bf16 = [name for flag, name in (("avx512_bf16", "AVX512-bf16"), ("amx_bf16", "AMX")) if flag in flags]
+    return model + (f" ({', '.join(bf16)})" if bf16 else "")
+
+
 def gemm_rate(dtype, threads: int = THREADS) -> float:
     """This CPU's best matrix-multiply rate (GFLOP/s) over shapes of these networks' layers."""
     import torch
@@ -181,11 +199,16 @@ def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pan
         if scvi is not None:
             rounds.append({"round": r, "precision": "scvi", "torch_compile": False, **scvi})
             print(rounds[-1], flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "threads": threads,
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "cpu_count": os.cpu_count(), "threads": threads,
             "data": os.path.basename(data["file"]), "conditions": data["conditions"],
             "scvi_batch_key": data["scvi_batch_key"], "rounds": TRAINING_ROUNDS, "epochs": epochs}
     write_results(results_name, {"meta": meta, "runs": rounds})
     write_training_table(rounds, meta, table)
+
+
+def on_cpu(meta: dict) -> str:
+    """The " of <CPU>" of a table's header; results written before the CPU was recorded have none."""
+    return f" of {meta['cpu']}" if meta.get("cpu") else ""
 
 
 def write_training_table(rounds: list[dict], meta: dict, block: str = "speed-training-table") -> None:
@@ -204,7 +227,7 @@ def write_training_table(rounds: list[dict], meta: dict, block: str = "speed-tra
                      + (", ".join(f"{x:.2f}x" for x in paired) if paired else "n/a") + " | "
                      + (f"{warm[len(warm) // 2]:.1f}" if warm else "-") + " |")
     table = "\n".join(lines)
-    write_block(block, f"Measured {meta['date']} on {meta['cpu_count']} CPU cores ({meta['threads']} thread{'s' if meta['threads'] != 1 else ''}), "
+    write_block(block, f"Measured {meta['date']} on {meta['cpu_count']} CPU cores{on_cpu(meta)} ({meta['threads']} thread{'s' if meta['threads'] != 1 else ''}), "
                                         f"{meta['data']}, {meta['epochs']} epochs per measured run, {meta['rounds']} rounds:\n\n{table}")
     print(table)
 
@@ -293,7 +316,7 @@ def main() -> None:
         print(results[-1], flush=True)
     import torch
 
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(), "cpu": cpu_description(),
             "cpu_count": os.cpu_count(), "threads": THREADS, "data": os.path.basename(DATA),
             "targets": {"sampling_cells_per_s": 5000, "vae_train_vs_scvi": 0.5},
             "gemm_gflops": {"32": gemm_rate(torch.float32), "bf16": gemm_rate(torch.bfloat16)}}
@@ -331,7 +354,7 @@ def write_table(results: list[dict], meta: dict) -> None:
                          + " | " + " | ".join(f"{c['32'][k]:.0f} / {c['bf16'][k]:.0f}"
                                               for k in ("vae_train", "sampling_euler50_w1", "sampling_midpoint10_w2")) + " |")
     table = "\n".join(lines)
-    write_block("speed-table", f"Measured {meta['date']} on {meta['cpu_count']} CPU cores ({meta['threads']} threads), "
+    write_block("speed-table", f"Measured {meta['date']} on {meta['cpu_count']} CPU cores{on_cpu(meta)} ({meta['threads']} threads), "
                                f"{meta['data']}:\n\n{table}")
     print(table)
 
