@@ -179,7 +179,7 @@ def fused_adamw(device: torch.device) -> bool | None:
     """AdamW's fused kernel (one pass over each parameter, where the default runs ~10 ops each) on
     the CPU and CUDA. On an Intel Xeon with AMX, 1 thread, pbmc_3tech, it trained the fast network
     1.08-1.11x faster (bf16, compiled) and 1.03-1.11x (fp32), the flow 1.12-1.22x
-    (benchmarks/README.md, "Speed"). Other devices keep torch's default. A checkpoint written
+    (benchmarks/README.md, "A third kind of machine"). Other devices keep torch's default. A checkpoint written
     before keeps its own setting when resumed (the optimizer's saved groups carry it), so it
     continues as it began."""
     return True if device.type in ("cpu", "cuda") else None
