@@ -232,12 +232,15 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
               help="Move the decoder mean of each combination seen in training onto its training cells' mean "
                    "(kept by train; unseen or masked combinations are left as decoded).")
 @sampling_precision
+@click.option("--torch-compile", is_flag=True,
+              help="Compile the flow's Transformer with torch.compile: sampled 1.3x as fast on a 2-core CPU, after a "
+                   "compilation of ~20 s; pays from tens of thousands of cells. Needs a C++ compiler on the CPU.")
 @common_device
 @common_overwrite
 @common_quiet
 @_friendly
 def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, seed, chunk_size, output_kind, shift_from,
-             shift_neighbours, shift_bandwidth, calibrate, precision, device, overwrite, quiet):
+             shift_neighbours, shift_bandwidth, calibrate, precision, torch_compile, device, overwrite, quiet):
     """Generate cells from MODEL_DIR for given conditions (any subset, unseen combinations too)."""
     from .io import check_output_path
 
@@ -253,7 +256,7 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
                            batch_size=chunk_size, overwrite=overwrite, extra_uns={"model_dir": os.path.abspath(model_dir)},
                            output=output_kind, precision=precision,
                            shift_from=_parse_sets(shift_from, "--shift-from") or None, shift_bandwidth=shift_bandwidth,
-                           shift_neighbours=shift_neighbours, calibrate=calibrate)
+                           shift_neighbours=shift_neighbours, calibrate=calibrate, torch_compile=torch_compile)
     if not quiet:
         _log(f"wrote generated cells to {out}")
 

@@ -42,7 +42,8 @@ def autocast(device: torch.device, precision: str):
 
 
 @contextlib.contextmanager
-def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device, log: Callable[[str], None]):
+def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device, log: Callable[[str], None],
+             task: str = "train"):
     """Compile ``modules`` in place with ``torch.compile`` while the block runs, then undo it.
 
     Compilation fuses the Transformer's element-wise work (LayerNorm, AdaLN modulation, GELU,
@@ -51,11 +52,14 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
     compilation of 95-112 s (about 11 s once torch's on-disk compile cache holds the kernels).
     The modules are restored afterwards, so encoding and sampling do not pay for a recompilation
     in eval mode, and the weights' names stay as they were (``Module.compile`` keeps them).
+
+    ``task="generate"``: the same for the flow's Transformer while cells are generated
+    (``generate(torch_compile=True)``); its messages name generation.
     """
     if not enabled:
         yield
         return
-    headers = _cpu_toolchain(device)
+    headers = _cpu_toolchain(device, task)
     import torch._dynamo  # for its exception types below
 
     # The compiled backward of the per-condition gather (AdaLN rows) adds with atomics on the CPU,
@@ -65,7 +69,9 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
     for module in modules:
         module.compile(dynamic=True)  # the number of distinct condition rows changes between batches
     # The first steps compile (1.5-2 min on 2 cores with an empty cache): say so, or it looks hung.
-    log("compiling the VAE with torch.compile during its first steps (1-2 minutes unless torch's cache holds it)")
+    log("compiling the VAE with torch.compile during its first steps (1-2 minutes unless torch's cache holds it)"
+        if task == "train" else "compiling the flow's Transformer with torch.compile for its first chunk "
+        "(~20 s on 2 CPU cores unless torch's cache holds it)")
     saved_path = os.environ.get("CPLUS_INCLUDE_PATH")
     try:
         with warnings.catch_warnings():
@@ -77,7 +83,7 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
             yield
     except torch._dynamo.exc.BackendCompilerFailed as err:
         raise PySaveError(f"torch.compile could not compile the network ({str(err).splitlines()[0]}); "
-                          "train without torch_compile (CLI: drop --torch-compile).") from err
+                          f"{task} without torch_compile (CLI: drop --torch-compile).") from err
     finally:
         if headers and saved_path is None:
             del os.environ["CPLUS_INCLUDE_PATH"]
@@ -87,7 +93,7 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
             module._compiled_call_impl = None  # Module.compile has no public undo; this is what it set
 
 
-def _cpu_toolchain(device: torch.device) -> str | None:
+def _cpu_toolchain(device: torch.device, task: str = "train") -> str | None:
     """Check that inductor can build CPU kernels: a C++ compiler and Python's headers. Returns a
     folder holding Python.h when inductor will not find it by itself, else None.
 
@@ -100,7 +106,7 @@ def _cpu_toolchain(device: torch.device) -> str | None:
     compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
     if shutil.which(compiler) is None:
         raise PySaveError(f"torch_compile=True needs a C++ compiler on the CPU and {compiler!r} was not found; install one "
-                          "(apt-get install g++, or conda install -c conda-forge gxx) or set CXX, or train without "
+                          f"(apt-get install g++, or conda install -c conda-forge gxx) or set CXX, or {task} without "
                           "torch_compile (CLI: drop --torch-compile).")
     if os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h")):
         return None
@@ -109,7 +115,7 @@ def _cpu_toolchain(device: torch.device) -> str | None:
         return fallback
     raise PySaveError(f"torch_compile=True needs Python's C headers (Python.h), found neither in "
                       f"{sysconfig.get_path('include')!r} nor in {fallback!r}; install them (apt-get install "
-                      "python3-dev, or conda's python) or train without torch_compile (CLI: drop --torch-compile).")
+                      f"python3-dev, or conda's python) or {task} without torch_compile (CLI: drop --torch-compile).")
 
 
 class _LossModule(torch.nn.Module):

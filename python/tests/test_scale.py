@@ -238,6 +238,42 @@ def test_compiled_training_matches_eager_and_is_undone_afterwards(monkeypatch):
         _model(adata.copy()).train(**QUICK, torch_compile=True)
 
 
+def test_compiled_generation_matches_eager_is_recorded_and_undone(monkeypatch, tmp_path):
+    adata = ad.read_h5ad(shared_file(PBMC))
+    model = _model(adata.copy()).train(**QUICK)
+    cell_type = str(adata.obs["cell_type"].iloc[0])
+    # Two chunks of other sizes (dynamic shapes), and a midpoint solve with guidance: the defaults' path.
+    kw = dict(n_cells=300, seed=5, batch_size=200, output="mean")
+    eager = model.generate({"cell_type": cell_type}, **kw)
+    fast = model.generate({"cell_type": cell_type}, **kw, torch_compile=True)
+    again = model.generate({"cell_type": cell_type}, **kw, torch_compile=True)
+    assert fast.uns["pysave"]["torch_compile"] is True and eager.uns["pysave"]["torch_compile"] is False
+    np.testing.assert_array_equal(fast.X, again.X)  # same seed, same cells
+    # Fused kernels round differently: the same cells up to rounding (so the compiled code did run).
+    assert not np.array_equal(fast.obsm["X_save"], eager.obsm["X_save"])
+    np.testing.assert_allclose(fast.obsm["X_save"], eager.obsm["X_save"], atol=1e-3)
+    np.testing.assert_allclose(fast.X, eager.X, atol=1e-3)
+    assert model.flow.transformer._compiled_call_impl is None  # undone: later calls run the plain module
+    out = tmp_path / "compiled.h5ad"
+    result = CliRunner().invoke(main, ["generate", _saved(model, tmp_path), "--n", "20", "--set", f"cell_type={cell_type}",
+                                       "--torch-compile", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert ad.read_h5ad(out).uns["pysave"]["torch_compile"] is True
+    with pytest.raises(PySaveError, match="torch_compile must be True or False"):
+        model.generate({"cell_type": cell_type}, n_cells=2, torch_compile="yes")
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    refused = tmp_path / "refused.h5ad"
+    with pytest.raises(PySaveError, match="C\\+\\+ compiler.*or generate without torch_compile"):
+        model.generate_to_h5ad(str(refused), model.conditions_table({"cell_type": cell_type}, 5), torch_compile=True)
+    assert not refused.exists()  # refused before any file was begun
+
+
+def _saved(model: SAVE, tmp_path) -> str:
+    path = str(tmp_path / "model")
+    model.save(path)
+    return path
+
+
 def test_compiled_training_finds_python_headers_under_an_embedded_python(monkeypatch, tmp_path):
     """R's reticulate reports the venv as Python's base, where Python.h is not: pysave points the
     compiler at the interpreter's own headers, or says what to install when there are none."""

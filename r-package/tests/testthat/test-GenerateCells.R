@@ -166,3 +166,17 @@ test_that("a pysave warning is raised again on every call that causes it", {
     expect_warning(GenerateCells(fit, n = 3, conditions = list(cell_type = "B"), guidance = 2, expression = "mean"), "mask_prob=0")
   }
 })
+
+test_that("GenerateCells(torch_compile = TRUE) gives the same cells up to rounding and records it", {
+  plain <- GenerateCells(tiny_model_dir(), n = 20, conditions = list(cell_type = "NK"), seed = 2, expression = "mean",
+                         output = "SingleCellExperiment")
+  fast <- GenerateCells(tiny_model_dir(), n = 20, conditions = list(cell_type = "NK"), seed = 2, expression = "mean",
+                        output = "SingleCellExperiment", torch_compile = TRUE)
+  expect_true(isTRUE(S4Vectors::metadata(fast)$pysave$torch_compile))
+  expect_false(isTRUE(S4Vectors::metadata(plain)$pysave$torch_compile))
+  a <- as.matrix(SummarizedExperiment::assay(plain, "logcounts"))
+  b <- as.matrix(SummarizedExperiment::assay(fast, "logcounts"))
+  expect_lt(max(abs(a - b)), 1e-3)
+  expect_error(GenerateCells(tiny_model_dir(), n = 2, conditions = list(cell_type = "NK"), torch_compile = NA),
+               "torch_compile must be TRUE or FALSE")
+})
