@@ -37,7 +37,7 @@ from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
 from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
                     condition_latent_means, expression_pcs, expression_positions, kept_rows, kept_shift_cells, latent_shifts,
                     log_normalized_rows, source_positions)
-from .train import PRECISIONS, _cpu_toolchain, autocast, compiled, fit, resolve_precision
+from .train import PRECISIONS, autocast, compiled, cpu_toolchain, fit, resolve_precision
 from .vae import LIKELIHOODS, BlockAttentionVAE
 
 # What the paper fixes, plus our documented choices for what it leaves open (README "Defaults").
@@ -192,7 +192,7 @@ def check_torch_compile(torch_compile, device: torch.device) -> bool:
     if not isinstance(torch_compile, (bool, np.bool_)):
         raise PySaveError(f"torch_compile must be True or False, got {torch_compile!r}.")
     if torch_compile:
-        _cpu_toolchain(device, "generate")
+        cpu_toolchain(device, "generate")
     return bool(torch_compile)
 
 

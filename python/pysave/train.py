@@ -59,7 +59,7 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
     if not enabled:
         yield
         return
-    headers = _cpu_toolchain(device, task)
+    headers = cpu_toolchain(device, task)
     import torch._dynamo  # for its exception types below
 
     # The compiled backward of the per-condition gather (AdaLN rows) adds with atomics on the CPU,
@@ -93,7 +93,7 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
             module._compiled_call_impl = None  # Module.compile has no public undo; this is what it set
 
 
-def _cpu_toolchain(device: torch.device, task: str = "train") -> str | None:
+def cpu_toolchain(device: torch.device, task: str = "train") -> str | None:
     """Check that inductor can build CPU kernels: a C++ compiler and Python's headers. Returns a
     folder holding Python.h when inductor will not find it by itself, else None.
 

@@ -282,11 +282,11 @@ def test_compiled_training_finds_python_headers_under_an_embedded_python(monkeyp
     from pysave import train
 
     cpu = torch.device("cpu")
-    assert train._cpu_toolchain(cpu) is None  # a plain interpreter: inductor finds the headers itself
+    assert train.cpu_toolchain(cpu) is None  # a plain interpreter: inductor finds the headers itself
     real_include = sysconfig.get_config_var("INCLUDEPY")
     monkeypatch.setattr(sysconfig, "get_path", lambda name, *a, **k: str(tmp_path) if name == "include" else None)
-    assert train._cpu_toolchain(cpu) == real_include
-    assert train._cpu_toolchain(torch.device("meta")) is None  # off the CPU inductor needs no C++ headers
+    assert train.cpu_toolchain(cpu) == real_include
+    assert train.cpu_toolchain(torch.device("meta")) is None  # off the CPU inductor needs no C++ headers
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: str(tmp_path / "none"))
     with pytest.raises(PySaveError, match="Python.h.*python3-dev"):
-        train._cpu_toolchain(cpu)
+        train.cpu_toolchain(cpu)

@@ -63,7 +63,8 @@ test_that("GenerateCells' and TransferCells' defaults are pysave's (generate_lik
   }
   # R argument = pysave argument
   gen <- py_defaults("generate_like")
-  map <- c(guidance = "guidance", steps = "n_steps", solver = "solver", seed = "seed", precision = "precision")
+  map <- c(guidance = "guidance", steps = "n_steps", solver = "solver", seed = "seed", precision = "precision",
+           calibrate = "calibrate", torch_compile = "torch_compile")
   for (a in names(map)) {
     expect_identical(r_default(GenerateCells, a), gen[[map[[a]]]], label = paste("GenerateCells", a))
   }
