@@ -63,9 +63,10 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
     import torch._dynamo  # for its exception types below
 
     # The compiled backward of the per-condition gather (AdaLN rows) adds with atomics on the CPU,
-    # so two runs of the same seed differed by 4e-5: fit(), the only place the compiled modules
-    # run, holds torch's deterministic kernels on the CPU (deterministic_on_cpu), which keep them
-    # equal (at a cost of 4-13% of the compiled speed).
+    # so two runs of the same seed differed by 4e-5: fit() holds torch's deterministic kernels on
+    # the CPU (deterministic_on_cpu), which keep them equal (4-13% of the compiled speed on the
+    # first machine, nothing measurable on an Intel Xeon with AMX). Generation runs only the
+    # forward, which has no such adds (same seed, same cells: tested).
     for module in modules:
         module.compile(dynamic=True)  # the number of distinct condition rows changes between batches
     # The first steps compile (1.5-2 min on 2 cores with an empty cache): say so, or it looks hung.
