@@ -186,12 +186,17 @@ ACTIVE_LATENT_VARIANCE = 0.01
 MIN_ACTIVE_LATENT_DIMS = 2
 
 
+def check_flag(name: str, value) -> bool:
+    """A True/False argument as a bool; anything else (a string, None, a number) is refused by name."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise PySaveError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_torch_compile(torch_compile, device: torch.device) -> bool:
     """Generation's ``torch_compile``: a bool, and with True a toolchain inductor can build with,
     checked before any cell is generated or any file is begun."""
-    if not isinstance(torch_compile, (bool, np.bool_)):
-        raise PySaveError(f"torch_compile must be True or False, got {torch_compile!r}.")
-    if torch_compile:
+    if check_flag("torch_compile", torch_compile):
         cpu_toolchain(device, "generate")
     return bool(torch_compile)
 
@@ -930,9 +935,7 @@ class SAVE:
 
     def _calibration_plan(self, calibrate: bool, codes: np.ndarray) -> tuple[Calibration | None, dict]:
         """Generation's calibration (or None) and what to record of it in ``uns["pysave"]``."""
-        if not isinstance(calibrate, (bool, np.bool_)):
-            raise PySaveError(f"calibrate must be True or False, got {calibrate!r}.")
-        if not calibrate:
+        if not check_flag("calibrate", calibrate):
             return None, {"calibrated": False}
         stats = getattr(self, "condition_latents", None) or {}
         why = missing_reason(stats, self.params["likelihood"])
