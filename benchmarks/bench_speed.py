@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from provenance import cpu_description, run_provenance
 from readme_table import write_block
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,24 +56,6 @@ TRAINING_ROUNDS = 3
 
 def sampling_key(solver, steps, guidance, output, precision) -> str:
     return f"sampling_cells_per_s_{solver}{steps}_w{guidance:g}_{output}" + ("" if precision == "32" else f"_{precision}")
-
-
-def cpu_description() -> str:
-    """The CPU's model name and its native bf16 units: the tables of two machines differ by these
-    (bf16 matrix products ran 10x fp32 on an Intel Xeon with AMX, 2.4x on an AMD EPYC)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:  # not Linux: the model as platform gives it
-        pass
-    bf16 = [name for flag, name in (("avx512_bf16", "AVX512-bf16"), ("amx_bf16", "AMX")) if flag in flags]
-    return model + (f" ({', '.join(bf16)})" if bf16 else "")
 
 
 def gemm_rate(dtype, threads: int = THREADS) -> float:
@@ -187,6 +170,7 @@ def training_outputs(dataset: str, threads: int) -> tuple[str, str]:
 def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pancreas", threads: int = THREADS) -> None:
     data = TRAINING_DATA[dataset]
     results_name, table = training_outputs(dataset, threads)
+    provenance = run_provenance()  # before the runs: the commit of the code they load
     rounds: list[dict] = []
     for r in range(TRAINING_ROUNDS):
         for precision, torch_compile in TRAINING:
@@ -199,7 +183,7 @@ def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pan
         if scvi is not None:
             rounds.append({"round": r, "precision": "scvi", "torch_compile": False, **scvi})
             print(rounds[-1], flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "cpu_count": os.cpu_count(), "threads": threads,
+    meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(provenance["cpu"]), "provenance": provenance, "cpu_count": os.cpu_count(), "threads": threads,
             "data": os.path.basename(data["file"]), "conditions": data["conditions"],
             "scvi_batch_key": data["scvi_batch_key"], "rounds": TRAINING_ROUNDS, "epochs": epochs}
     write_results(results_name, {"meta": meta, "runs": rounds})
@@ -304,6 +288,7 @@ def main() -> None:
         stored = json.load(open(os.path.join(HERE, "results", results_name)))
         write_training_table(stored["runs"], stored["meta"], table)
         return
+    provenance = run_provenance()  # before the runs: the commit of the code they load
     results = []
     for name in CONFIGS:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--epochs", str(args.epochs), "--n-sample", str(args.n_sample)],
@@ -316,8 +301,8 @@ def main() -> None:
         print(results[-1], flush=True)
     import torch
 
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(), "cpu": cpu_description(),
-            "cpu_count": os.cpu_count(), "threads": THREADS, "data": os.path.basename(DATA),
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(), "cpu": cpu_description(provenance["cpu"]),
+            "provenance": provenance, "cpu_count": os.cpu_count(), "threads": THREADS, "data": os.path.basename(DATA),
             "targets": {"sampling_cells_per_s": 5000, "vae_train_vs_scvi": 0.5},
             "gemm_gflops": {"32": gemm_rate(torch.float32), "bf16": gemm_rate(torch.bfloat16)}}
     for r in results:

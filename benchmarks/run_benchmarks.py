@@ -64,6 +64,7 @@ import time
 
 import numpy as np
 
+from provenance import run_provenance
 from readme_table import write_block
 import eval_generation  # beside this script (the script's folder is on sys.path; importers put it there)
 
@@ -159,53 +160,6 @@ def unseen_split(held, control, seed):
     query = control[pick].copy()
     query.obs_names_make_unique()
     return reference, floor, query
-
-
-def run_provenance() -> dict:
-    """Where a row came from: the code (commit, and whether python/ or benchmarks/ had uncommitted
-    changes) and the machine. Single Kang models scored up to 0.024 R^2 apart on two machines of this
-    project with the same code, seeds and library versions (benchmarks/README.md, "Rows run again on
-    another machine")."""
-    import platform
-
-    import torch
-
-    def git(*cmd):
-        try:
-            return subprocess.run(["git", *cmd], cwd=os.path.dirname(HERE), capture_output=True,  # the root: pathspecs are relative
-                                  text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    cpu = {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "cpu family", "model", "stepping", "microcode") and key.strip() not in cpu:
-                    cpu[key.strip()] = value.strip()
-                elif key.strip() == "flags" and "vector_flags" not in cpu:  # what MKL / oneDNN dispatch on
-                    cpu["vector_flags"] = " ".join(f for f in value.split() if f.startswith(("avx", "fma", "amx", "sse4")))
-    except OSError:
-        cpu["model name"] = platform.processor()
-    # Cache sizes: one CPU model comes in parts with other caches, and BLAS blocking follows them.
-    caches = []
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        try:
-            level, kind, size = (open(os.path.join(index, name)).read().strip() for name in ("level", "type", "size"))
-        except OSError:
-            continue
-        caches.append(f"L{level}{ {'Data': 'd', 'Instruction': 'i'}.get(kind, '')} {size}")
-    if caches:
-        cpu["caches"] = ", ".join(caches)
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", "python", "benchmarks",
-                  ":(exclude)benchmarks/README.md", ":(exclude)benchmarks/results")  # the harness writes these itself
-    commit = git("rev-parse", "HEAD")
-    gpu = {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda} if torch.cuda.is_available() else {}
-    return {"commit": commit or os.environ.get("PYSAVE_COMMIT", ""),  # a copy without .git (a lent GPU machine) is told it
-            "uncommitted_code_changes": bool(changed) if commit else None,
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, **gpu,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
 
 
 def peer(args, *cli):
