@@ -235,6 +235,15 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     sets = [(a, n) for a, n in ((real, "real"), (generated, "generated"), (floor, "floor")) if a is not None]
     shared = shared_genes([a for a, _ in sets], [n for _, n in sets])
     space = fit_reference_space(real if len(shared) == real.n_vars else real[:, shared], n_hvg, n_pcs, counts_layer, seed)
+    renormalized = len(space.genes) < generated.n_vars and is_log_normalized(generated)
+    info = generated.uns.get("pysave", {})
+    if renormalized and isinstance(info, dict) and info.get("output") == "mean":
+        # expm1 of a mean of logs is not an expression profile (Jensen), so this renormalization is
+        # only approximate for decoder means; sampled counts are log1p(CP10k) of real-like counts.
+        warnings.warn(f"the generated cells are decoder means (output='mean') over {generated.n_vars:,} genes, renormalized "
+                      f"over the {len(space.genes):,} compared genes as if they were log1p(CP10k) of counts, which they "
+                      "are not: their scores are approximate. Score sampled counts (generate(output='sample'), the "
+                      "default; CLI --output sample), as the protocol does.", PySaveWarning, stacklevel=2)
     x_real, x_gen = space.log_normalized(real), space.log_normalized(generated)
     z_real, z_gen = space.to_pcs(x_real), space.to_pcs(x_gen)
     if floor is not None:
@@ -266,7 +275,7 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
                           f"fewer than {MIN_SPREAD_CELLS} cells on either side get none",
                 "normalization": "HVGs among the genes all sets share, then log1p(CP10k) over the HVGs; log-normalized "
                                  "input over more genes is renormalized over them",
-                "n_genes_shared": len(shared), "n_genes_real": int(real.n_vars),
+                "n_genes_shared": len(shared), "n_genes_real": int(real.n_vars), "generated_renormalized": bool(renormalized),
                 "seed": seed, "groups_scored": int(len(table))}
     return {"per_group": table, "mean": numeric.mean().to_dict(), "protocol": protocol}
 

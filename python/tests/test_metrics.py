@@ -1,3 +1,5 @@
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -136,6 +138,16 @@ def test_log_normalized_output_over_more_genes_scores_like_its_counts(pbmc_full)
         fewer = M.generation_fidelity(test, lognorm[:, :1000], "cell_type", floor=train, n_hvg=500)
     assert fewer["protocol"]["n_genes_shared"] == 1000 and fewer["protocol"]["n_genes_real"] == pbmc_full.n_vars
     np.testing.assert_allclose(fewer["per_group"]["W1"], fewer["per_group"]["floor_W1"], rtol=1e-4)
+    assert as_lognorm["protocol"]["generated_renormalized"] and not as_counts["protocol"]["generated_renormalized"]
+    # Decoder means are a mean of logs: renormalizing them is approximate, and the warning says so.
+    means = lognorm.copy()
+    means.uns["pysave"] = {"output": "mean"}
+    with pytest.warns(PySaveWarning, match=r"decoder means \(output='mean'\) over 1,767 genes, renormalized over the 500"):
+        M.generation_fidelity(test, means, "cell_type", n_hvg=500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every gene compared: nothing renormalized, nothing to warn of
+        kept = M.generation_fidelity(test, means, "cell_type")
+    assert not kept["protocol"]["generated_renormalized"]
     renamed = lognorm.copy()
     renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
     with pytest.raises(PySaveError, match="share 0 gene names"):
