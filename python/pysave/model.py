@@ -1054,17 +1054,11 @@ class SAVE:
         """
         import anndata as ad
 
-        output = self._check_output(output)
-        precision = self._precision(precision)
-        table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
-        calibration, calibrated = self._calibration_plan(calibrate, codes)
-        shift = self._shift_plan(codes, shift_from, shift_bandwidth, shift_neighbours)
-        torch_compile = check_torch_compile(torch_compile, self.device)
-        X, Z = self._collected(self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision,
-                                                      shift, calibration, torch_compile), len(codes))
-        out = ad.AnnData(X=X, obs=self._generated_obs(codes, table), var=pd.DataFrame(index=pd.Index(self.genes)))
-        out.uns["pysave"] = self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift, calibrated,
-                                                        torch_compile)
+        request = self._generation_request(obs_table, guidance, n_steps, solver, seed, batch_size, output, precision,
+                                           shift_from, shift_bandwidth, shift_neighbours, calibrate, torch_compile)
+        X, Z = self._collected(request["chunks"], len(request["codes"]))
+        out = ad.AnnData(X=X, obs=request["obs"], var=pd.DataFrame(index=pd.Index(self.genes)))
+        out.uns["pysave"] = request["provenance"]
         out.obsm["X_save"] = Z
         return out
 
@@ -1076,22 +1070,32 @@ class SAVE:
                          torch_compile: bool = False) -> str:
         """Like :meth:`generate_like`, but cells go to ``path`` chunk by chunk: memory stays
         at one chunk whatever the number of cells. The file equals the in-memory result."""
+        request = self._generation_request(obs_table, guidance, n_steps, solver, seed, batch_size, output, precision,
+                                           shift_from, shift_bandwidth, shift_neighbours, calibrate, torch_compile)
+        n_cells = len(request["codes"])
+
+        def report(done: int) -> None:
+            if self.verbose and n_cells > batch_size:
+                self._log(f"generated {done}/{n_cells} cells")
+        return self._streamed(path, request["chunks"], request["obs"], {"pysave": {**request["provenance"], **(extra_uns or {})}},
+                              report, overwrite=overwrite)
+
+    def _generation_request(self, obs_table, guidance, n_steps, solver, seed, batch_size, output, precision, shift_from,
+                            shift_bandwidth, shift_neighbours, calibrate, torch_compile) -> dict:
+        """What generate_like and generate_to_h5ad share: every argument checked and every plan
+        made before the first cell (so a bad one is refused before any file is begun), the chunks
+        still to be generated (a generator), their obs and the provenance for uns["pysave"]."""
         output = self._check_output(output)
         precision = self._precision(precision)
         table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
         calibration, calibrated = self._calibration_plan(calibrate, codes)
         shift = self._shift_plan(codes, shift_from, shift_bandwidth, shift_neighbours)
         torch_compile = check_torch_compile(torch_compile, self.device)
-        chunks = self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision, shift, calibration,
-                                        torch_compile)
-        uns = {"pysave": {**self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift, calibrated,
-                                                        torch_compile),
-                          **(extra_uns or {})}}
-
-        def report(done: int) -> None:
-            if self.verbose and len(codes) > batch_size:
-                self._log(f"generated {done}/{len(codes)} cells")
-        return self._streamed(path, chunks, self._generated_obs(codes, table), uns, report, overwrite=overwrite)
+        return {"codes": codes, "obs": self._generated_obs(codes, table),
+                "chunks": self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision, shift,
+                                                 calibration, torch_compile),
+                "provenance": self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift, calibrated,
+                                                          torch_compile)}
 
     def _collected(self, chunks, n_cells: int):
         """(X, latents) of ``n_cells`` cells from (start, X rows, latent rows) chunks, in memory."""
