@@ -243,7 +243,8 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
         warnings.warn(f"the generated cells are decoder means (output='mean') over {generated.n_vars:,} genes, renormalized "
                       f"over the {len(space.genes):,} compared genes as if they were log1p(CP10k) of counts, which they "
                       "are not: their scores are approximate. Score sampled counts (generate(output='sample'), the "
-                      "default; CLI --output sample), as the protocol does.", PySaveWarning, stacklevel=2)
+                      "default; CLI --output-kind sample; R GenerateCells(expression = \"sample\")), as the protocol does.",
+                      PySaveWarning, stacklevel=2)
     x_real, x_gen = space.log_normalized(real), space.log_normalized(generated)
     z_real, z_gen = space.to_pcs(x_real), space.to_pcs(x_gen)
     if floor is not None:
