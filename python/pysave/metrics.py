@@ -84,6 +84,12 @@ def _cp10k_log1p(X: np.ndarray) -> np.ndarray:
     return np.log1p(X / lib * 1e4)
 
 
+def renormalized_on(adata, genes, layer: str | None = None) -> bool:
+    """Whether ``log_normalized_on`` renormalizes the data over ``genes``: log-normalized data
+    over more genes than those (``genes`` are among the data's, names unique in an AnnData)."""
+    return len(genes) < adata.n_vars and is_log_normalized(adata, layer)
+
+
 def log_normalized_on(adata, genes, layer: str | None = None) -> np.ndarray:
     """log1p(CP10k) of ``genes`` with each cell's total taken over those genes, as the protocol
     normalizes the real cells after the HVG subset. Counts are subset, then normalized;
@@ -96,7 +102,7 @@ def log_normalized_on(adata, genes, layer: str | None = None) -> np.ndarray:
         raise PySaveError(f"{len(missing)} genes of the reference space are missing from the data (e.g. {missing[:3]}); "
                           "compare cells in the same gene space.")
     subset = adata[:, genes]
-    if len(genes) == adata.n_vars or not is_log_normalized(adata, layer):  # names are unique in an AnnData
+    if not renormalized_on(adata, genes, layer):
         return log_normalized(subset, layer)
     return _cp10k_log1p(np.expm1(_dense(subset.X if layer is None else subset.layers[layer])))
 
@@ -235,7 +241,7 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     sets = [(a, n) for a, n in ((real, "real"), (generated, "generated"), (floor, "floor")) if a is not None]
     shared = shared_genes([a for a, _ in sets], [n for _, n in sets])
     space = fit_reference_space(real if len(shared) == real.n_vars else real[:, shared], n_hvg, n_pcs, counts_layer, seed)
-    renormalized = len(space.genes) < generated.n_vars and is_log_normalized(generated)
+    renormalized = renormalized_on(generated, space.genes)
     info = generated.uns.get("pysave", {})
     if renormalized and isinstance(info, dict) and info.get("output") == "mean":
         # expm1 of a mean of logs is not an expression profile (Jensen), so this renormalization is
