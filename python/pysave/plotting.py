@@ -79,7 +79,8 @@ METRIC_TITLES = {"spread": "spread (generated / real variance)"}
 
 def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2", "spread")) -> None:
     """One panel per metric: a bar per group, with the noise floor as a black tick where known
-    (for the spread too: two sets of real cells are not 1.0 apart in a PC space fitted on one)."""
+    (for the spread too: two sets of real cells are not 1.0 apart in a PC space fitted on one),
+    and the floor at the generated set's size as a grey one."""
     plt = _figure()
     metrics = [m for m in metrics if m in table.columns]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), max(3, 0.3 * len(table) + 1.5)), squeeze=False)
@@ -89,6 +90,9 @@ def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2", "spread")) ->
         floor = f"floor_{metric}"
         if floor in table.columns:
             ax.scatter(table[floor].to_numpy(), y, marker="|", s=200, color="black", label="noise floor (real vs real)")
+        if f"floor_sized_{metric}" in table.columns:  # W1 falls with the number of cells: the floor at the generated size
+            ax.scatter(table[f"floor_sized_{metric}"].to_numpy(), y, marker="|", s=200, color="grey",
+                       label="noise floor at the generated size")
         ax.set_yticks(y, [str(g) for g in table.index], fontsize=7)
         ax.set_title(METRIC_TITLES.get(metric, metric))
         ax.invert_yaxis()

@@ -93,6 +93,25 @@ def test_generation_fidelity_scores_real_near_floor_and_noise_far(pbmc_full):
     assert worse["mean"]["mean_r2"] < real_vs_real["mean"]["mean_r2"]
 
 
+def test_size_matched_floor_draws_the_generated_size(pbmc_full):
+    """floor_sized_*: the floor cells drawn at the generated set's size. At the floor's own size
+    the draw is all of them (W1 as the floor's); a generated set a quarter of the size gets a
+    floor of that size, further from the real cells by W1 than the full floor, as W1 falls with
+    the number of cells."""
+    test, train = _split(pbmc_full)
+    same = M.generation_fidelity(test, train, "cell_type", floor=train, n_hvg=500)["per_group"]
+    np.testing.assert_allclose(same["floor_sized_W1"], same["floor_W1"])
+    quarter = np.concatenate([rows[: max(2, len(rows) // 4)] for rows in
+                              (np.flatnonzero((train.obs["cell_type"] == t).to_numpy()) for t in train.obs["cell_type"].unique())])
+    small = M.generation_fidelity(test, train[np.sort(quarter)].copy(), "cell_type", floor=train, n_hvg=500)
+    table = small["per_group"]
+    assert (table["floor_sized_W1"] > table["floor_W1"]).mean() > 0.8
+    assert small["mean"]["floor_sized_W1"] > small["mean"]["floor_W1"] and "floor_sized" in small["protocol"]
+    rng = np.random.default_rng(0)
+    assert len(set(M.floor_cells_like(np.arange(10), 10, rng))) == 10  # enough floor cells: no cell twice
+    assert len(M.floor_cells_like(np.arange(3), 7, rng)) == 7  # fewer: drawn with replacement
+
+
 def test_spread_shows_under_dispersed_output(pbmc_full):
     """Cells pulled halfway to their group's mean (in log1p(CP10k), where the PC projection is
     linear) have a quarter of the real spread; the real cells scored as generated have all of it.
