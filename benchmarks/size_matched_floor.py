@@ -9,6 +9,7 @@ the group has test cells, drawn at random (with replacement only where the group
 training than test cells), scored by ``metrics.generation_fidelity`` exactly as a generated set.
 That is what a generator that reproduced the training cells would score: the reachable W1 / floor
 and MMD on the same splits. Mean over ``--draws`` draws. Writes results/size_matched_floor.json.
+``pysave evaluate`` reports one such draw per group as ``floor_sized_*`` (since 2026-12-05).
 """
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ DEFAULT_DATASETS = ["pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k"]
 
 
 def drawn_like_test(train_groups: np.ndarray, test_groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rows of training cells: per test group, as many as it has test cells."""
+    """Rows of training cells: per test group, as many as it has test cells (the draw of
+    ``metrics.floor_cells_like``, which ``pysave evaluate`` reports as ``floor_sized_*``)."""
+    from pysave.metrics import floor_cells_like
+
     rows = []
     for g in np.unique(test_groups):
         pool, n = np.flatnonzero(train_groups == g), int((test_groups == g).sum())
         if len(pool):
-            rows.append(rng.choice(pool, n, replace=len(pool) < n))
+            rows.append(floor_cells_like(pool, n, rng))
     return np.concatenate(rows)
 
 
