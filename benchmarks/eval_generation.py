@@ -121,6 +121,8 @@ def score(train, test, keys, seed, generated_by_output: dict) -> dict:
     summary = {
         "groups": int(len(common)),
         "noise_floor": {m: float(table.loc[common, f"floor_{m}"].mean()) for m in ("W1", "W2", "MMD", "spread")},
+        # the floor's cells drawn at the generated (test) size: what reproducing them would score
+        "noise_floor_sized": {m: float(table.loc[common, f"floor_sized_{m}"].mean()) for m in ("W1", "W2", "MMD", "spread")},
         "gaussian_pca": {m: float(gauss.loc[common, m].mean()) for m in ("W1", "W2", "MMD", "spread")},
         "protocol": next(iter(scored_by_output.values()))["protocol"], "outputs": {},
     }
