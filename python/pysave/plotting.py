@@ -96,7 +96,9 @@ def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2", "spread")) ->
         ax.set_yticks(y, [str(g) for g in table.index], fontsize=7)
         ax.set_title(METRIC_TITLES.get(metric, metric))
         ax.invert_yaxis()
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    # above the panels (saved with bbox_inches="tight"), where it hides no bar
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=3, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
