@@ -9,7 +9,7 @@ the group has test cells, drawn at random (with replacement only where the group
 training than test cells), scored by ``metrics.generation_fidelity`` exactly as a generated set.
 That is what a generator that reproduced the training cells would score: the reachable W1 / floor
 and MMD on the same splits. Mean over ``--draws`` draws. Writes results/size_matched_floor.json.
-``pysave evaluate`` reports one such draw per group as ``floor_sized_*`` (since 2026-12-05).
+``pysave evaluate`` reports such draws per group (mean of 3) as ``floor_sized_*`` (since 2026-12-05).
 """
 from __future__ import annotations
 
