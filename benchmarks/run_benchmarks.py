@@ -513,7 +513,7 @@ def run_generation(dataset, method, seed, args):
     for out, v in r["outputs"].items():
         metrics.update({f"{out}_{k}": x for k, x in v["pysave"].items()})
     metrics.update({f"floor_{k}": x for k, x in r["noise_floor"].items()})
-    metrics.update({f"floor_sized_{k}": x for k, x in r.get("noise_floor_sized", {}).items()})
+    metrics.update({f"floor_sized_{k}": x for k, x in r["noise_floor_sized"].items()})
     metrics.update({f"gaussian_{k}": x for k, x in r["gaussian_pca"].items()})
     add_floor_ratios(metrics)
     return {"metrics": metrics, "wall_seconds": time.perf_counter() - t0, "train_cells_per_s": r.get("train_cells_per_s"),
