@@ -303,7 +303,7 @@ def floor_cells_like(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.n
 
     The noise floor compares the real cells with all floor cells, often several times as many as
     a generated set of the real set's size, and W1 falls with the number of points: on the
-    benchmarks' 80/20 splits the training cells drawn at the test size score 1.02-1.03x the
+    benchmarks' 80/20 splits the training cells drawn at the test size score 1.01-1.03x the
     floor's W1 (benchmarks/README.md, "What a perfect generator scores"). Drawn without
     replacement where the floor has ``n`` cells or more."""
     return rng.choice(rows, n, replace=len(rows) < n)
