@@ -2,11 +2,13 @@
 import json
 import os
 import sys
+from unittest import mock
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from click.testing import CliRunner
 
 from pysave import metrics as M
@@ -106,6 +108,34 @@ def test_batch_correction_scib(pbmc_full):
     protocol = result["protocol"]
     assert protocol["scib_metrics_version"] == M.SCIB_METRICS_VERSION and protocol["min_max_scale"] is False
     assert len(protocol["bio_metrics"]) >= 4 and len(protocol["batch_metrics"]) == 5
+
+
+def test_batch_correction_scores_do_not_depend_on_earlier_arpack_calls(pbmc_full):
+    """kBET's diffusion embedding starts ARPACK from a vector drawn from the seed, not from
+    ARPACK's own generator, which every earlier call advances (two copies of the PCA once
+    scored kBET 0.114 and 0.226 on one label of this data)."""
+    _require_scib()
+    import scipy.sparse.linalg as sla
+    from scib_metrics.utils._diffusion_nn import _compute_eigen
+
+    # The premise: a degenerate spectrum (two identical blocks), whose eigenvectors ARPACK
+    # picks by its start vector, changes between two plain calls and not under the seeded start.
+    block = sp.random(60, 60, density=0.2, random_state=0)
+    m = sp.block_diag([block + block.T] * 2).tocsr()
+    first, second = (_compute_eigen(m, n_comps=4)[1] for _ in range(2))
+    assert not np.allclose(np.abs(first), np.abs(second), atol=1e-3)
+    with M._seeded_arpack(0):
+        first, second = (_compute_eigen(m, n_comps=4)[1] for _ in range(2))
+    np.testing.assert_array_equal(first, second)
+
+    # Every eigsh call scib-metrics makes while scoring gets that seeded start.
+    a = _embeddings(pbmc_full)
+    with mock.patch.object(sla, "eigsh", wraps=sla.eigsh) as spy:
+        M.batch_correction(a, "batch", "cell_type", ["X_ideal"], seed=3)
+    assert spy.call_count > 0
+    for call in spy.call_args_list:
+        n = call.args[0].shape[0]
+        np.testing.assert_array_equal(call.kwargs["v0"], np.random.default_rng(3).uniform(-1, 1, n))
 
 
 def test_evaluate_batch_command(pbmc_full, tmp_path):
