@@ -399,6 +399,25 @@ def unintegrated_pca(adata, n_pcs: int = 50, layer: str | None = None, seed: int
 
 
 @contextmanager
+def torch_threads_kept():
+    """Torch's intra-op thread count, put back as it was when the block ends.
+
+    numba's OpenMP threading layer, which pynndescent starts (scib-metrics' neighbours, scanpy's
+    neighbours and UMAP), sets OpenMP's thread count to every core, and torch reads the same
+    setting: a session that had asked torch for 1 thread trained its next model on 2 threads,
+    with other weights than a fresh session's and, beside another busy process, 8x slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextmanager
 def _seeded_arpack(seed: int):
     """scipy's ``eigsh`` started from a vector drawn from ``seed`` where the caller gives none.
 
@@ -464,7 +483,7 @@ def batch_correction(adata, batch_key: str, label_key: str, embedding_keys, pre_
     bench = Benchmarker(work, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=keys,
                         pre_integrated_embedding_obsm_key=pre, bio_conservation_metrics=bio,
                         batch_correction_metrics=batch, n_jobs=n_jobs, progress_bar=False)
-    with _seeded_arpack(seed):
+    with _seeded_arpack(seed), torch_threads_kept():
         bench.benchmark()
     raw = bench.get_results(min_max_scale=False, clean_names=False)
     types = raw.loc["Metric Type"]

@@ -3,13 +3,11 @@ block-attention heatmap. matplotlib with the non-interactive Agg backend; files 
 atomically."""
 from __future__ import annotations
 
+import numpy as np
 
-
+from .metrics import torch_threads_kept
 
 ORIGIN_COLOURS = {"real": "#9e9e9e", "generated": "#d62728"}
-
-
-import numpy as np
 
 
 def _figure():
@@ -55,8 +53,9 @@ def real_vs_generated_umap(real, generated, color: str, path: str, seed: int = 0
     both = ad.concat({"real": real, "generated": generated}, label="origin", index_unique="-")
     both.obs[color] = both.obs[color].astype(str)
     sc.pp.pca(both, n_comps=min(30, both.n_vars - 1, both.n_obs - 1), random_state=seed)
-    sc.pp.neighbors(both, random_state=seed)
-    sc.tl.umap(both, random_state=seed)
+    with torch_threads_kept():
+        sc.pp.neighbors(both, random_state=seed)
+        sc.tl.umap(both, random_state=seed)
     xy = both.obsm["X_umap"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     for ax, key in zip(axes, ["origin", color]):
@@ -155,8 +154,9 @@ def embedding_umaps(adata, keys, batch_key: str, label_key: str, path: str, seed
     for j, key in enumerate(keys):
         tmp = ad.AnnData(np.zeros((adata.n_obs, 1), dtype=np.float32), obs=adata.obs[[batch_key, label_key]].astype(str))
         tmp.obsm["emb"] = np.asarray(adata.obsm[key], dtype=np.float32)
-        sc.pp.neighbors(tmp, use_rep="emb", random_state=seed)
-        sc.tl.umap(tmp, random_state=seed)
+        with torch_threads_kept():
+            sc.pp.neighbors(tmp, use_rep="emb", random_state=seed)
+            sc.tl.umap(tmp, random_state=seed)
         xy = tmp.obsm["X_umap"]
         for i, col in enumerate((batch_key, label_key)):
             ax = axes[i][j]

@@ -138,6 +138,36 @@ def test_batch_correction_scores_do_not_depend_on_earlier_arpack_calls(pbmc_full
         np.testing.assert_array_equal(call.kwargs["v0"], np.random.default_rng(3).uniform(-1, 1, n))
 
 
+THREADS_SCRIPT = """
+import sys, numpy as np, torch
+torch.set_num_threads(1)
+torch.get_num_threads()
+from pysave import datasets, metrics, plotting
+a = datasets.pbmc_3tech()[:300].copy()
+a.obsm["emb"] = np.random.default_rng(0).normal(size=(a.n_obs, 5)).astype(np.float32)
+if sys.argv[1] == "scib":
+    metrics.batch_correction(a, "batch", "cell_type", ["emb"])
+else:
+    plotting.embedding_umaps(a, ["emb"], "batch", "cell_type", sys.argv[2])
+print("torch threads", torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("scoring", ["scib", "umap"])
+def test_scoring_leaves_torch_threads_as_they_were(scoring, tmp_path):
+    """numba's OpenMP layer, first started by pynndescent (scIB's neighbours, scanpy's UMAP), set
+    torch's thread count to every core: a session at 1 thread then trained on 2 (other weights,
+    and 8x slower beside a busy process). A fresh process, since numba starts once."""
+    if scoring == "scib":
+        _require_scib()
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, scoring, str(tmp_path / "u.png")], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch threads 1" in out.stdout, out.stdout
+
+
 def test_evaluate_batch_command(pbmc_full, tmp_path):
     _require_scib()
     a = _embeddings(pbmc_full)
