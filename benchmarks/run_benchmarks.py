@@ -616,7 +616,7 @@ PLOT_PYSAVE_ROWS = {
     "perturbation": ["pysave_shift_plus_vmask0.6_local"],
     "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6_calib"],
     # batch: the rows scored under protocol version 4 (2026-12-05), as the peers' now are
-    "batch": ["pysave_latent_kl0.5_p4", "pysave_corrected_total_kl0.5_p4"],
+    "batch": ["pysave_latent_kl0.5_p4", "pysave_corrected_total_kl0.5_p4", "pysave_corrected_mean_total_kl0.5_vmask0_p4"],
     # generation: the product with its calibration (`_calib`, 2026-12-04), and before it (`_v4`, the
     # rows run again by committed code on the same machine; the ablation without attention likewise)
     "generation": ["pysave_fmask0.15_all0.1_midpoint10_w2_calib", "pysave_product_fmask0.15_all0.1_midpoint10_w2_calib",
