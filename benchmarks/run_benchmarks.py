@@ -679,7 +679,7 @@ def plot_kl_sweep(runs):
 
 
 # Batch rows scored under an older protocol are marked in the table (version 4: the seeded ARPACK start).
-BATCH_PROTOCOL = "4"
+BATCH_PROTOCOL = 4
 
 
 def build_table():
@@ -716,7 +716,7 @@ def build_table():
             if task in ("perturbation", "unseen"):
                 n_types = min(r["n_types"] for r in rs)
                 seeds += f" ({n_types} types)" if n_types else " (no type in common)"
-            if task == "batch" and any(int(r["protocol"].get("version", 0)) < int(BATCH_PROTOCOL) for r in rs):
+            if task == "batch" and any(int(r["protocol"].get("version", 0)) < BATCH_PROTOCOL for r in rs):
                 seeds += " (old scoring)"
             cells = [_fmt([r["metrics"].get(m) for r in rs]) for m, _ in cols]
             wall = f"{np.mean([r['wall_seconds'] for r in rs]):.0f}"
