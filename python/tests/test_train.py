@@ -136,3 +136,34 @@ def test_adamw_is_fused_on_the_cpu_and_a_checkpoint_from_before_resumes_unfused(
     fused_flags.clear()
     run(older)
     assert fused_flags == [None]
+
+
+def test_clipping_on_the_cpu_is_the_foreach_form_and_gives_the_loops_weights(monkeypatch):
+    """The foreach form (two calls a step, not two per parameter) must clip exactly as torch's loop."""
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def run(foreach_override):
+        def clip(parameters, max_norm, **kwargs):
+            calls.append(kwargs.get("foreach"))
+            if foreach_override is not None:
+                kwargs["foreach"] = foreach_override
+            norm = real_clip(parameters, max_norm, **kwargs)
+            assert float(norm) > max_norm  # the gradients are really clipped, every step
+            return norm
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Linear(7, 33), torch.nn.GELU(), torch.nn.Linear(33, 5))
+        x = torch.randn(64, 7, generator=torch.Generator().manual_seed(1))
+
+        def loss(batch, generator):
+            return {"loss": 1e3 * module(batch).pow(2).mean()}
+        fit(module, loss, lambda epoch: [x, x[:40]], None, 3, 2, 0.05, 0.01, 1, None,
+            torch.device("cpu"), 0, "toy", lambda m: None, progress=False)
+        return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    product = run(None)
+    assert set(calls) == {True}  # the product asks for the foreach form on the CPU
+    loop = run(False)
+    assert torch.equal(product, loop)  # and it gives the loop's weights to the last bit
