@@ -176,6 +176,13 @@ def scored_result(model_dir, dataset, seed, train, test, keys, sets: dict, **ext
             "gaussian": summary["gaussian_pca"], **{k: v["pysave"] for k, v in summary["outputs"].items()}}
 
 
+def diagnostic_cli(doc: str, run, stem: str) -> dict:
+    """``diagnostic_main``, then the W1 / MMD of every set the diagnostic scored."""
+    r = diagnostic_main(doc, run, stem)
+    print_scored_sets(r)
+    return r
+
+
 def print_scored_sets(result: dict) -> None:
     """Print W1 / MMD of each generated set a diagnostic scored (the floor and Gaussian are printed by diagnostic_main)."""
     for name, value in result.items():

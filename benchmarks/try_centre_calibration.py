@@ -47,6 +47,18 @@ def combination_offsets(codes: np.ndarray, real: np.ndarray, reference_codes: np
     return out
 
 
+def offset_decoder(original, offsets: dict):
+    """``original`` (a model's ``_decode``) with each row's combination offset added, clipped at 0."""
+    def decode(z, chunk_codes, *args, **kwargs):
+        x = original(z, chunk_codes, *args, **kwargs)
+        for i, row in enumerate(chunk_codes):
+            off = offsets.get(tuple(row))
+            if off is not None:
+                x[i] = np.maximum(x[i] + off, 0)
+        return x
+    return decode
+
+
 def run(model_dir, dataset, seed) -> dict:
     import torch
 
@@ -71,16 +83,6 @@ def run(model_dir, dataset, seed) -> dict:
     reference_codes = D.encode_conditions(generated_reference.obs, model.registry)
     reference = np.asarray(generated_reference.X)
     original = model._decode
-
-    def calibrated(offsets):
-        def decode(z, chunk_codes, *args, **kwargs):
-            x = original(z, chunk_codes, *args, **kwargs)
-            for i, row in enumerate(chunk_codes):
-                off = offsets.get(tuple(row))
-                if off is not None:
-                    x[i] = np.maximum(x[i] + off, 0)
-            return x
-        return decode
 
     # The same offsets in the model's stored expression PCs (pc_components, pc_means: what a model
     # keeps), from the training cells' reconstructions: a table of combinations x 30, not x genes.
@@ -109,7 +111,7 @@ def run(model_dir, dataset, seed) -> dict:
     sets = {"default (w2)": model.generate_like(test.obs[keys], **product)}
     for name, ref_codes, ref in (("recon", codes, recon), ("generated", reference_codes, reference)):
         offsets = combination_offsets(codes, real, ref_codes, ref, 0)
-        with mock.patch.object(model, "_decode", calibrated(offsets)):
+        with mock.patch.object(model, "_decode", offset_decoder(original, offsets)):
             sets[f"{name} genes"] = model.generate_like(test.obs[keys], **product)
     for scale in SCALES:
         with mock.patch.object(model, "_decode", pc_calibrated(scale)):
@@ -118,25 +120,20 @@ def run(model_dir, dataset, seed) -> dict:
     _, logvar = model._encode(prep)
     g = torch.Generator().manual_seed(seed)
     sampled = model._decode(mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g), codes)
-    with mock.patch.object(model, "_decode", calibrated(combination_offsets(codes, real, codes, sampled, 0))):
+    with mock.patch.object(model, "_decode", offset_decoder(original, combination_offsets(codes, real, codes, sampled, 0))):
         sets["recon posterior samples genes"] = model.generate_like(test.obs[keys], **product)
     # Offsets together with each group's latents widened around their mean (try_latent_spread.py).
     offsets = combination_offsets(codes, real, codes, recon, 0)
     for alpha in ALPHAS:
         sampler = widened_sampler(model_module.sample_latents, alpha)
-        with mock.patch.object(model, "_decode", calibrated(offsets)), mock.patch.object(model_module, "sample_latents", sampler):
+        with mock.patch.object(model, "_decode", offset_decoder(original, offsets)), mock.patch.object(model_module, "sample_latents", sampler):
             sets[f"recon genes, latents widened {alpha:g}"] = model.generate_like(test.obs[keys], **product)
     return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets, n_reference=N_REFERENCE,
                                          combinations=len(combos))
 
 
-def main():
+if __name__ == "__main__":
     sys.path.insert(0, HERE)
     import eval_generation
 
-    r = eval_generation.diagnostic_main(__doc__, run, "centre_calibration")
-    eval_generation.print_scored_sets(r)
-
-
-if __name__ == "__main__":
-    main()
+    eval_generation.diagnostic_cli(__doc__, run, "centre_calibration")

@@ -29,7 +29,7 @@ def run(model_dir, dataset, seed) -> dict:
     from pysave import data as D
     sys.path.insert(0, HERE)
     import eval_generation
-    from try_centre_calibration import N_REFERENCE, combination_offsets, log_normalized
+    from try_centre_calibration import N_REFERENCE, combination_offsets, log_normalized, offset_decoder
 
     model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     product = dict(seed=seed, **eval_generation.PRODUCT_SAMPLING)
@@ -40,30 +40,15 @@ def run(model_dir, dataset, seed) -> dict:
     reference = model.generate_like(reference_obs, **{**product, "seed": seed + 1000, "output": "mean", "calibrate": False})
     offsets = combination_offsets(codes, log_normalized(train), D.encode_conditions(reference.obs, model.registry),
                                   np.asarray(reference.X), 0)
-    original = model._decode
-
-    def calibrated(z, chunk_codes, *args, **kwargs):
-        x = original(z, chunk_codes, *args, **kwargs)
-        for i, row in enumerate(chunk_codes):
-            off = offsets.get(tuple(row))
-            if off is not None:
-                x[i] = np.maximum(x[i] + off, 0)
-        return x
-
     sets = {"product (recon offsets)": model.generate_like(test.obs[keys], **product),
             "uncalibrated": model.generate_like(test.obs[keys], **product, calibrate=False)}
-    with mock.patch.object(model, "_decode", calibrated):
+    with mock.patch.object(model, "_decode", offset_decoder(model._decode, offsets)):
         sets["generated offsets"] = model.generate_like(test.obs[keys], **product, calibrate=False)
     return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets, n_reference=N_REFERENCE)
 
 
-def main():
+if __name__ == "__main__":
     sys.path.insert(0, HERE)
     import eval_generation
 
-    r = eval_generation.diagnostic_main(__doc__, run, "generated_calibration")
-    eval_generation.print_scored_sets(r)
-
-
-if __name__ == "__main__":
-    main()
+    eval_generation.diagnostic_cli(__doc__, run, "generated_calibration")

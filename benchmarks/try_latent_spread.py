@@ -56,13 +56,8 @@ def run(model_dir, dataset, seed) -> dict:
     return eval_generation.scored_result(model_dir, dataset, seed, train, test, keys, sets)
 
 
-def main():
+if __name__ == "__main__":
     sys.path.insert(0, HERE)
     import eval_generation
 
-    r = eval_generation.diagnostic_main(__doc__, run, "latent_spread")
-    eval_generation.print_scored_sets(r)
-
-
-if __name__ == "__main__":
-    main()
+    eval_generation.diagnostic_cli(__doc__, run, "latent_spread")
