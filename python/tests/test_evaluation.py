@@ -138,6 +138,8 @@ def test_batch_correction_scores_do_not_depend_on_earlier_arpack_calls(pbmc_full
         np.testing.assert_array_equal(call.kwargs["v0"], np.random.default_rng(3).uniform(-1, 1, n))
 
 
+# The bare get_num_threads() starts torch's thread pool before numba starts; without it the
+# defect does not show (measured: 1 thread after the UMAP either way without the fix).
 THREADS_SCRIPT = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)
