@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pysave.flow import LinearPath, VelocityField, guided_velocity, sample_latents
-from pysave.layers import AdaLNBlock, ConditionEmbedding
+from pysave.layers import AdaLNBlock, ConditionEmbedding, ExactGELU
 from pysave.vae import BlockAttentionVAE, negative_binomial_log_prob
 
 
@@ -163,6 +163,36 @@ def test_direct_attention_matches_the_fused_kernel(monkeypatch):
     fused = run()
     assert torch.allclose(direct[0], fused[0], atol=1e-5) and torch.allclose(direct[1], fused[1], atol=1e-4)
     assert not torch.equal(direct[0], h)  # the block did something
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_compiled_gelu_keeps_its_slope_and_gives_the_plain_gelus_bits(bf16):
+    # Compiled on the CPU, inductor recomputes erf in the backward pass of F.gelu; ExactGELU's
+    # backward only multiplies by the slope its forward kept. Same values, same gradients.
+    from torch._inductor.utils import run_and_get_code
+
+    def run(activation):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(16, 64), activation, torch.nn.Linear(64, 16))
+        compiled, x = torch.compile(net), torch.randn(48, 16)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = compiled(x)
+            out.float().square().sum().backward()
+            return out.detach()
+
+        out, code = run_and_get_code(step)
+        return out, [p.grad for p in net.parameters()], [c.count(".erf()") for c in code]
+
+    plain_out, plain_grads, plain_erfs = run(torch.nn.GELU())
+    out, grads, erfs = run(ExactGELU())
+    assert plain_erfs == [1, 1] and erfs == [1, 0]  # forward and backward graphs: erf only forward
+    assert torch.equal(out, plain_out)
+    assert all(torch.equal(g, p) for g, p in zip(grads, plain_grads))
+    x = torch.randn(100)
+    assert torch.equal(ExactGELU()(x), torch.nn.functional.gelu(x))  # eager: F.gelu itself
 
 
 def test_unique_conditions_match_unique_rows():
