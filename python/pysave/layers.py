@@ -106,7 +106,8 @@ class ExactGELU(nn.GELU):
 def _gelu_keeping_slope(x: torch.Tensor) -> torch.Tensor:
     # The arithmetic of inductor's own GELU forward and backward, in the same order (bit-identical).
     # Written with plain ops and no autograd.Function, which torch's compile cache cannot hold:
-    # the value and slope come from a detached input, and (x - x) carries the gradient times slope.
+    # value and slope come from a detached input; slope * (x - x.detach()), zero in value, carries
+    # the gradient. (An infinite input gives NaN here where F.gelu gives inf: training has failed by then.)
     xf = x.float()
     xd = xf.detach()
     cdf = 0.5 * (1 + torch.erf(xd * 0.7071067811865476))
