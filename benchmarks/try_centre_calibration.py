@@ -59,11 +59,22 @@ def offset_decoder(original, offsets: dict):
     return decode
 
 
+def generated_reference(model, train, keys, product: dict, **overrides):
+    """N_REFERENCE decoder means per training combination through the flow, at the sampler settings
+    ``product`` with seed + 1000 (a seed the scored cells do not use): their condition codes and values."""
+    from pysave import data as D
+
+    table = train.obs[keys].drop_duplicates().reset_index(drop=True)
+    reference_obs = table.loc[table.index.repeat(N_REFERENCE)].reset_index(drop=True)
+    reference_obs.index = reference_obs.index.astype(str)
+    reference = model.generate_like(reference_obs, **{**product, "seed": product["seed"] + 1000, "output": "mean", **overrides})
+    return D.encode_conditions(reference.obs, model.registry), np.asarray(reference.X)
+
+
 def run(model_dir, dataset, seed) -> dict:
     import torch
 
     import pysave.model as model_module
-    from pysave import data as D
     sys.path.insert(0, HERE)
     import eval_generation
 
@@ -74,14 +85,8 @@ def run(model_dir, dataset, seed) -> dict:
     codes = np.asarray(prep.codes)
     mu, _ = model._encode(prep)
     recon = model._decode(mu, codes)
-    # N_REFERENCE decoder means per combination through the flow, with a seed the scored cells do not use.
     combos = np.unique(codes, axis=0)
-    table = train.obs[keys].drop_duplicates().reset_index(drop=True)
-    reference_obs = table.loc[table.index.repeat(N_REFERENCE)].reset_index(drop=True)
-    reference_obs.index = reference_obs.index.astype(str)
-    generated_reference = model.generate_like(reference_obs, **{**product, "seed": seed + 1000, "output": "mean"})
-    reference_codes = D.encode_conditions(generated_reference.obs, model.registry)
-    reference = np.asarray(generated_reference.X)
+    reference_codes, reference = generated_reference(model, train, keys, product)
     original = model._decode
 
     # The same offsets in the model's stored expression PCs (pc_components, pc_means: what a model

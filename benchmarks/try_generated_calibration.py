@@ -26,20 +26,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run(model_dir, dataset, seed) -> dict:
-    from pysave import data as D
     sys.path.insert(0, HERE)
     import eval_generation
-    from try_centre_calibration import N_REFERENCE, combination_offsets, log_normalized, offset_decoder
+    from try_centre_calibration import N_REFERENCE, combination_offsets, generated_reference, log_normalized, offset_decoder
 
     model, train, test, keys = eval_generation.kept_model(model_dir, dataset, seed)
     product = dict(seed=seed, **eval_generation.PRODUCT_SAMPLING)
     codes = np.asarray(model._prepare(train).codes)
-    table = train.obs[keys].drop_duplicates().reset_index(drop=True)
-    reference_obs = table.loc[table.index.repeat(N_REFERENCE)].reset_index(drop=True)
-    reference_obs.index = reference_obs.index.astype(str)
-    reference = model.generate_like(reference_obs, **{**product, "seed": seed + 1000, "output": "mean", "calibrate": False})
-    offsets = combination_offsets(codes, log_normalized(train), D.encode_conditions(reference.obs, model.registry),
-                                  np.asarray(reference.X), 0)
+    reference_codes, reference = generated_reference(model, train, keys, product, calibrate=False)
+    offsets = combination_offsets(codes, log_normalized(train), reference_codes, reference, 0)
     sets = {"product (recon offsets)": model.generate_like(test.obs[keys], **product),
             "uncalibrated": model.generate_like(test.obs[keys], **product, calibrate=False)}
     with mock.patch.object(model, "_decode", offset_decoder(model._decode, offsets)):
