@@ -62,7 +62,12 @@ def init_from_env(device: torch.device) -> torch.device:
 
 
 def shutdown() -> None:
+    """Leave the process group, all ranks together: rank 0 may still be writing the model when
+    the others finish, and a rank that tears its gloo connections down while a peer still holds
+    them can abort at exit ("terminate called without an active exception", once in the CI's
+    torchrun test)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

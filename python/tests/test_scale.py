@@ -202,6 +202,27 @@ def test_rank_one_skips_save_under_torchrun(tmp_path):
     assert not (tmp_path / "model_rank1").exists()
 
 
+def test_no_rank_leaves_the_process_group_before_rank_zero_is_done(tmp_path):
+    # Rank 0 writes the model after training while the others wait in shutdown(); a rank that
+    # tore down its gloo connections meanwhile could abort at exit (seen once in CI).
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import pathlib, time
+        import torch
+        from pysave import distributed as dist_utils
+        dist_utils.init_from_env(torch.device("cpu"))
+        done = pathlib.Path({str(tmp_path / "rank0_done")!r})
+        rank = dist_utils.rank()
+        if rank == 0:
+            time.sleep(2)
+            done.write_text("written")
+        dist_utils.shutdown()
+        if rank == 1:
+            assert done.exists(), "rank 1 left before rank 0 was done"
+    """))
+    _torchrun([str(script)], tmp_path)
+
+
 def test_cli_backed_training(tmp_path):
     path = str(shared_file(PBMC))
     args = ["train", path, "--condition", "cell_type", "--backed", "--chunk-size", "256", "--epochs", "2",
