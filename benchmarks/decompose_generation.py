@@ -16,9 +16,10 @@ three sets of sampled cells (output="sample") for the test cells' conditions:
 - ``reconstruction``: the held-out cells themselves, encoded and decoded (the encoder mean).
   The VAE's reconstruction of unseen cells; no sampling of latents at all.
 flow minus posterior is the flow's share of the gap; posterior minus the floor the VAE's.
-A last set, ``floor_sized``, generates as many cells per group as the floor has (the training
-cells), with the Gaussian baseline at the same size, at guidance ``--guidance`` (default 2, the
-product's), to show how much of the W1 ratio is the floor's larger sample.
+A last set, ``at_training_size``, generates as many cells per group as the floor has (the
+training cells), with the Gaussian baseline at the same size, at guidance ``--guidance`` (default 2, the
+product's), to show how much of the W1 ratio is the floor's larger sample. (The other way round,
+the floor drawn at the generated size, is ``metrics``' ``floor_sized_*``.)
 Writes results/decompose_<dataset>_s<seed>.json (one entry per model directory).
 """
 from __future__ import annotations
@@ -71,11 +72,11 @@ def decompose(model_dir: str, dataset: str, seed: int, guidance: float = 2.0) ->
            "gaussian": summary["gaussian_pca"], "groups": summary["groups"]}
     for name, r in summary["outputs"].items():
         out[name] = r["pysave"]
-    out["floor_sized"] = floor_sized(model, train, test, keys, seed, guidance)
+    out["at_training_size"] = at_training_size(model, train, test, keys, seed, guidance)
     return out
 
 
-def floor_sized(model, train, test, keys, seed, guidance) -> dict:
+def at_training_size(model, train, test, keys, seed, guidance) -> dict:
     """The protocol's floor compares the test cells with *all* training cells of a group (about 4x
     as many as a generated set of the test's size), and W1 falls with the number of points. Here
     pysave and the Gaussian make as many cells per group as the floor has, so all three are
@@ -116,8 +117,8 @@ def main():
         print(os.path.basename(r["model_dir"]), f"floor W1 {r['floor']['W1']:.3f} MMD {r['floor']['MMD']:.3f} | "
               f"gaussian {r['gaussian']['W1']:.3f} {r['gaussian']['MMD']:.3f} | " + " | ".join(
                   f"{k} {r[k]['W1']:.3f} {r[k]['MMD']:.3f}" for k in ("flow", "product", "posterior", "posterior_mean", "reconstruction")))
-        f = r["floor_sized"]
-        print(f"  floor-sized sets (w = {f['guidance']:g}): floor W1 {f['floor']['W1']:.3f} MMD {f['floor']['MMD']:.3f} | "
+        f = r["at_training_size"]
+        print(f"  sets at the training size (w = {f['guidance']:g}): floor W1 {f['floor']['W1']:.3f} MMD {f['floor']['MMD']:.3f} | "
               f"pysave {f['pysave']['W1']:.3f} {f['pysave']['MMD']:.3f} | gaussian {f['gaussian']['W1']:.3f} {f['gaussian']['MMD']:.3f}")
 
 
