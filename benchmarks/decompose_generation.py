@@ -17,9 +17,9 @@ three sets of sampled cells (output="sample") for the test cells' conditions:
   The VAE's reconstruction of unseen cells; no sampling of latents at all.
 flow minus posterior is the flow's share of the gap; posterior minus the floor the VAE's.
 A last set, ``at_training_size``, generates as many cells per group as the floor has (the
-training cells), with the Gaussian baseline at the same size, at guidance ``--guidance`` (default 2, the
-product's), to show how much of the W1 ratio is the floor's larger sample. (The other way round,
-the floor drawn at the generated size, is ``metrics``' ``floor_sized_*``.)
+training cells), with the Gaussian baseline at the same size, at guidance ``--guidance``
+(default 2, the product's), to show how much of the W1 ratio is the floor's larger sample.
+(The other way round, the floor drawn at the generated size, is ``metrics``' ``floor_sized_*``.)
 Writes results/decompose_<dataset>_s<seed>.json (one entry per model directory).
 """
 from __future__ import annotations

@@ -629,7 +629,8 @@ PLOT_PYSAVE_ROWS = {
 def plot_task(task, runs):
     """results/bench_<task>.png: the table's main metrics as bars (mean over seeds), one row per
     (dataset, method) for the peers, the baselines and pysave's recommended rows
-    (PLOT_PYSAVE_ROWS): what readers look at before the numbers."""
+    (PLOT_PYSAVE_ROWS), and for generation the per-group Gaussian: what readers look at before
+    the numbers."""
     import pandas as pd
 
     from pysave import plotting
