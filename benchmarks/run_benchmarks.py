@@ -527,7 +527,7 @@ def add_floor_ratios(metrics):
     """Generation metrics over the noise floor's (the spread's too: two real samples are not 1.0
     apart in a PC space fitted on one of them). Rows written before a metric existed lack it."""
     metrics.update({f"{k}_over_floor": metrics[k] / metrics[f"floor_{k.split('_', 1)[1]}"]
-                    for k in ("sample_W1", "sample_MMD", "sample_spread", "gaussian_spread")
+                    for k in ("sample_W1", "sample_MMD", "sample_spread", "gaussian_W1", "gaussian_MMD", "gaussian_spread")
                     if k in metrics and f"floor_{k.split('_', 1)[1]}" in metrics})
     return metrics
 
@@ -653,9 +653,9 @@ def gaussian_bars(runs) -> dict:
         for (_, d, m), rs in sorted(runs.items()):
             label = f"{d} / Gaussian in PCA (baseline)"
             if m == method and label not in bars:
-                bars[label] = {"sample_W1_over_floor": np.mean([r["metrics"]["gaussian_W1"] / r["metrics"]["floor_W1"] for r in rs]),
-                               "sample_MMD_over_floor": np.mean([r["metrics"]["gaussian_MMD"] / r["metrics"]["floor_MMD"] for r in rs]),
-                               "sample_mean_r2": np.nan}
+                bars[label] = {f"sample_{k}_over_floor": np.mean([r["metrics"][f"gaussian_{k}_over_floor"] for r in rs])
+                               for k in ("W1", "MMD")}
+                bars[label]["sample_mean_r2"] = np.nan
     return bars
 
 
