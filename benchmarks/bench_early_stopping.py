@@ -49,10 +49,17 @@ def cut(curve, patience: int) -> tuple[int, int]:
     return len(curve), best + 1
 
 
+# The flow's rule this benchmark chose on 2026-11-22: the patience, but at least this many optimizer
+# steps. The product dropped it on 2026-12-06 (the flow now runs all its epochs and keeps the last).
+MIN_FLOW_PATIENCE_STEPS = 1000
+
+
+def flow_patience_epochs(patience: int, steps_per_epoch: int) -> int:
+    return max(patience, math.ceil(MIN_FLOW_PATIENCE_STEPS / steps_per_epoch))
+
+
 def analyse(name: str, history: dict, steps_per_epoch: int, seconds: dict | None = None) -> dict:
     """For each stage: the best epoch of the whole curve and, for each patience, where it stops."""
-    from pysave.model import MIN_FLOW_PATIENCE_STEPS, flow_patience_epochs
-
     out = {"name": name, "steps_per_epoch": steps_per_epoch, "stages": {}}
     for stage in ("vae", "flow"):
         curve = np.asarray(history.get(f"{stage}_validation_loss", []), dtype=float)
@@ -60,7 +67,7 @@ def analyse(name: str, history: dict, steps_per_epoch: int, seconds: dict | None
             continue
         best = int(curve.argmin())
         rules = {f"P{p}": p for p in PATIENCES}
-        floor = flow_patience_epochs(20, steps_per_epoch)  # the product's rule for the flow
+        floor = flow_patience_epochs(20, steps_per_epoch)  # the product's rule for the flow until 2026-12-06
         rules[f"P20, at least {MIN_FLOW_PATIENCE_STEPS} steps ({floor} epochs)"] = floor
         stage_out = {"epochs": len(curve), "best_epoch": best + 1, "best_loss": float(curve[best]), "rules": {}}
         per_epoch = (seconds or {}).get(stage, float("nan")) / len(curve)

@@ -110,7 +110,7 @@ def main():
 @click.option("--weight-decay", type=float, default=2.5e-5, show_default=True)
 @click.option("--warmup-epochs", type=int, default=None, help="Linear lr warm-up in epochs (default: 2 for the VAE, a quarter of the epochs for the flow; a value given applies to both).")
 @click.option("--validation-fraction", type=float, default=0.1, show_default=True)
-@click.option("--patience", type=int, default=20, show_default=True, help="Early-stopping patience in epochs (the flow stage waits at least 1,000 optimizer steps).")
+@click.option("--patience", type=int, default=20, show_default=True, help="Early-stopping patience of the VAE in epochs (the flow runs all its epochs and keeps the last).")
 @click.option("--no-early-stopping", is_flag=True)
 @click.option("--gene-embeddings", default="data", show_default=True, help="'data', 'builtin' (shipped gene-knowledge table; 'builtin:human', 'builtin:mouse'), 'random' or a CSV/TSV/NPZ/parquet file.")
 @click.option("--block-size", type=int, default=None, help="Genes per block K.")

@@ -1,6 +1,6 @@
 """Training loop shared by both stages: AdamW with linear warm-up, a validation split,
-early stopping that restores the best weights, loss history, and progress that is a bar on
-a terminal and a few plain lines elsewhere (RStudio, knitr, CI logs)."""
+early stopping that restores the best weights (or the last epoch's, kept), loss history, and
+progress that is a bar on a terminal and a few plain lines elsewhere (RStudio, knitr, CI logs)."""
 from __future__ import annotations
 
 import contextlib
@@ -219,8 +219,12 @@ def _fit(
     on_checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
     precision: str = "32",
+    keep: str = "best",
 ) -> dict:
     """Train ``module`` for up to ``epochs``; return the history and a summary.
+
+    ``keep="best"`` ends with the weights of the epoch with the lowest validation loss;
+    ``keep="last"`` with the last epoch's (validation is still recorded in the history).
 
     Every ``checkpoint_every`` epochs, ``on_checkpoint`` receives a snapshot (weights, optimizer,
     scheduler, random generator, history, best weights); passing it back as ``resume`` continues
@@ -259,6 +263,9 @@ def _fit(
         best = (resume["best_loss"], resume["best_state"], resume["best_epoch"])
         n_seen, first_epoch, elapsed = resume["n_seen"], resume["epoch"] + 1, resume["seconds"]
         log(f"{label}: resuming after epoch {resume['epoch']}")
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    restore_best = keep == "best" and val_batches is not None
     bar = Progress(epochs, label, log, progress and is_main)
     start = time.perf_counter() - elapsed
     epoch = first_epoch - 1
@@ -297,7 +304,7 @@ def _fit(
         monitored = metrics.get("validation_loss", metrics["train_loss"])
         if monitored < best[0]:
             # The best weights are restored only when validation picks them: no copy otherwise.
-            best = (monitored, copy.deepcopy(module.state_dict()) if val_batches is not None else None, epoch)
+            best = (monitored, copy.deepcopy(module.state_dict()) if restore_best else None, epoch)
         elif patience is not None and val_batches is not None and epoch - best[2] >= patience:
             stopped_early = True
             break
@@ -310,18 +317,20 @@ def _fit(
                 "seconds": time.perf_counter() - start,
             })
     seconds = time.perf_counter() - start
-    if best[1] is not None and val_batches is not None:
+    if best[1] is not None and restore_best:
         module.load_state_dict(best[1])
     module.eval()
     summary = {
         "epochs_run": epoch,
         "best_epoch": best[2],
+        "kept_epoch": best[2] if restore_best else epoch,
         "best_monitored_loss": best[0],
         "stopped_early": stopped_early,
         "seconds": seconds,
         "cells_per_second": n_seen / seconds if seconds > 0 else float("nan"),
     }
-    bar.close(f"done in {seconds:.1f} s, best epoch {best[2]} (loss {best[0]:.4g})" + (", stopped early" if stopped_early else ""))
+    kept = f"best epoch {best[2]}" if restore_best else f"kept the last epoch, {epoch}; lowest loss at epoch {best[2]}"
+    bar.close(f"done in {seconds:.1f} s, {kept} (loss {best[0]:.4g})" + (", stopped early" if stopped_early else ""))
     return {"history": history, "summary": summary}
 
 

@@ -26,12 +26,12 @@ def _loss(module):
     return loss
 
 
-def _fit(patience, epochs=40):
+def _fit(patience, epochs=40, keep="best"):
     torch.manual_seed(0)
     module = _Drifting()
     # plain steps of lr: weight decay 0 and no warm-up, so w grows by lr per epoch
     result = fit(module, _loss(module), lambda epoch: [torch.zeros(1)], lambda: [torch.zeros(2)], epochs, 1, 0.1, 0.0, 1, patience,
-                 torch.device("cpu"), 0, "toy", lambda m: None, progress=False)
+                 torch.device("cpu"), 0, "toy", lambda m: None, progress=False, keep=keep)
     return module, result["summary"]
 
 
@@ -45,6 +45,16 @@ def test_fit_stops_patience_epochs_after_the_best_and_restores_it():
     assert longer["best_epoch"] == best  # stopping early loses nothing: same best epoch
 
 
+def test_fit_can_keep_the_last_epoch_and_still_record_the_best():
+    module, summary = _fit(patience=None, keep="last")
+    _, best_run = _fit(patience=None)
+    assert summary["kept_epoch"] == summary["epochs_run"] == 40
+    assert summary["best_epoch"] == best_run["best_epoch"] == best_run["kept_epoch"] < 40
+    assert float(module.w.detach()) > 3.0  # 40 steps of 0.1 from 0, not the best epoch's ~1.0
+    with pytest.raises(ValueError, match="keep must be"):
+        _fit(patience=None, keep="first")
+
+
 def _spy_on_fit(monkeypatch, run_epochs=None) -> dict:
     """Record what SAVE.train hands fit for each stage (by its label, "VAE" or "flow"): epochs,
     steps per epoch, warm-up and patience. With ``run_epochs`` the stage really trains only that many."""
@@ -52,7 +62,7 @@ def _spy_on_fit(monkeypatch, run_epochs=None) -> dict:
     real_fit = model_module.fit
 
     def spy(module, loss_fn, train_batches, val_batches, epochs, steps, lr, wd, warmup, patience, *args, **kwargs):
-        seen[args[2]] = {"epochs": epochs, "steps": steps, "warmup": warmup, "patience": patience}
+        seen[args[2]] = {"epochs": epochs, "steps": steps, "warmup": warmup, "patience": patience, "keep": kwargs.get("keep", "best")}
         return real_fit(module, loss_fn, train_batches, val_batches, run_epochs or epochs, steps, lr, wd, warmup, patience,
                         *args, **kwargs)
 
@@ -60,15 +70,17 @@ def _spy_on_fit(monkeypatch, run_epochs=None) -> dict:
     return seen
 
 
-def test_vae_patience_is_in_epochs_and_the_flow_keeps_a_step_floor(pbmc_small, monkeypatch):
+def test_the_vae_stops_early_and_the_flow_runs_all_its_epochs_and_keeps_the_last(pbmc_small, monkeypatch):
     seen = _spy_on_fit(monkeypatch)
     pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
     model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
-    model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping_patience=5, progress=False, device="cpu")
-    vae_patience, flow_patience, steps = seen["VAE"]["patience"], seen["flow"]["patience"], seen["VAE"]["steps"]
-    assert steps == 3  # 360 training cells / 128
-    assert vae_patience == 5
-    assert flow_patience == -(-model_module.MIN_FLOW_PATIENCE_STEPS // steps) == 334
+    model.train(max_epochs=2, flow_epochs=3, batch_size=128, early_stopping_patience=5, progress=False, device="cpu")
+    assert seen["VAE"]["steps"] == 3  # 360 training cells / 128
+    assert (seen["VAE"]["patience"], seen["VAE"]["keep"]) == (5, "best")
+    assert (seen["flow"]["patience"], seen["flow"]["keep"]) == (None, "last")
+    flow = model.training_summary["flow"]
+    assert flow["kept_epoch"] == flow["epochs_run"] == 3 and len(model.history["flow_validation_loss"]) == 3
+    assert model.training_summary["vae"]["kept_epoch"] == model.training_summary["vae"]["best_epoch"]
     seen.clear()
     model = pysave.SAVE(pbmc_small, verbose=False, **TINY)
     model.train(max_epochs=2, flow_epochs=2, batch_size=128, early_stopping=False, progress=False, device="cpu")

@@ -31,7 +31,7 @@
 #' `training$active_latent_dims` in the stored model information records how many latent dimensions are in use).
 #' Training (`SAVE.train(...)`): `flow_epochs` (NULL: 2 x max_epochs, at least 4,000 steps),
 #' `lr` (1e-3; the paper's 1e-4 trained worse), `flow_lr` (1e-3), `weight_decay` (2.5e-5), `warmup_epochs` (NULL: 2 epochs for the VAE, a quarter of the flow's epochs for the flow),
-#' `validation_fraction` (0.1), `early_stopping` (TRUE), `patience` (20 epochs; the flow's at least 1,000 steps),
+#' `validation_fraction` (0.1), `early_stopping` (TRUE), `patience` (20 epochs, the VAE's; the flow runs all its epochs),
 #' `checkpoint_dir` (NULL: no checkpoints), `checkpoint_every` (10 epochs), `resume` (FALSE:
 #' with TRUE, continue from the checkpoint in `checkpoint_dir`), `precision` ("auto": bf16
 #' autocast on CUDA GPUs, full precision on CPU; "32" or "bf16" to choose), `torch_compile` (FALSE;
