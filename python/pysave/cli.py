@@ -435,9 +435,13 @@ def info(model_dir, blocks_out, as_json, overwrite):
         click.echo(f"  {key}: {', '.join(cats)}")
     summary = model.training_summary
     if summary:
-        click.echo(f"  trained on {summary['n_cells']} cells: VAE {summary['vae']['epochs_run']} epochs "
-                   f"(best loss {summary['vae']['best_monitored_loss']:.4g}), flow {summary['flow']['epochs_run']} epochs "
-                   f"(best loss {summary['flow']['best_monitored_loss']:.4g}), seed {summary['seed']}, device {summary['device']}")
+        def stage(name):  # models saved before 2026-12-06 lack kept_epoch: they kept the best epoch
+            s = summary[name]
+            return (f"{s['epochs_run']} epochs, kept epoch {s.get('kept_epoch', s['best_epoch'])} "
+                    f"(lowest loss {s['best_monitored_loss']:.4g} at epoch {s['best_epoch']})")
+
+        click.echo(f"  trained on {summary['n_cells']} cells: VAE {stage('vae')}, flow {stage('flow')}, "
+                   f"seed {summary['seed']}, device {summary['device']}")
         if "active_latent_dims" in summary:  # models saved before 2026-12-01 lack it
             click.echo(f"  latent dimensions in use: {summary['active_latent_dims']} of {model.params['latent_dim']}"
                        + (" (posterior collapse)" if summary["active_latent_dims"] < MIN_ACTIVE_LATENT_DIMS else ""))

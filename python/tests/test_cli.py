@@ -150,6 +150,8 @@ def test_info_blocks_and_json(trained, tmp_path):
     assert r.exit_code == 0
     active = trained["model"].training_summary["active_latent_dims"]
     assert f"latent dimensions in use: {active} of 32" in r.output and "collapse" not in r.output
+    flow = trained["model"].training_summary["flow"]  # the flow keeps its last epoch, whichever was lowest
+    assert f"flow {flow['epochs_run']} epochs, kept epoch {flow['epochs_run']} (lowest loss" in r.output
     cells = trained["model"].condition_latents["offset_cells"]
     assert f"generation calibrated for {(cells >= 3).sum()} of {len(cells)} combinations" in r.output
     assert len(pd.read_csv(tmp_path / "b.tsv", sep="\t")) == 300

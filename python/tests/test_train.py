@@ -179,3 +179,23 @@ def test_clipping_on_the_cpu_is_the_foreach_form_and_gives_the_loops_weights(mon
     assert set(calls) == {True}  # the product asks for the foreach form on the CPU
     loop = run(False)
     assert torch.equal(product, loop)  # and it gives the loop's weights to the last bit
+
+
+def test_a_checkpoint_of_the_best_keeping_rule_resumes_to_the_last_epoch_kept(tmp_path):
+    """A flow checkpoint written before the flow kept its last epoch (it holds best weights and a
+    patience run) resumes under keep="last" to exactly the uninterrupted keep="last" run: the
+    weights of each epoch do not depend on the stopping rule."""
+    from pysave.io import load_checkpoint, save_checkpoint
+
+    def run(keep, patience, resume=None):
+        torch.manual_seed(0)
+        module = _Drifting()
+        fit(module, _loss(module), lambda epoch: [torch.zeros(1)], lambda: [torch.zeros(2)], 30, 1, 0.1, 0.0, 1, patience,
+            torch.device("cpu"), 0, "toy", lambda m: None, progress=False, resume=resume, keep=keep,
+            on_checkpoint=lambda state: save_checkpoint(str(tmp_path / f"epoch{state['epoch']}"), state), checkpoint_every=5)
+        return float(module.w.detach())
+
+    assert abs(run("best", 100) - 1.0) < 0.11  # the old rule: the best epoch's weight (checkpoints written on the way)
+    older = load_checkpoint(str(tmp_path / "epoch15"))
+    assert older["best_state"] is not None and older["best_epoch"] < 15
+    assert run("last", None, older) == run("last", None) > 2.9
