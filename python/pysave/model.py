@@ -518,8 +518,8 @@ class SAVE:
         # The VAE's validation loss falls to one minimum and rises after it, so it stops after
         # `early_stopping_patience` epochs without a new best (benchmarks/README.md, "Early stopping").
         # The flow's is flat from early on while its training loss still falls: stopping on it cut a
-        # flow to 37% of its epochs at a noise minimum, and keeping the last epoch lowered MMD on 10
-        # of 12 dataset-seeds (benchmarks/README.md, "The flow's restored epoch").
+        # flow to 37% of its epochs at a noise minimum, and keeping the last epoch lowered generation's
+        # MMD on 13 of 16 dataset-seeds (benchmarks/README.md, "The flow's last epoch, made the default").
         vae_patience = early_stopping_patience if early_stopping and n_val > 0 else None
         data = self._data
         member = np.zeros(n_cells, dtype=bool)
