@@ -235,6 +235,8 @@ def _fit(
     shard with the same number of steps. Metrics are averaged over ranks, so every rank takes
     the same early-stopping decision, and only rank 0 writes checkpoints and logs.
     """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     world, rank = dist_utils.world_size(), dist_utils.rank()
     step_module: torch.nn.Module = _LossModule(module, loss_fn)
     if world > 1:
@@ -263,8 +265,6 @@ def _fit(
         best = (resume["best_loss"], resume["best_state"], resume["best_epoch"])
         n_seen, first_epoch, elapsed = resume["n_seen"], resume["epoch"] + 1, resume["seconds"]
         log(f"{label}: resuming after epoch {resume['epoch']}")
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     restore_best = keep == "best" and val_batches is not None
     bar = Progress(epochs, label, log, progress and is_main)
     start = time.perf_counter() - elapsed

@@ -199,3 +199,8 @@ def test_a_checkpoint_of_the_best_keeping_rule_resumes_to_the_last_epoch_kept(tm
     older = load_checkpoint(str(tmp_path / "epoch15"))
     assert older["best_state"] is not None and older["best_epoch"] < 15
     assert run("last", None, older) == run("last", None) > 2.9
+    untouched = _Drifting()  # a bad keep is refused before the checkpoint is loaded into the module
+    with pytest.raises(ValueError, match="keep must be"):
+        fit(untouched, _loss(untouched), lambda epoch: [torch.zeros(1)], None, 30, 1, 0.1, 0.0, 1, None,
+            torch.device("cpu"), 0, "toy", lambda m: None, progress=False, resume=older, keep="first")
+    assert float(untouched.w.detach()) == 0.0
