@@ -5,15 +5,18 @@
 
 Writes fixtures/tiny_model/ (a pysave model directory, ~100 KB) trained on fixtures/pbmc_tiny.h5ad,
 and expectations/tiny_model.json: the latent (encoder means) of every fixture cell, a fixed-seed
-generation (and one of a combination seen in training, so calibrated), the batch correction averaged over all batches and a transfer with output
+generation (and one of a combination seen in training, so calibrated; and one of a combination never
+seen, which warns and names a shift_from), the batch correction averaged over all batches and a transfer with output
 "input_plus_change", which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
 tolerance. Copies of the fixtures go to r-package/inst/extdata for the R package's examples.
 Re-run only when the engine's outputs change on purpose, and commit the results.
 """
 import json
 import os
+import re
 import shutil
 import sys
+import warnings
 
 import numpy as np
 
@@ -33,6 +36,10 @@ GENERATE = dict(conditions={"cell_type": "B"}, n_cells=6, seed=7)
 # A combination seen in training (5 fixture cells), so generation is calibrated (R: GenerateCells(model, n = 6,
 # conditions = list(batch = "10x_3prime_v1", cell_type = "B"), seed = 7)).
 GENERATE_SEEN = dict(conditions={"batch": "10x_3prime_v1", "cell_type": "B"}, n_cells=6, seed=7)
+# A combination no fixture cell has (10x_3prime_v2 x NK): generation warns and names the shift_from that
+# reaches it from the most strata (R: GenerateCells(model, n = 6, conditions = list(batch = "10x_3prime_v2",
+# cell_type = "NK"), seed = 7) warns).
+GENERATE_NEVER_SEEN = dict(conditions={"batch": "10x_3prime_v2", "cell_type": "NK"}, n_cells=6, seed=7)
 # Batch correction averaged over every batch (R: RunSAVE(sce, model, corrected = TRUE, reference = "all")).
 CORRECT = dict(reference="all")
 # Transfer as the cells' own expression plus the decoded change (R: TransferCells(sce, model, target =
@@ -46,6 +53,13 @@ def expected_outputs(model, adata) -> dict:
     seen = model.generate(GENERATE_SEEN["conditions"], n_cells=GENERATE_SEEN["n_cells"], seed=GENERATE_SEEN["seed"])
     if not seen.uns["pysave"]["calibrated_cells"] == GENERATE_SEEN["n_cells"]:
         raise SystemExit("the seen combination was not calibrated; check the fixture's combinations")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        never = model.generate(GENERATE_NEVER_SEEN["conditions"], n_cells=GENERATE_NEVER_SEEN["n_cells"],
+                               seed=GENERATE_NEVER_SEEN["seed"])
+    hint = re.search(r"shift_from (\w+)=(\S+) \(", " ".join(str(w.message) for w in caught))
+    if hint is None:
+        raise SystemExit("the never-seen combination did not warn with a shift_from; check the fixture's combinations")
     return {
         "generate": GENERATE,
         "latent": np.asarray(latent, dtype=float).round(7).tolist(),
@@ -53,6 +67,8 @@ def expected_outputs(model, adata) -> dict:
         "generated_latent": np.asarray(gen.obsm["X_save"], dtype=float).round(7).tolist(),
         "generate_seen": GENERATE_SEEN,
         "generated_seen_X": np.asarray(seen.X, dtype=float).round(7).tolist(),
+        "generate_never_seen": {**GENERATE_NEVER_SEEN, "never_seen_combinations": list(never.uns["pysave"]["never_seen_combinations"]),
+                                "shift_from": {hint.group(1): hint.group(2)}},
         "correct": CORRECT,
         "corrected_X": np.asarray(model.correct(adata, layer_added=None, **CORRECT), dtype=float).round(7).tolist(),
         "transfer": TRANSFER,

@@ -82,6 +82,27 @@ def test_tiny_model_calibrated_generation_matches_expectation(tiny_model, tiny_m
     assert np.abs(raw.X - gen.X).max() > 10 * tiny_model_expected["tolerance"]
 
 
+def test_tiny_model_never_seen_combination_warns_with_a_shift_from(tiny_model, tiny_model_expected):
+    """10x_3prime_v2 x NK has no fixture cell: generation warns and names the shift_from whose shift
+    is learned from the most strata (batch from 10x_5prime: 3 cell types with 3+ cells in both
+    batches, against 1 batch for any change of cell type); following it warns no more."""
+    spec = tiny_model_expected["generate_never_seen"]
+    (key, value), = spec["shift_from"].items()
+    with pytest.warns(pysave.PySaveWarning) as caught:
+        gen = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"])
+    message = " ".join(str(w.message) for w in caught)
+    assert f"never seen in training ({spec['never_seen_combinations'][0]})" in message
+    assert f"shift_from {key}={value} (Python shift_from={{{key!r}: {value!r}}}" in message
+    assert list(gen.uns["pysave"]["never_seen_combinations"]) == spec["never_seen_combinations"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moved = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"], guidance=1,
+                                    shift_from=spec["shift_from"])
+        seen = tiny_model.generate(tiny_model_expected["generate_seen"]["conditions"], n_cells=2)
+    assert "never_seen_combinations" not in moved.uns["pysave"] and "never_seen_combinations" not in seen.uns["pysave"]
+    assert list(moved.uns["pysave"]["shift_strata"].values()) == [3]
+
+
 def test_tiny_model_correction_over_all_batches_matches_expectation(tiny_model, tiny, tiny_model_expected):
     corrected = tiny_model.correct(tiny.copy(), layer_added=None, **tiny_model_expected["correct"])
     np.testing.assert_allclose(corrected, tiny_model_expected["corrected_X"], atol=tiny_model_expected["tolerance"], rtol=0)

@@ -222,7 +222,7 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--shift-from", "shift_from", multiple=True,
               help="KEY=VALUE (repeat): sample the flow with these values instead, then add the training cells' latent "
                    "shift to the asked ones (e.g. --shift-from stim=control for a cell type never seen stimulated; "
-                   "try --guidance 1).")
+                   "try --guidance 1). Without it, a combination never seen in training gets a warning that names one.")
 @click.option("--shift-neighbours", type=int, default=30, show_default=True,
               help="--shift-from's local shifts: each cell takes the mean of its N nearest training cells' transport "
                    "displacements (as in transfer --shift-neighbours); 0 weighs the strata's mean shifts instead.")

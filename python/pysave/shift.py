@@ -64,6 +64,35 @@ def condition_latent_means(mu: torch.Tensor, codes: np.ndarray, batch: int = 65_
             "means": (sums / torch.from_numpy(counts)[:, None]).float().numpy()}
 
 
+def never_seen(codes: np.ndarray, stats: dict, mask_codes) -> list[tuple[np.ndarray, list[tuple[int, int, int]]]]:
+    """The distinct fully given rows of ``codes`` whose combination no training cell had, each with
+    the changes of one condition that lead to a combination the training data holds, as (column,
+    code, strata): ``strata`` counts the combinations of the other conditions seen with both that
+    code and the row's (``MIN_SHIFT_CELLS`` each), which the latent shift back to the row is learned
+    from; changes with none are left out. Most strata first.
+    Rows with a masked condition are not combinations and are left out."""
+    counts = {tuple(int(v) for v in row): int(n) for row, n in zip(stats["codes"], stats["counts"])}
+    seen = {k for k, n in counts.items() if n > 0}
+    shiftable = {k for k, n in counts.items() if n >= MIN_SHIFT_CELLS}  # as latent_shifts' strata
+    mask = np.asarray(mask_codes)
+    found = []
+    for row in np.unique(np.asarray(codes), axis=0):
+        key = tuple(int(v) for v in row)
+        if (row == mask).any() or key in seen:
+            continue
+        ways = []
+        for j in range(len(key)):
+            rest = key[:j] + key[j + 1:]
+            with_value = {}  # code of column j -> the other conditions' combinations with enough cells of it
+            for k in shiftable:
+                with_value.setdefault(k[j], set()).add(k[:j] + k[j + 1:])
+            target = with_value.get(key[j], set())
+            ways += [(j, c, len(others & target)) for c, others in with_value.items()
+                     if rest in others and others & target]
+        found.append((row, sorted(ways, key=lambda w: (-w[2], w[0], w[1]))))
+    return found
+
+
 def log_normalized_rows(source, scalers, start: int, stop: int) -> np.ndarray:
     """log1p(CP10k) of rows start..stop of a prepared source (its [0, 1] values times the scalers)."""
     x01, _ = source.read(start, stop)

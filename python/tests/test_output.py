@@ -1,6 +1,7 @@
 """Sampled vs mean generated output (issue 4): library-size statistics, count sampling, provenance."""
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -529,6 +530,58 @@ def test_generate_shift_from(trained, tmp_path):
     result = CliRunner().invoke(main, ["generate", trained["dir"], "--set", f"batch={tgt}", "--n", "4", "--shift-from", src,
                                        "--out", str(tmp_path / "x.h5ad")])
     assert result.exit_code != 0 and "--shift-from needs KEY=VALUE" in result.output
+
+
+def test_never_seen_names_the_changes_that_reach_a_combination():
+    """never_seen: fully given combinations without training cells, each with the one-condition
+    changes to a seen combination, ranked by the strata (3+ cells on both sides) the shift is learned from."""
+    # condition (0 ctrl, 1 stim) x cell type (0, 1, 2); stim x type 2 never seen; type 1 has 2 stim cells only.
+    stats = {"codes": np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1]]), "counts": np.array([50, 40, 30, 60, 2])}
+    found = pysave.shift.never_seen(np.array([[1, 2], [1, 2], [0, 0], [2, 2], [1, 3]]), stats, mask_codes=[2, 3])
+    assert len(found) == 1 and found[0][0].tolist() == [1, 2]  # seen and masked rows are not combinations
+    # ctrl -> stim is learned from type 0 only (type 1's 2 stim cells are too few); type 0 -> 2 from ctrl only;
+    # type 1 -> 2 from nothing (stim x type 1 has 2 cells), so it is left out.
+    assert found[0][1] == [(0, 0, 1), (1, 0, 1)]
+    stats["counts"][4] = 20  # now ctrl -> stim is learned from types 0 and 1
+    assert pysave.shift.never_seen(np.array([[1, 2]]), stats, mask_codes=[2, 3])[0][1] == [(0, 0, 2), (1, 0, 1), (1, 1, 1)]
+
+
+def test_generate_warns_for_a_never_seen_combination(trained, tmp_path):
+    """A combination with no training cell, asked for without shift_from, warns (Python and CLI)
+    and is recorded; with shift_from, or for seen combinations, nothing is said."""
+    import anndata as ad
+
+    model = pysave.SAVE.load(trained["dir"], verbose=False)
+    keys = model.registry["condition_keys"]
+    stats = {k: v.copy() for k, v in model.condition_latents.items()}
+    target = ("10x_5prime", "T_CD4")
+    row = (stats["codes"] == [model._code_of(k, v) for k, v in zip(keys, target)]).all(1)
+    stats["counts"][row] = 0  # as if no training cell had it (its calibration is kept: only the warning is tested)
+    model.condition_latents = stats
+    conditions = dict(zip(keys, target))
+    with pytest.warns(pysave.PySaveWarning, match=r"1 combination\(s\) asked for were never seen in training "
+                                                  r"\(batch=10x_5prime, cell_type=T_CD4\).*shift_from batch="):
+        gen = model.generate(conditions, n_cells=3, seed=0)
+    assert list(gen.uns["pysave"]["never_seen_combinations"]) == ["batch=10x_5prime, cell_type=T_CD4"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.generate({"batch": "10x_3prime_v2", "cell_type": "T_CD4"}, n_cells=2)
+        model.generate({"cell_type": "T_CD4"}, n_cells=2)  # a masked condition is no combination
+        model.generate(conditions, n_cells=2, guidance=1, shift_from={"batch": "10x_3prime_v2"})
+    # The CLI, in a real process (under pytest warnings are recorded, not printed), on the shared fixture
+    # model, which has no 10x_3prime_v2 x NK cell: one plain line that names the CLI's own option.
+    import subprocess
+    import sys
+
+    fixture = os.path.join(os.path.dirname(__file__), "..", "..", "shared-tests", "fixtures", "tiny_model")
+    out = tmp_path / "never.h5ad"
+    r = subprocess.run([sys.executable, "-m", "pysave", "generate", fixture, "--set", "batch=10x_3prime_v2", "--set",
+                        "cell_type=NK", "--n", "3", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if "never seen" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: 1 combination(s) asked for were never seen in training")
+    assert "--shift-from batch=10x_5prime" in lines[0] and "PySaveWarning" not in r.stderr
+    assert list(ad.read_h5ad(out).uns["pysave"]["never_seen_combinations"]) == ["batch=10x_3prime_v2, cell_type=NK"]
 
 
 def torch_from(array):

@@ -134,6 +134,9 @@
 #'   a cell type seen only as control) it was closer to the real cells than sampling the
 #'   combination directly (pysave's benchmarks: Kang, per-gene-mean r2 0.809 against 0.704 at
 #'   `guidance = 1`). Recorded in the provenance (`shift_from`, `shift_strata`). CLI `--shift-from`.
+#'   Without it, asking for a combination no training cell had warns and names a `shift_from`
+#'   that reaches it (the one-condition change whose shift is learned from the most strata); the
+#'   provenance lists such combinations (`never_seen_combinations`).
 #' @param shift_neighbours `shift_from`'s local shifts: each latent takes the mean transport
 #'   displacement of its N nearest training cells (as in [TransferCells()]; default 30; 0 weighs
 #'   the strata's mean shifts with `shift_bandwidth` instead). CLI `--shift-neighbours`.

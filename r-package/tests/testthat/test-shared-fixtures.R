@@ -63,6 +63,22 @@ test_that("calibrated generation of a combination seen in training is the one Py
                "calibrate must be TRUE or FALSE")
 })
 
+test_that("a combination never seen in training warns and names the shift_from Python names", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = FALSE)
+  spec <- exp$generate_never_seen
+  key <- names(spec$shift_from)[[1]]
+  value <- spec$shift_from[[1]]
+  hint <- sprintf('R shift_from = list(%s = "%s")', key, value)
+  expect_warning(gen <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions, seed = spec$seed,
+                                      output = "SingleCellExperiment"),
+                 sprintf("never seen in training (%s)", spec$never_seen_combinations[[1]]), fixed = TRUE)
+  expect_warning(GenerateCells(tiny_model_dir(), n = 2, conditions = spec$conditions), hint, fixed = TRUE)
+  expect_identical(unlist(S4Vectors::metadata(gen)$pysave$never_seen_combinations), unlist(spec$never_seen_combinations))
+  expect_no_warning(moved <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions, guidance = 1,
+                                           shift_from = spec$shift_from, output = "SingleCellExperiment"))
+  expect_null(S4Vectors::metadata(moved)$pysave$never_seen_combinations)
+})
+
 test_that("batch correction averaged over all batches is the one Python gives", {
   exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = TRUE)
   sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
