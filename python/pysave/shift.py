@@ -75,20 +75,20 @@ def never_seen(codes: np.ndarray, stats: dict, mask_codes) -> list[tuple[np.ndar
     seen = {k for k, n in counts.items() if n > 0}
     shiftable = {k for k, n in counts.items() if n >= MIN_SHIFT_CELLS}  # as latent_shifts' strata
     mask = np.asarray(mask_codes)
+    # Per column: each code -> the combinations of the other conditions with enough cells of it.
+    with_value = [{} for _ in mask]
+    for k in shiftable:
+        for j, by_code in enumerate(with_value):
+            by_code.setdefault(k[j], set()).add(k[:j] + k[j + 1:])
     found = []
     for row in np.unique(np.asarray(codes), axis=0):
         key = tuple(int(v) for v in row)
         if (row == mask).any() or key in seen:
             continue
         ways = []
-        for j in range(len(key)):
-            rest = key[:j] + key[j + 1:]
-            with_value = {}  # code of column j -> the other conditions' combinations with enough cells of it
-            for k in shiftable:
-                with_value.setdefault(k[j], set()).add(k[:j] + k[j + 1:])
-            target = with_value.get(key[j], set())
-            ways += [(j, c, len(others & target)) for c, others in with_value.items()
-                     if rest in others and others & target]
+        for j, by_code in enumerate(with_value):
+            rest, target = key[:j] + key[j + 1:], by_code.get(key[j], set())
+            ways += [(j, c, len(others & target)) for c, others in by_code.items() if rest in others and others & target]
         found.append((row, sorted(ways, key=lambda w: (-w[2], w[0], w[1]))))
     return found
 
