@@ -103,7 +103,7 @@ def main():
 @click.option("--layer", default=None, help="Layer holding raw counts (default: X).")
 @click.option("--out", "out", required=True, type=click.Path(), help="Model directory to write.")
 @click.option("--epochs", "max_epochs", type=int, default=None, help="VAE epochs (default: scvi-tools heuristic, at most 400).")
-@click.option("--flow-epochs", type=int, default=None, help="Flow epochs (default: 2 x VAE epochs, at least 4,000 steps).")
+@click.option("--flow-epochs", type=int, default=None, help="Flow epochs (default: 2 x VAE epochs, at least 8,000 steps).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="VAE learning rate (AdamW; the paper's 1e-4 trained worse here, see the README).")
 @click.option("--flow-lr", type=float, default=1e-3, show_default=True)
@@ -494,7 +494,7 @@ def blocks(model_dir, out, species, top, overwrite):
 @main.command()
 @click.option("--out", default="pysave_demo", show_default=True, type=click.Path(), help="Folder to write.")
 @click.option("--epochs", type=int, default=100, show_default=True, help="VAE epochs.")
-@click.option("--flow-epochs", type=int, default=None, help="Flow epochs (default: at least 4,000 steps).")
+@click.option("--flow-epochs", type=int, default=None, help="Flow epochs (default: at least 8,000 steps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @common_device
 @common_overwrite

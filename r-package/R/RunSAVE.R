@@ -29,7 +29,7 @@
 #' better scIB scores on three datasets, worse generated cells and perturbation transfer;
 #' see the pysave benchmarks; training warns if the latent collapses, and
 #' `training$active_latent_dims` in the stored model information records how many latent dimensions are in use).
-#' Training (`SAVE.train(...)`): `flow_epochs` (NULL: 2 x max_epochs, at least 4,000 steps),
+#' Training (`SAVE.train(...)`): `flow_epochs` (NULL: 2 x max_epochs, at least 8,000 steps),
 #' `lr` (1e-3; the paper's 1e-4 trained worse), `flow_lr` (1e-3), `weight_decay` (2.5e-5), `warmup_epochs` (NULL: 2 epochs for the VAE, a quarter of the flow's epochs for the flow),
 #' `validation_fraction` (0.1), `early_stopping` (TRUE), `patience` (20 epochs, the VAE's; the flow runs all its epochs),
 #' `checkpoint_dir` (NULL: no checkpoints), `checkpoint_every` (10 epochs), `resume` (FALSE:
