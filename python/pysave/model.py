@@ -980,7 +980,7 @@ class SAVE:
         """Warn when the table asks for combinations no training cell had and no ``shift_from``
         was given, naming a ``shift_from`` that would reach them by way of a seen combination: the
         flow alone composes such combinations worse (Kang, 7 held-out types, seed 0: per-gene-mean
-        r2 0.70 sampled directly against 0.83 by way of the control cells; benchmarks/README.md).
+        r2 0.68 sampled directly against 0.84 by way of the control cells; benchmarks/README.md).
         Returns what ``uns["pysave"]`` records of it."""
         stats = getattr(self, "condition_latents", None) or {}
         if "counts" not in stats:
@@ -995,7 +995,7 @@ class SAVE:
         forms = [f"{k}={v} (Python shift_from={{{k!r}: {v!r}}}, R shift_from = list({k} = \"{v}\"), CLI --shift-from {k}={v})"
                  for k, v in hints[:2]]
         advice = (" On Kang's held-out combinations, generating by way of a seen combination came closer to the real cells "
-                  "(per-gene-mean r2 0.83 against 0.70; benchmarks/README.md): shift_from "
+                  "(per-gene-mean r2 0.84 against 0.68; benchmarks/README.md): shift_from "
                   + " or ".join(forms) + "." if forms
                   else " No seen combination differs from them in one condition only, so shift_from cannot reach them.")
         shown = "; ".join(names[:5]) + (f"; and {len(names) - 5} more" if len(names) > 5 else "")
