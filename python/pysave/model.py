@@ -991,7 +991,7 @@ class SAVE:
         keys, cats = self.registry["condition_keys"], self.registry["categories"]
         names = [", ".join(f"{k}={cats[k][int(c)]}" for k, c in zip(keys, row)) for row, _ in found]
         # Per combination asked for, the one-condition change whose shift back is learned from the most strata.
-        hints = sorted({(keys[ways[0][0]], cats[keys[ways[0][0]]][ways[0][1]]) for _, ways in found if ways})
+        hints = sorted({(keys[j], cats[keys[j]][c]) for _, ways in found for j, c, _ in ways[:1]})
         forms = [f"{k}={v} (Python shift_from={{{k!r}: {v!r}}}, R shift_from = list({k} = \"{v}\"), CLI --shift-from {k}={v})"
                  for k, v in hints[:2]]
         advice = (" On Kang's held-out combinations, generating by way of a seen combination came closer to the real cells "
@@ -1011,7 +1011,8 @@ class SAVE:
         return obs
 
     def _generation_provenance(self, guidance, n_steps, solver, seed, output, precision, shift=None,
-                               calibration: dict | None = None, torch_compile: bool = False) -> dict:
+                               calibration: dict | None = None, torch_compile: bool = False,
+                               never_seen: dict | None = None) -> dict:
         how = "; latents sampled by the flow" + (
             " under shift_from, then moved by the training cells' latent shift to the cells' conditions" if shift else "")
         if calibration and calibration.get("calibrated"):
@@ -1020,7 +1021,7 @@ class SAVE:
                                               "solver": solver, "output": output, "precision": precision,
                                               "torch_compile": bool(torch_compile),
                                               "output_description": OUTPUT_DESCRIPTIONS[output] + how,
-                                              **(shift["info"] if shift else {}), **(calibration or {})})
+                                              **(shift["info"] if shift else {}), **(calibration or {}), **(never_seen or {})})
 
     def generate_like(self, obs_table: pd.DataFrame, guidance: float = DEFAULT_GUIDANCE, n_steps: int = DEFAULT_STEPS,
                       solver: str = DEFAULT_SOLVER, seed: int = 0, batch_size: int = 4096, output: str | None = None,
@@ -1120,14 +1121,13 @@ class SAVE:
         table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
         calibration, calibrated = self._calibration_plan(calibrate, codes)
         shift = self._shift_plan(codes, shift_from, shift_bandwidth, shift_neighbours)
-        if shift is None:
-            calibrated = {**calibrated, **self._never_seen_note(codes)}
+        never_seen_info = self._never_seen_note(codes) if shift is None else {}
         torch_compile = check_torch_compile(torch_compile, self.device)
         return {"codes": codes, "obs": self._generated_obs(codes, table),
                 "chunks": self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision, shift,
                                                  calibration, torch_compile),
                 "provenance": self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift, calibrated,
-                                                          torch_compile)}
+                                                          torch_compile, never_seen_info)}
 
     def _collected(self, chunks, n_cells: int):
         """(X, latents) of ``n_cells`` cells from (start, X rows, latent rows) chunks, in memory."""
