@@ -45,6 +45,10 @@ CORRECT = dict(reference="all")
 # Transfer as the cells' own expression plus the decoded change (R: TransferCells(sce, model, target =
 # list(batch = "10x_5prime"), via = "decoder", expression = "input_plus_change")).
 TRANSFER = dict(target={"batch": "10x_5prime"}, via="decoder", output="input_plus_change")
+# Transfer through the flow into combinations no training cell had (no 10x_3prime_v2 cell of some types) warns and
+# records them (R: TransferCells(sce, model, target = list(batch = "10x_3prime_v2"), via = "flow", steps = 5) warns;
+# the default via = "auto" takes the latent shift and does not).
+TRANSFER_NEVER_SEEN = dict(target={"batch": "10x_3prime_v2"}, via="flow", n_steps=5)
 
 
 def expected_outputs(model, adata) -> dict:
@@ -64,6 +68,11 @@ def expected_outputs(model, adata) -> dict:
     if not (found and found[0][1]):
         raise SystemExit("the never-seen combination is seen, or no shift_from reaches it; check the fixture's combinations")
     column, code, _ = found[0][1][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as above
+        moved = model.transfer(adata, **TRANSFER_NEVER_SEEN)
+    if not moved.uns["pysave"].get("never_seen_combinations"):
+        raise SystemExit("the flow transfer reaches no never-seen combination; check the fixture's combinations")
     return {
         "generate": GENERATE,
         "latent": np.asarray(latent, dtype=float).round(7).tolist(),
@@ -77,6 +86,8 @@ def expected_outputs(model, adata) -> dict:
         "corrected_X": np.asarray(model.correct(adata, layer_added=None, **CORRECT), dtype=float).round(7).tolist(),
         "transfer": TRANSFER,
         "transferred_X": np.asarray(model.transfer(adata, **TRANSFER).X, dtype=float).round(7).tolist(),
+        "transfer_never_seen": {**TRANSFER_NEVER_SEEN,
+                                "never_seen_combinations": list(moved.uns["pysave"]["never_seen_combinations"])},
         "genes": list(model.genes),
         "tolerance": 1e-4,
     }

@@ -114,6 +114,24 @@ def test_tiny_model_transfer_input_plus_change_matches_expectation(tiny_model, t
     np.testing.assert_allclose(moved.X, tiny_model_expected["transferred_X"], atol=tiny_model_expected["tolerance"], rtol=0)
 
 
+def test_tiny_model_flow_transfer_to_never_seen_combinations_warns(tiny_model, tiny, tiny_model_expected):
+    """Moving every cell to 10x_3prime_v2 through the flow reaches types with no 10x_3prime_v2 training
+    cell: a warning names them and points to via='auto', and the provenance lists them; the
+    default route (the latent shift) is not warned about."""
+    spec = tiny_model_expected["transfer_never_seen"]
+    names = spec["never_seen_combinations"]
+    with pytest.warns(pysave.PySaveWarning) as caught:
+        moved = tiny_model.transfer(tiny.copy(), spec["target"], via=spec["via"], n_steps=spec["n_steps"])
+    message = " ".join(str(w.message) for w in caught)
+    assert f"{len(names)} target combination(s) were never seen in training ({'; '.join(names)})" in message
+    assert "The default route, via='auto' (R via = \"auto\", CLI --via auto)" in message
+    assert list(moved.uns["pysave"]["never_seen_combinations"]) == names and moved.uns["pysave"]["via"] == "flow"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shifted = tiny_model.transfer(tiny.copy(), spec["target"])
+    assert shifted.uns["pysave"]["via"] == "shift" and "never_seen_combinations" not in shifted.uns["pysave"]
+
+
 def test_r_package_copies_of_fixtures_are_identical():
     import filecmp
 

@@ -277,7 +277,8 @@ def generate(model_dir, n_cells, sets, like, out, guidance, n_steps, solver, see
                    "shift: add the training cells' latent shift between the conditions (scGen's latent arithmetic, "
                    "per cell from the training cells it resembles), then decode under the target; flow: move the "
                    "cell's latent through the flow (back to noise under its conditions, forward under the target), "
-                   "then decode; decoder: decode the cell's latent under the target (fastest, least accurate for "
+                   "then decode (warns for target combinations no training cell had: the flow composes them worse than the "
+                   "shift); decoder: decode the cell's latent under the target (fastest, least accurate for "
                    "perturbations).")
 @click.option("--guidance", type=float, default=2.0, show_default=True, help="Guidance weight w of --via flow (or auto, when it takes the flow).")
 @click.option("--steps", "n_steps", type=int, default=50, show_default=True, help="Euler steps each way of --via flow (or auto, when it takes the flow).")

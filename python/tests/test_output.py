@@ -584,6 +584,47 @@ def test_generate_warns_for_a_never_seen_combination(trained, tmp_path):
     assert list(ad.read_h5ad(out).uns["pysave"]["never_seen_combinations"]) == ["batch=10x_3prime_v2, cell_type=NK"]
 
 
+def test_flow_transfer_into_never_seen_combinations_warns(tmp_path, monkeypatch):
+    """transfer through the flow into combinations no training cell had warns (naming via='auto' when
+    the flow was asked for; saying why when via='auto' fell back to it), also as one plain CLI line;
+    the decoder route and seen targets are not warned about."""
+    import anndata as ad
+    import subprocess
+    import sys
+
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared-tests")
+    fixture = os.path.join(shared, "fixtures", "tiny_model")
+    model = pysave.SAVE.load(fixture, verbose=False)
+    cells = pysave.io.read_h5ad(os.path.join(shared, "fixtures", "pbmc_tiny.h5ad"))
+    nk = cells[cells.obs["cell_type"] == "NK"].copy()  # no 10x_3prime_v2 x NK training cell
+    with pytest.warns(pysave.PySaveWarning, match=r"1 target combination\(s\) were never seen in training "
+                                                  r"\(batch=10x_3prime_v2, cell_type=NK\).*The default route, via='auto'"):
+        moved = model.transfer(nk, {"batch": "10x_3prime_v2"}, via="flow", n_steps=3)
+    assert list(moved.uns["pysave"]["never_seen_combinations"]) == ["batch=10x_3prime_v2, cell_type=NK"]
+
+    def no_shift(*args, **kwargs):
+        raise pysave.PySaveError("no strata (as a model without them)")
+
+    monkeypatch.setattr(model, "_shifted", no_shift)
+    with pytest.warns(pysave.PySaveWarning, match=r"via='auto' took the flow because the latent shift could not be "
+                                                  r"used: no strata \(as a model without them\)"):
+        fell_back = model.transfer(nk, {"batch": "10x_3prime_v2"}, n_steps=3)
+    assert fell_back.uns["pysave"]["via"] == "flow" and fell_back.uns["pysave"]["never_seen_combinations"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.transfer(nk, {"batch": "10x_5prime"}, via="flow", n_steps=3)  # seen: NK has 10x_5prime cells
+        model.transfer(nk, {"batch": "10x_3prime_v2"}, via="decoder")
+    out = tmp_path / "moved.h5ad"
+    r = subprocess.run([sys.executable, "-m", "pysave", "transfer", fixture, os.path.join(shared, "fixtures", "pbmc_tiny.h5ad"),
+                        "--set", "batch=10x_3prime_v2", "--via", "flow", "--steps", "3", "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if "never seen" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: 3 target combination(s) were never seen in training")
+    assert "CLI --via auto" in lines[0] and "PySaveWarning" not in r.stderr
+    assert len(ad.read_h5ad(out).uns["pysave"]["never_seen_combinations"]) == 3
+
+
 def torch_from(array):
     import torch
 

@@ -104,6 +104,20 @@ test_that("a transfer with expression = \"input_plus_change\" is the one Python 
   expect_lt(max(abs(X - exp$transferred_X)), exp$tolerance)
 })
 
+test_that("a transfer through the flow into never-seen combinations warns as Python does", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = FALSE)
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  spec <- exp$transfer_never_seen
+  names <- unlist(spec$never_seen_combinations)
+  expect_warning(out <- TransferCells(sce, tiny_model_dir(), target = spec$target, via = spec$via, steps = spec$n_steps),
+                 sprintf("%d target combination(s) were never seen in training (%s)", length(names),
+                         paste(names, collapse = "; ")), fixed = TRUE)
+  expect_identical(unlist(S4Vectors::metadata(out)$pysave$never_seen_combinations), names)
+  expect_no_warning(shifted <- TransferCells(sce, tiny_model_dir(), target = spec$target))
+  expect_identical(S4Vectors::metadata(shifted)$pysave$via, "shift")
+  expect_null(S4Vectors::metadata(shifted)$pysave$never_seen_combinations)
+})
+
 test_that("the package's example copies of the fixtures are the shared ones", {
   pairs <- list(c("pbmc_tiny.h5ad"), c("tiny_model", "config.json"), c("tiny_model", "weights.safetensors"))
   for (p in pairs) {
