@@ -617,11 +617,12 @@ PLOT_PYSAVE_ROWS = {
     "unseen": ["pysave_transfer_shift_plus_vmask0.6_local", "pysave_shift_from_vmask0.6_calib"],
     # batch: the rows scored under protocol version 4 (2026-12-05), as the peers' now are
     "batch": ["pysave_latent_kl0.5_p4", "pysave_corrected_total_kl0.5_p4", "pysave_corrected_mean_total_kl0.5_vmask0_p4"],
-    # generation: the product at today's defaults (`_flow8000`: at least 8,000 flow steps, the default
-    # since 2026-12-06, AMD EPYC), the rows before it (`_flowlast`: the flow keeps its last epoch, 4
-    # seeds), and before calibration (`_v4`, the rows run again by committed code on one machine;
-    # the ablation without attention likewise)
-    "generation": ["pysave_flow8000", "pysave_product_flow8000", "pysave_flowlast", "pysave_product_flowlast",
+    # generation: the product at today's defaults (`_gsweep_w1.5`: w = 1.5, the default since
+    # 2026-12-06, AMD EPYC), the rows before it (`_flow8000`: w = 2 and at least 8,000 flow steps;
+    # `_flowlast`: the flow keeps its last epoch, 4 seeds), and before calibration (`_v4`, the rows
+    # run again by committed code on one machine; the ablation without attention likewise)
+    "generation": ["pysave_gsweep_w1.5", "pysave_product_gsweep_w1.5", "pysave_flow8000", "pysave_product_flow8000",
+                   "pysave_flowlast", "pysave_product_flowlast",
                    "pysave_fmask0.15_all0.1_midpoint10_w2_v4", "pysave_product_fmask0.15_all0.1_midpoint10_w2_v4",
                    "pysave_no_attention_fmask0.15_all0.1_midpoint10_w2_v4"],
 }
