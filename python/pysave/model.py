@@ -1020,18 +1020,17 @@ class SAVE:
     def _flow_transfer_note(self, codes: np.ndarray, fallback_reason: str | None) -> dict:
         """Warn when transfer moves cells through the flow into combinations no training cell had:
         the flow composes those worse than the latent shift does (Kang, 7 held-out types, seed 0:
-        per-gene-mean r2 0.75 through the flow against 0.87 by the shift, and it fell
-        as the flow trained longer; benchmarks/README.md). ``fallback_reason``: why via="auto" could
-        not take the shift, or None when via="flow" was asked for. Returns what the provenance records."""
+        per-gene-mean r2 0.75 through the flow against 0.87 by the shift, and it fell as the flow
+        trained longer; benchmarks/README.md). ``fallback_reason``: why via="auto" could not take
+        the shift, or None when via="flow" was asked for. Returns what the provenance records."""
         found = self._never_seen(codes)
         if not found:
             return {}
         names = self._combination_names(found)
         advice = (" The default route, via='auto' (R via = \"auto\", CLI --via auto), moves cells by the latent shift "
                   "between the conditions wherever training cells on both sides allow it, which came closer to the real "
-                  "cells on Kang's held-out combinations "
-                  "(per-gene-mean r2 0.87 by the shift with output='input_plus_change', against 0.75 through the flow as "
-                  "sampled counts; benchmarks/README.md)."
+                  "cells on Kang's held-out combinations (per-gene-mean r2 0.87 by the shift with "
+                  "output='input_plus_change', against 0.75 through the flow as sampled counts; benchmarks/README.md)."
                   if fallback_reason is None else
                   f" via='auto' took the flow because {fallback_reason}")
         warnings.warn(f"{len(names)} target combination(s) were never seen in training ({self._shown(names)}); the flow "
@@ -1344,7 +1343,7 @@ class SAVE:
                 via = "flow"
                 self._check_flow_options(guidance, n_steps)
                 shift_info = {"via_requested": "auto", "via_reason": f"the latent shift could not be used: {err}"}
-                fallback_reason = f"the latent shift could not be used: {err}"
+                fallback_reason = shift_info["via_reason"]
                 progress("via='auto': through the flow (the latent shift could not be used)")
             else:
                 if requested == "auto":
