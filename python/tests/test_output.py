@@ -639,8 +639,10 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
     saved = model.params["mask_prob"], model.params["mask_all_prob"]
     model.params["mask_prob"] = model.params["mask_all_prob"] = 0.0  # as if trained without condition masking
     try:
-        with pytest.warns(UserWarning, match="mask_prob=0.*guidance=2"):
-            model.generate({"cell_type": "B"}, n_cells=3)  # the default w = 2
+        from pysave.model import DEFAULT_GUIDANCE
+
+        with pytest.warns(UserWarning, match=f"mask_prob=0.*guidance={DEFAULT_GUIDANCE:g}"):
+            model.generate({"cell_type": "B"}, n_cells=3)  # the default w (not 1)
         with pytest.warns(UserWarning, match="mask_prob=0"):
             model.transfer(cells, {"batch": "10x_5prime"}, via="flow", n_steps=2)  # w = 2
         with pytest.warns(UserWarning, match="mask_prob=0"):
