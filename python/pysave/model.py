@@ -991,7 +991,6 @@ class SAVE:
         if not found:
             return {}
         keys, cats = self.registry["condition_keys"], self.registry["categories"]
-        names = self._combination_names(found)
         # Per combination asked for, the one-condition change whose shift back is learned from the most strata.
         hints = sorted({(keys[j], cats[keys[j]][c]) for _, ways in found for j, c, _ in ways[:1]})
         forms = [f"{k}={v} (Python shift_from={{{k!r}: {v!r}}}, R shift_from = list({k} = \"{v}\"), CLI --shift-from {k}={v})"
@@ -1000,22 +999,22 @@ class SAVE:
                   "(per-gene-mean r2 0.84 against 0.68; benchmarks/README.md): shift_from "
                   + " or ".join(forms) + "." if forms
                   else " No seen combination differs from them in one condition only, so shift_from cannot reach them.")
-        warnings.warn(f"{len(names)} combination(s) asked for were never seen in training ({self._shown(names)}); the flow "
-                      f"composes them from what it learned of each condition alone.{advice}", PySaveWarning, stacklevel=4)
-        return {"never_seen_combinations": names}
+        return self._never_seen_warning(found, "combination(s) asked for were", advice)
 
     def _never_seen(self, codes: np.ndarray) -> list:
         """shift.never_seen on this model's training counts; [] for models saved without them."""
         stats = getattr(self, "condition_latents", None) or {}
         return never_seen(codes, stats, self.vae.condition_embedding.mask_codes) if "counts" in stats else []
 
-    def _combination_names(self, found: list) -> list[str]:
+    def _never_seen_warning(self, found: list, asked: str, advice: str) -> dict:
+        """The warning of generation and transfer for combinations no training cell had (``found``,
+        from :meth:`_never_seen`), naming up to 5; returns what the provenance records."""
         keys, cats = self.registry["condition_keys"], self.registry["categories"]
-        return [", ".join(f"{k}={cats[k][int(c)]}" for k, c in zip(keys, row)) for row, _ in found]
-
-    @staticmethod
-    def _shown(names: list[str]) -> str:
-        return "; ".join(names[:5]) + (f"; and {len(names) - 5} more" if len(names) > 5 else "")
+        names = [", ".join(f"{k}={cats[k][int(c)]}" for k, c in zip(keys, row)) for row, _ in found]
+        shown = "; ".join(names[:5]) + (f"; and {len(names) - 5} more" if len(names) > 5 else "")
+        warnings.warn(f"{len(names)} {asked} never seen in training ({shown}); the flow composes them from what it learned "
+                      f"of each condition alone.{advice}", PySaveWarning, stacklevel=5)
+        return {"never_seen_combinations": names}
 
     def _flow_transfer_note(self, codes: np.ndarray, fallback_reason: str | None) -> dict:
         """Warn when transfer moves cells through the flow into combinations no training cell had:
@@ -1026,16 +1025,13 @@ class SAVE:
         found = self._never_seen(codes)
         if not found:
             return {}
-        names = self._combination_names(found)
         advice = (" The default route, via='auto' (R via = \"auto\", CLI --via auto), moves cells by the latent shift "
                   "between the conditions wherever training cells on both sides allow it, which came closer to the real "
                   "cells on Kang's held-out combinations (per-gene-mean r2 0.87 by the shift with "
                   "output='input_plus_change', against 0.75 through the flow as sampled counts; benchmarks/README.md)."
                   if fallback_reason is None else
                   f" via='auto' took the flow because {fallback_reason}")
-        warnings.warn(f"{len(names)} target combination(s) were never seen in training ({self._shown(names)}); the flow "
-                      f"composes them from what it learned of each condition alone.{advice}", PySaveWarning, stacklevel=4)
-        return {"never_seen_combinations": names}
+        return self._never_seen_warning(found, "target combination(s) were", advice)
 
     def _generated_obs(self, codes: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
         obs = self._obs_from_codes(codes, pd.Index([f"gen_{i}" for i in range(len(codes))]))
@@ -1325,7 +1321,7 @@ class SAVE:
         for key, code in target_codes.items():
             codes[:, keys.index(key)] = code
         z = mu
-        shift_info, fallback_reason = {}, None
+        shift_info = {}
         if via in ("shift", "auto"):
             requested = via
             try:
@@ -1343,7 +1339,6 @@ class SAVE:
                 via = "flow"
                 self._check_flow_options(guidance, n_steps)
                 shift_info = {"via_requested": "auto", "via_reason": f"the latent shift could not be used: {err}"}
-                fallback_reason = shift_info["via_reason"]
                 progress("via='auto': through the flow (the latent shift could not be used)")
             else:
                 if requested == "auto":
@@ -1358,7 +1353,8 @@ class SAVE:
                     shift_info = {**shift_info, "via_requested": "auto", "via_reason": reason}
                 progress(f"shifted by {'local' if shift_info.get('shift_neighbours') else 'stratum-mean'} latent shifts")
         if via == "flow":
-            shift_info = {**shift_info, **self._flow_transfer_note(codes, fallback_reason)}
+            # Here via_reason, if any, is why "auto" fell back to the flow.
+            shift_info = {**shift_info, **self._flow_transfer_note(codes, shift_info.get("via_reason"))}
             self.flow.eval()
             parts = []
             for start in range(0, len(mu), batch_size):
