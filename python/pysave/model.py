@@ -1016,21 +1016,27 @@ class SAVE:
                       f"of each condition alone.{advice}", PySaveWarning, stacklevel=5)
         return {"never_seen_combinations": names}
 
-    def _flow_transfer_note(self, codes: np.ndarray, fallback_reason: str | None) -> dict:
+    def _flow_transfer_note(self, codes: np.ndarray, fallback_reason: str | None, caller: str = "transfer") -> dict:
         """Warn when transfer moves cells through the flow into combinations no training cell had:
         the flow composes those worse than the latent shift does (Kang, 7 held-out types, seed 0:
         per-gene-mean r2 0.75 through the flow against 0.87 by the shift, and it fell as the flow
         trained longer; benchmarks/README.md). ``fallback_reason``: why via="auto" could not take
-        the shift, or None when via="flow" was asked for. Returns what the provenance records."""
+        the shift, or None when via="flow" was asked for. ``caller`` "correct": the advice names
+        correct()'s own default route, which has no via="auto". Returns what the provenance records."""
         found = self._never_seen(codes)
         if not found:
             return {}
-        advice = (" The default route, via='auto' (R via = \"auto\", CLI --via auto), moves cells by the latent shift "
-                  "between the conditions wherever training cells on both sides allow it, which came closer to the real "
-                  "cells on Kang's held-out combinations (per-gene-mean r2 0.87 by the shift with "
-                  "output='input_plus_change', against 0.75 through the flow as sampled counts; benchmarks/README.md)."
-                  if fallback_reason is None else
-                  f" via='auto' took the flow because {fallback_reason}")
+        if caller == "correct":
+            advice = (" correct()'s default route, via='decoder' (R RunSAVE(corrected = TRUE), CLI pysave correct "
+                      "--via decoder), decodes each cell's own latent under the reference batch and does not ask the "
+                      "flow for a combination it never saw.")
+        elif fallback_reason is None:
+            advice = (" The default route, via='auto' (R via = \"auto\", CLI --via auto), moves cells by the latent shift "
+                      "between the conditions wherever training cells on both sides allow it, which came closer to the "
+                      "real cells on Kang's held-out combinations (per-gene-mean r2 0.87 by the shift with "
+                      "output='input_plus_change', against 0.75 through the flow as sampled counts; benchmarks/README.md).")
+        else:
+            advice = f" via='auto' took the flow because {fallback_reason}"
         return self._never_seen_warning(found, "target combination(s) were", advice)
 
     def _generated_obs(self, codes: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
@@ -1266,8 +1272,11 @@ class SAVE:
         on the per-gene means and on W1 and MMD to the real cells of the target batch (e.g.
         CellBench, top-100 DEGs 0.940 against 0.884): hence ``via="auto"``.
         """
-        plan = self._transfer_plan(adata, target, batch_size, output, seed, via, guidance, n_steps, precision,
-                                   shift_bandwidth, shift_neighbours)
+        return self._transferred(self._transfer_plan(adata, target, batch_size, output, seed, via, guidance, n_steps,
+                                                     precision, shift_bandwidth, shift_neighbours))
+
+    def _transferred(self, plan: dict):
+        """The AnnData of a :meth:`_transfer_plan`, decoded in memory (transfer, correct)."""
         X, Z = self._collected(self._transferred_chunks(plan), len(plan["codes"]))
         plan["progress"]("decoded under the target")
         out = self._output(X, plan["obs"], "transferred", plan["provenance"])
@@ -1290,10 +1299,12 @@ class SAVE:
 
     def _transfer_plan(self, adata, target: dict, batch_size: int = 1024, output: str = "mean", seed: int = 0,
                        via: str = DEFAULT_TRANSFER_VIA, guidance: float = 2.0, n_steps: int = 50, precision: str = "auto",
-                       shift_bandwidth: float = SHIFT_BANDWIDTH, shift_neighbours: int = SHIFT_NEIGHBOURS) -> dict:
+                       shift_bandwidth: float = SHIFT_BANDWIDTH, shift_neighbours: int = SHIFT_NEIGHBOURS,
+                       caller: str = "transfer") -> dict:
         """transfer()'s checks and everything of the size of the latent: the cells' encoder means,
         moved (shift, flow) into ``z``, the target codes, obs and provenance. The genes x cells
-        output is left to :meth:`_transferred_chunks`."""
+        output is left to :meth:`_transferred_chunks`. ``caller``: whose advice the flow's
+        never-seen warning gives (:meth:`_flow_transfer_note`)."""
         self._require_trained()
         if output is not None and output not in TRANSFER_OUTPUTS:
             raise PySaveError(f"transfer's output must be one of {list(TRANSFER_OUTPUTS)}, got {output!r}.")
@@ -1354,7 +1365,7 @@ class SAVE:
                 progress(f"shifted by {'local' if shift_info.get('shift_neighbours') else 'stratum-mean'} latent shifts")
         if via == "flow":
             # Here via_reason, if any, is why "auto" fell back to the flow.
-            shift_info = {**shift_info, **self._flow_transfer_note(codes, shift_info.get("via_reason"))}
+            shift_info = {**shift_info, **self._flow_transfer_note(codes, shift_info.get("via_reason"), caller)}
             self.flow.eval()
             parts = []
             for start in range(0, len(mu), batch_size):
@@ -1521,7 +1532,9 @@ class SAVE:
         references = self._correction_references(key, reference)
         if len(references) == 1:
             # guidance 1: the batch-masked field itself (w != 1 would push the other conditions too).
-            out = self.transfer(adata, {key: references[0]}, batch_size=batch_size, via=via, guidance=1.0, n_steps=n_steps)
+            # _transfer_plan called from here, at transfer's depth, so that its warnings point at the user's line.
+            out = self._transferred(self._transfer_plan(adata, {key: references[0]}, batch_size=batch_size, via=via,
+                                                        guidance=1.0, n_steps=n_steps, caller="correct"))
             X = out.X
         elif via != "decoder":
             raise PySaveError(f"averaging over several reference batches goes via the decoder (the flow moves each cell to "

@@ -625,6 +625,28 @@ def test_flow_transfer_into_never_seen_combinations_warns(tmp_path, monkeypatch)
     assert len(ad.read_h5ad(out).uns["pysave"]["never_seen_combinations"]) == 3
 
 
+def test_correct_via_flow_into_never_seen_combinations_names_its_own_default():
+    """correct(via="flow") to a reference batch some cell type never had warns like transfer, but
+    its advice names correct()'s own default (via='decoder'; correct has no via='auto'), and the
+    warning points at the caller's line, not into pysave."""
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared-tests")
+    model = pysave.SAVE.load(os.path.join(shared, "fixtures", "tiny_model"), verbose=False)
+    cells = pysave.io.read_h5ad(os.path.join(shared, "fixtures", "pbmc_tiny.h5ad"))
+    nk = cells[cells.obs["cell_type"] == "NK"].copy()  # no 10x_3prime_v2 x NK training cell
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.correct(nk, reference="10x_3prime_v2", via="flow", n_steps=3, layer_added=None)
+    seen = [w for w in caught if "never seen" in str(w.message)]
+    assert len(seen) == 1 and seen[0].category is pysave.PySaveWarning
+    message = str(seen[0].message)
+    assert "(batch=10x_3prime_v2, cell_type=NK)" in message
+    assert "correct()'s default route, via='decoder'" in message and "via='auto'" not in message
+    assert os.path.samefile(seen[0].filename, __file__)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.correct(nk, reference="10x_3prime_v2", via="decoder", layer_added=None)  # the latent stays: no flow
+
+
 def torch_from(array):
     import torch
 

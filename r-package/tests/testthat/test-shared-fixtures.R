@@ -118,6 +118,25 @@ test_that("a transfer through the flow into never-seen combinations warns as Pyt
   expect_null(S4Vectors::metadata(shifted)$pysave$never_seen_combinations)
 })
 
+test_that("batch correction through the flow into never-seen combinations names correct's own default", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = FALSE)
+  sce <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  spec <- exp$transfer_never_seen  # the same cells moved to the same batch, here by correct()
+  names <- unlist(spec$never_seen_combinations)
+  warned <- character()
+  withCallingHandlers(
+    RunSAVE(sce, model = tiny_model_dir(), corrected = "flow", reference = spec$target$batch, verbose = FALSE),
+    warning = function(w) {
+      warned <<- c(warned, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    })
+  warned <- warned[grepl("never seen", warned, fixed = TRUE)]
+  expect_length(warned, 1)
+  expect_true(grepl(sprintf("(%s)", paste(names, collapse = "; ")), warned, fixed = TRUE))
+  expect_true(grepl("via='decoder' (R RunSAVE(corrected = TRUE)", warned, fixed = TRUE))
+  expect_false(grepl("via='auto'", warned, fixed = TRUE))
+})
+
 test_that("the package's example copies of the fixtures are the shared ones", {
   pairs <- list(c("pbmc_tiny.h5ad"), c("tiny_model", "config.json"), c("tiny_model", "weights.safetensors"))
   for (p in pairs) {
