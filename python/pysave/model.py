@@ -1505,7 +1505,9 @@ class SAVE:
         cell-type composition and the model is not conditioned on cell type, it mixes cell types
         too (scIB, benchmarks/README.md: pbmc_3tech Total 0.65 -> 0.72; CellBench, whose batches
         hold different cell lines, Bio 0.90 -> 0.63). Condition the model on the cell type when
-        labels exist, or keep the decoder path (the default).
+        labels exist, or keep the decoder path (the default). Through the flow towards a
+        ``reference`` batch that some of the cells' combinations never had in training, a
+        ``PySaveWarning`` names those combinations: the flow composes them from each condition alone.
 
         For integration, train a model with ``kl_weight=0.5``: the decoder path with the batch
         masked then scored scIB Total 0.734 / 0.848 / 0.729 on pbmc_3tech / CellBench / Baron (4

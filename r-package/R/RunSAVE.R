@@ -57,7 +57,9 @@
 #'   at 100 flow passes per cell: batches mix much better, but when batches differ in cell-type
 #'   composition and cell type is not a condition, cell types get mixed too). With
 #'   `"flow"` the moved latent is added as a second reduction, `"<reduction_name>_corrected"`
-#'   (e.g. `RunUMAP(obj, reduction = "save_corrected", dims = 1:128)`).
+#'   (e.g. `RunUMAP(obj, reduction = "save_corrected", dims = 1:128)`). `"flow"` towards a
+#'   `reference` batch that some of the cells' combinations never had in training warns and names
+#'   them: the flow composes those from each condition alone.
 #' @param reference Batch to correct towards (default: the batch is masked; `"all"` for a model
 #'   trained with `vae_mask_prob = 0`, whose VAE never decoded a masked batch). Several batches
 #'   (`c("b1", "b2")`) or `"all"`: each cell is decoded under each of them and the
