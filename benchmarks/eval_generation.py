@@ -178,6 +178,26 @@ def scored_result(model_dir, dataset, seed, train, test, keys, sets: dict, **ext
             "gaussian": summary["gaussian_pca"], **{k: v["pysave"] for k, v in summary["outputs"].items()}}
 
 
+def sampled_under_patches(model_dir, dataset, seed, variants, sampling: dict) -> dict:
+    """A diagnostic's result over a kept model: the product's generation (``sampling``, e.g.
+    PRODUCT_SAMPLING) as "default (w<w>)", then once per variant ``(name, patch, overrides)`` with
+    ``pysave.model.sample_latents`` replaced by ``patch(original, model)`` and ``overrides`` over
+    ``sampling``; every set scored by ``scored_result``."""
+    from unittest import mock
+
+    import pysave.model as model_module
+
+    model, train, test, keys = kept_model(model_dir, dataset, seed)
+    product = dict(seed=seed, **sampling)
+    original = model_module.sample_latents
+    sets = {f"default (w{product['guidance']:g})": model.generate_like(test.obs[keys], **product)}
+    for name, patch, overrides in variants:
+        # _generated_chunks looks sample_latents up in pysave.model at call time
+        with mock.patch.object(model_module, "sample_latents", patch(original, model)):
+            sets[name] = model.generate_like(test.obs[keys], **{**product, **overrides})
+    return scored_result(model_dir, dataset, seed, train, test, keys, sets)
+
+
 def diagnostic_cli(doc: str, run, stem: str) -> dict:
     """``diagnostic_main``, then the W1 / MMD of every set the diagnostic scored."""
     r = diagnostic_main(doc, run, stem)
