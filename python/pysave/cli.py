@@ -207,7 +207,7 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--like", "like", type=click.Path(), default=None, help="CSV/TSV/h5ad table: one row per cell, or with an n_cells column.")
 @click.option("--out", required=True, type=click.Path(), help="Output .h5ad.")
 @click.option("--guidance", type=float, default=1.5, show_default=True,
-              help="Classifier-free guidance weight w (1 = the plain conditional model).")
+              help="Classifier-free guidance weight w (1 = the plain conditional model; for combinations never seen in training, 1 scored better than the default).")
 @click.option("--steps", "n_steps", type=int, default=10, show_default=True,
               help="ODE steps of a fixed-grid solver (network passes: x1 euler, x2 midpoint, x4 rk4).")
 # The choices are flow.SOLVERS written out and the defaults model.DEFAULT_STEPS / DEFAULT_SOLVER

@@ -985,7 +985,8 @@ class SAVE:
         """Warn when the table asks for combinations no training cell had and no ``shift_from``
         was given, naming a ``shift_from`` that would reach them by way of a seen combination: the
         flow alone composes such combinations worse (Kang, 7 held-out types, seed 0: per-gene-mean
-        r2 0.68 sampled directly against 0.84 by way of the control cells; benchmarks/README.md).
+        r2 0.66 sampled directly against 0.83 by way of the control cells at the default guidance
+        1.5; 0.68 against 0.84 at guidance 1, better on both routes; benchmarks/README.md).
         Returns what ``uns["pysave"]`` records of it."""
         found = self._never_seen(codes)
         if not found:
@@ -996,8 +997,9 @@ class SAVE:
         forms = [f"{k}={v} (Python shift_from={{{k!r}: {v!r}}}, R shift_from = list({k} = \"{v}\"), CLI --shift-from {k}={v})"
                  for k, v in hints[:2]]
         advice = (" On Kang's held-out combinations, generating by way of a seen combination came closer to the real cells "
-                  "(per-gene-mean r2 0.84 against 0.68; benchmarks/README.md): shift_from "
-                  + " or ".join(forms) + "." if forms
+                  "(per-gene-mean r2 0.83 against 0.66 at the default guidance, 0.84 against 0.68 at guidance 1, which "
+                  "scored better on both routes; benchmarks/README.md): shift_from "
+                  + " or ".join(forms) + ", with guidance 1 (Python guidance=1, R guidance = 1, CLI --guidance 1)." if forms
                   else " No seen combination differs from them in one condition only, so shift_from cannot reach them.")
         return self._never_seen_warning(found, "combination(s) asked for were", advice)
 
@@ -1094,7 +1096,9 @@ class SAVE:
         cell type seen only as control) it scored closer to the held-out real cells than sampling
         the combination directly: Kang, 7 types, seed 0, per-gene-mean r2 0.841 against 0.681, W1
         1.03x against 1.09x the noise floor, at guidance 1 (2 seeds of the code of 2026-12-01: 0.809
-        against 0.704, and 0.721 at guidance 2; benchmarks/README.md).
+        against 0.704, and 0.721 at guidance 2; benchmarks/README.md). At the default guidance 1.5
+        both routes score lower on the same models (0.827 against 0.659, W1 1.04x against 1.09x):
+        for never-seen combinations pass ``guidance=1``.
         Recorded in ``uns["pysave"]`` (``shift_from``, ``shift_strata``, ``shift_neighbours``, ``shift_bandwidth``).
         Without ``shift_from``, asking for combinations no training cell had warns (a
         ``PySaveWarning`` that names a ``shift_from`` able to reach them: the one-condition change
