@@ -582,6 +582,16 @@ def test_generate_warns_for_a_never_seen_combination(trained, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("warning: 1 combination(s) asked for were never seen in training")
     assert "--shift-from batch=10x_5prime" in lines[0] and "PySaveWarning" not in r.stderr
     assert list(ad.read_h5ad(out).uns["pysave"]["never_seen_combinations"]) == ["batch=10x_3prime_v2, cell_type=NK"]
+    # With no seen combination one condition away, no shift_from is named, and guidance 1 is.
+    row = np.array([model._code_of(k, v) for k, v in zip(keys, target)])
+    original = model._never_seen
+    model._never_seen = lambda codes: [(row, [])]
+    try:
+        with pytest.warns(pysave.PySaveWarning, match=r"shift_from cannot reach them; .*guidance 1 came closer") as caught:
+            model.generate(conditions, n_cells=2, seed=0)
+    finally:
+        model._never_seen = original
+    assert "Python shift_from=" not in str(caught[0].message)
 
 
 def test_flow_transfer_into_never_seen_combinations_warns(tmp_path, monkeypatch):
