@@ -6,6 +6,11 @@ these without a traceback; anything else is a bug and keeps its traceback. Resul
 should look twice at (a collapsed latent, an untrained unconditional field) are reported with
 :class:`PySaveWarning`, which saveR turns into R warnings.
 """
+import os
+import sys
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class PySaveError(ValueError):
@@ -18,3 +23,14 @@ class ModelDirectoryError(PySaveError):
 
 class PySaveWarning(UserWarning):
     """Something worked but deserves a second look; the message says what and what to do."""
+
+
+def warn_user(message: str) -> None:
+    """A :class:`PySaveWarning` attributed to the first line outside pysave (the user's call),
+    however deep inside pysave it is raised: a fixed ``stacklevel`` points into pysave as soon as
+    one public method calls another (``generate`` -> ``generate_like``, ``correct`` -> the
+    transfer). Python 3.12's ``skip_file_prefixes`` does the same; pysave supports 3.10+."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, PySaveWarning, stacklevel=level + 1)

@@ -32,7 +32,7 @@ from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets, missing_reason
-from .errors import ModelDirectoryError, PySaveError, PySaveWarning
+from .errors import ModelDirectoryError, PySaveError, PySaveWarning, warn_user
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
 from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
                     condition_latent_means, expression_pcs, expression_positions, kept_rows, kept_shift_cells, latent_shifts,
@@ -846,8 +846,8 @@ class SAVE:
             raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
         if float(guidance) != 1.0 and float(self.params["mask_prob"]) == 0.0 and float(self.params["mask_all_prob"]) == 0.0:
             # Guidance mixes in the unconditional field, which only condition masking trains.
-            warnings.warn(f"this model was trained with mask_prob=0 and mask_all_prob=0, so its unconditional field is untrained and "
-                          f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).", PySaveWarning, stacklevel=4)
+            warn_user(f"this model was trained with mask_prob=0 and mask_all_prob=0, so its unconditional field is untrained and "
+                      f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).")
 
     def _check_output(self, output: str | None) -> str:
         """The output kind to produce. ``None`` is the default: "sample", or "mean" for a model
@@ -1016,8 +1016,8 @@ class SAVE:
         keys, cats = self.registry["condition_keys"], self.registry["categories"]
         names = [", ".join(f"{k}={cats[k][int(c)]}" for k, c in zip(keys, row)) for row, _ in found]
         shown = "; ".join(names[:5]) + (f"; and {len(names) - 5} more" if len(names) > 5 else "")
-        warnings.warn(f"{len(names)} {asked} never seen in training ({shown}); the flow composes them from what it learned "
-                      f"of each condition alone.{advice}", PySaveWarning, stacklevel=5)
+        warn_user(f"{len(names)} {asked} never seen in training ({shown}); the flow composes them from what it learned "
+                  f"of each condition alone.{advice}")
         return {"never_seen_combinations": names}
 
     def _flow_transfer_note(self, codes: np.ndarray, fallback_reason: str | None, caller: str = "transfer") -> dict:
@@ -1540,7 +1540,7 @@ class SAVE:
         references = self._correction_references(key, reference)
         if len(references) == 1:
             # guidance 1: the batch-masked field itself (w != 1 would push the other conditions too).
-            # _transfer_plan called from here, at transfer's depth, so that its warnings point at the user's line.
+            # The plan itself, not transfer(): its never-seen warning then gives correct()'s own advice.
             out = self._transferred(self._transfer_plan(adata, {key: references[0]}, batch_size=batch_size, via=via,
                                                         guidance=1.0, n_steps=n_steps, caller="correct"))
             X = out.X

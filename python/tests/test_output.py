@@ -546,7 +546,7 @@ def test_never_seen_names_the_changes_that_reach_a_combination():
     assert pysave.shift.never_seen(np.array([[1, 2]]), stats, mask_codes=[2, 3])[0][1] == [(0, 0, 2), (1, 0, 1), (1, 1, 1)]
 
 
-def test_generate_warns_for_a_never_seen_combination(trained, tmp_path):
+def test_generate_warns_for_a_never_seen_combination(trained, tmp_path, monkeypatch):
     """A combination with no training cell, asked for without shift_from, warns (Python and CLI)
     and is recorded; with shift_from, or for seen combinations, nothing is said."""
     import anndata as ad
@@ -560,8 +560,10 @@ def test_generate_warns_for_a_never_seen_combination(trained, tmp_path):
     model.condition_latents = stats
     conditions = dict(zip(keys, target))
     with pytest.warns(pysave.PySaveWarning, match=r"1 combination\(s\) asked for were never seen in training "
-                                                  r"\(batch=10x_5prime, cell_type=T_CD4\).*shift_from batch="):
+                                                  r"\(batch=10x_5prime, cell_type=T_CD4\).*shift_from batch=") as caught:
         gen = model.generate(conditions, n_cells=3, seed=0)
+    # generate() calls generate_like(): the warning still points at this line, not into pysave
+    assert os.path.samefile(caught[0].filename, __file__)
     assert list(gen.uns["pysave"]["never_seen_combinations"]) == ["batch=10x_5prime, cell_type=T_CD4"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -584,13 +586,9 @@ def test_generate_warns_for_a_never_seen_combination(trained, tmp_path):
     assert list(ad.read_h5ad(out).uns["pysave"]["never_seen_combinations"]) == ["batch=10x_3prime_v2, cell_type=NK"]
     # With no seen combination one condition away, no shift_from is named, and guidance 1 is.
     row = np.array([model._code_of(k, v) for k, v in zip(keys, target)])
-    original = model._never_seen
-    model._never_seen = lambda codes: [(row, [])]
-    try:
-        with pytest.warns(pysave.PySaveWarning, match=r"shift_from cannot reach them; .*guidance 1 came closer") as caught:
-            model.generate(conditions, n_cells=2, seed=0)
-    finally:
-        model._never_seen = original
+    monkeypatch.setattr(model, "_never_seen", lambda codes: [(row, [])])
+    with pytest.warns(pysave.PySaveWarning, match=r"shift_from cannot reach them; .*guidance 1 came closer") as caught:
+        model.generate(conditions, n_cells=2, seed=0)
     assert "Python shift_from=" not in str(caught[0].message)
 
 
@@ -673,8 +671,9 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
     try:
         from pysave.model import DEFAULT_GUIDANCE
 
-        with pytest.warns(UserWarning, match=f"mask_prob=0.*guidance={DEFAULT_GUIDANCE:g}"):
+        with pytest.warns(UserWarning, match=f"mask_prob=0.*guidance={DEFAULT_GUIDANCE:g}") as caught:
             model.generate({"cell_type": "B"}, n_cells=3)  # the default w (not 1)
+        assert os.path.samefile(caught[0].filename, __file__)  # the user's line, not generate_like's call
         with pytest.warns(UserWarning, match="mask_prob=0"):
             model.transfer(cells, {"batch": "10x_5prime"}, via="flow", n_steps=2)  # w = 2
         with pytest.warns(UserWarning, match="mask_prob=0"):
