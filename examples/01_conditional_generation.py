@@ -16,7 +16,7 @@ model.train(max_epochs=EPOCHS, flow_epochs=None if EPOCHS >= 20 else EPOCHS, lr=
 unseen = model.generate({"batch": "10x_5prime", "cell_type": "B"}, n_cells=200, seed=0)
 # The same combination by way of a seen one: sampled as 3' v2 B cells, then moved by the training
 # cells' latent shift from 3' v2 to 5' (per cell type that has both); closer to held-out cells on Kang.
-by_shift = model.generate({"batch": "10x_5prime", "cell_type": "B"}, n_cells=200, seed=0, guidance=1,
+by_shift = model.generate({"batch": "10x_5prime", "cell_type": "B"}, n_cells=200, seed=0,
                           shift_from={"batch": "10x_3prime_v2"})
 print("strata of the shift:", by_shift.uns["pysave"]["shift_strata"])
 only_type = model.generate({"cell_type": "NK"}, n_cells=100)  # batch left to the model

@@ -5,8 +5,9 @@
 
 Writes fixtures/tiny_model/ (a pysave model directory, ~100 KB) trained on fixtures/pbmc_tiny.h5ad,
 and expectations/tiny_model.json: the latent (encoder means) of every fixture cell, a fixed-seed
-generation (and one of a combination seen in training, so calibrated; and one of a combination never
-seen, which warns and names a shift_from), the batch correction averaged over all batches and a transfer with output
+generation (and one of a combination seen in training, so calibrated; one of a combination never
+seen, which warns and names a shift_from; and one table of both, which the default guidance weighs
+row by row), the batch correction averaged over all batches and a transfer with output
 "input_plus_change", which pytest (test_shared_fixtures.py) and testthat (r-package/tests) compare to float
 tolerance. Copies of the fixtures go to r-package/inst/extdata for the R package's examples.
 Re-run only when the engine's outputs change on purpose, and commit the results.
@@ -18,6 +19,7 @@ import sys
 import warnings
 
 import numpy as np
+import pandas as pd
 
 import pysave
 from pysave.io import read_h5ad
@@ -39,6 +41,11 @@ GENERATE_SEEN = dict(conditions={"batch": "10x_3prime_v1", "cell_type": "B"}, n_
 # reaches it from the most strata (R: GenerateCells(model, n = 6, conditions = list(batch = "10x_3prime_v2",
 # cell_type = "NK"), seed = 7) warns).
 GENERATE_NEVER_SEEN = dict(conditions={"batch": "10x_3prime_v2", "cell_type": "NK"}, n_cells=6, seed=7)
+# One call asking for both kinds: the default guidance (None) samples the seen combination's rows at 1.5 and the
+# never-seen one's at 1, recorded as "auto" (R: GenerateCells(model, conditions = data.frame(batch = ..., cell_type
+# = ..., n_cells = c(3, 3)), seed = 7)).
+GENERATE_MIXED = dict(table=[{**GENERATE_SEEN["conditions"], "n_cells": 3}, {**GENERATE_NEVER_SEEN["conditions"], "n_cells": 3}],
+                      seed=7)
 # Batch correction averaged over every batch (R: RunSAVE(sce, model, corrected = TRUE, reference = "all")).
 CORRECT = dict(reference="all")
 # Transfer as the cells' own expression plus the decoded change (R: TransferCells(sce, model, target =
@@ -60,6 +67,12 @@ def expected_outputs(model, adata) -> dict:
         warnings.simplefilter("ignore")  # the warning this case exists for; its text is the tests' to check
         never = model.generate(GENERATE_NEVER_SEEN["conditions"], n_cells=GENERATE_NEVER_SEEN["n_cells"],
                                seed=GENERATE_NEVER_SEEN["seed"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the never-seen warning, as above
+        mixed = model.generate_like(pd.DataFrame(GENERATE_MIXED["table"]), seed=GENERATE_MIXED["seed"])
+    guidance = {k: v for k, v in mixed.uns["pysave"].items() if k.startswith("guidance")}
+    if guidance.get("guidance_never_seen_cells") != 3:
+        raise SystemExit("the mixed table's never-seen rows were not found; check the fixture's combinations")
     # The shift_from the warning names: the change whose shift is learned from the most strata.
     keys, cats = model.registry["condition_keys"], model.registry["categories"]
     codes = [[model._code_of(k, GENERATE_NEVER_SEEN["conditions"][k]) for k in keys]]
@@ -81,6 +94,8 @@ def expected_outputs(model, adata) -> dict:
         "generated_seen_X": np.asarray(seen.X, dtype=float).round(7).tolist(),
         "generate_never_seen": {**GENERATE_NEVER_SEEN, "never_seen_combinations": list(never.uns["pysave"]["never_seen_combinations"]),
                                 "shift_from": {keys[column]: cats[keys[column]][code]}},
+        "generate_mixed": {**GENERATE_MIXED, **guidance},
+        "generated_mixed_X": np.asarray(mixed.X, dtype=float).round(7).tolist(),
         "correct": CORRECT,
         "corrected_X": np.asarray(model.correct(adata, layer_added=None, **CORRECT), dtype=float).round(7).tolist(),
         "transfer": TRANSFER,

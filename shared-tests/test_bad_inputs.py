@@ -96,7 +96,7 @@ def _python(case, model_dir, tmp_path):
         return None
     model = pysave.SAVE.load(model_dir, device="cpu", verbose=False)
     if action == "generate":
-        model.generate(options["set"], n_cells=3)
+        model.generate(options["set"], n_cells=3, **({"guidance": float(options["guidance"])} if "guidance" in options else {}))
     elif action == "transfer":
         model.transfer(read_h5ad(src), options["set"],
                        **{k: options[k] for k in ("via", "shift_bandwidth", "shift_neighbours") if k in options})
@@ -128,6 +128,8 @@ def _cli(case, model_dir, tmp_path):
         args = ["generate", model_dir, "--n", "3", "--out", str(tmp_path / "g.h5ad")]
         for k, v in options["set"].items():
             args += ["--set", f"{k}={v}"]
+        if "guidance" in options:
+            args += ["--guidance", str(options["guidance"])]
     elif action == "transfer":
         args = ["transfer", model_dir, src, "--out", str(tmp_path / "t.h5ad")]
         for k, v in options["set"].items():

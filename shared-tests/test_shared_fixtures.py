@@ -96,11 +96,24 @@ def test_tiny_model_never_seen_combination_warns_with_a_shift_from(tiny_model, t
     assert list(gen.uns["pysave"]["never_seen_combinations"]) == spec["never_seen_combinations"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        moved = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"], guidance=1,
+        moved = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"],
                                     shift_from=spec["shift_from"])
         seen = tiny_model.generate(tiny_model_expected["generate_seen"]["conditions"], n_cells=2)
     assert "never_seen_combinations" not in moved.uns["pysave"] and "never_seen_combinations" not in seen.uns["pysave"]
     assert list(moved.uns["pysave"]["shift_strata"].values()) == [3]
+
+
+def test_tiny_model_default_guidance_weighs_rows_by_their_combination(tiny_model, tiny_model_expected):
+    """A table of a seen and a never-seen combination at the default guidance: the cells and the
+    weights recorded are the ones Python wrote (1.5 for the seen rows, 1 for the never-seen ones)."""
+    import pandas as pd
+
+    spec = tiny_model_expected["generate_mixed"]
+    with pytest.warns(pysave.PySaveWarning, match="never seen in training"):
+        gen = tiny_model.generate_like(pd.DataFrame(spec["table"]), seed=spec["seed"])
+    np.testing.assert_allclose(gen.X, tiny_model_expected["generated_mixed_X"], atol=tiny_model_expected["tolerance"], rtol=0)
+    recorded = {k: gen.uns["pysave"][k] for k in ("guidance", "guidance_seen", "guidance_never_seen", "guidance_never_seen_cells")}
+    assert recorded == {k: spec[k] for k in recorded}
 
 
 def test_tiny_model_correction_over_all_batches_matches_expectation(tiny_model, tiny, tiny_model_expected):
@@ -156,6 +169,8 @@ def test_posterior_collapse_is_warned_and_recorded(tiny):
             model.train(**spec["train"], progress=False, device="cpu")
         said = [str(w.message) for w in caught if spec["warning"] in str(w.message)]
         assert len(said) == (1 if name == "collapsing" else 0), said
+        # attributed to the caller's train() line, not to a line inside pysave
+        assert all(os.path.samefile(w.filename, __file__) for w in caught if spec["warning"] in str(w.message))
         assert all("lower kl_weight" in s for s in said)  # the message says the fix
         active[name] = model.training_summary["active_latent_dims"]
     assert active["collapsing"] <= spec["max_active_when_collapsed"]

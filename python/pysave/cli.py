@@ -206,8 +206,11 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--set", "sets", multiple=True, help="Condition KEY=VALUE (repeat); conditions not set are masked.")
 @click.option("--like", "like", type=click.Path(), default=None, help="CSV/TSV/h5ad table: one row per cell, or with an n_cells column.")
 @click.option("--out", required=True, type=click.Path(), help="Output .h5ad.")
-@click.option("--guidance", type=float, default=1.5, show_default=True,
-              help="Classifier-free guidance weight w (1 = the plain conditional model; for combinations never seen in training, 1 scored better than the default).")
+# The default is model.DEFAULT_GUIDANCE / NEVER_SEEN_GUIDANCE written out (a test keeps them equal).
+@click.option("--guidance", type=float, default=None,
+              show_default="1.5 for combinations seen in training, 1 for never-seen ones",
+              help="Classifier-free guidance weight w for every cell (1 = the plain conditional model; larger pushes "
+                   "cells towards their conditions). Left out, each cell gets its combination's weight.")
 @click.option("--steps", "n_steps", type=int, default=10, show_default=True,
               help="ODE steps of a fixed-grid solver (network passes: x1 euler, x2 midpoint, x4 rk4).")
 # The choices are flow.SOLVERS written out and the defaults model.DEFAULT_STEPS / DEFAULT_SOLVER
@@ -221,8 +224,8 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
                    "log1p(CP10k); mean: the decoder mean itself. Models saved by older pysave versions can only give mean.")
 @click.option("--shift-from", "shift_from", multiple=True,
               help="KEY=VALUE (repeat): sample the flow with these values instead, then add the training cells' latent "
-                   "shift to the asked ones (e.g. --shift-from stim=control for a cell type never seen stimulated; "
-                   "try --guidance 1). Without it, a combination never seen in training gets a warning that names one.")
+                   "shift to the asked ones (e.g. --shift-from stim=control for a cell type never seen stimulated). "
+                   "Without it, a combination never seen in training gets a warning that names one.")
 @click.option("--shift-neighbours", type=int, default=30, show_default=True,
               help="--shift-from's local shifts: each cell takes the mean of its N nearest training cells' transport "
                    "displacements (as in transfer --shift-neighbours); 0 weighs the strata's mean shifts instead.")

@@ -75,21 +75,28 @@ class VelocityField(nn.Module):
         return ((self(xt, t, codes) - target) ** 2).mean()
 
 
-def guided_velocity(field: VelocityField, codes: torch.Tensor, guidance: float):
-    """v = (1 - w) v(x, t) + w v(x, t, c) (paper eq. 12); w = 1 needs a single pass."""
+def guided_velocity(field: VelocityField, codes: torch.Tensor, guidance: float | torch.Tensor):
+    """v = (1 - w) v(x, t) + w v(x, t, c) (paper eq. 12); w = 1 needs a single pass.
+
+    ``guidance`` is one w for every row, or a tensor of one w per row (generation's default gives
+    combinations never seen in training their own w); a per-row w always takes both passes, so a
+    row's velocity does not depend on the weights of the rows solved beside it."""
+    per_row = isinstance(guidance, torch.Tensor)
     uncond = field.condition_embedding.all_masked(codes.shape[0], codes.device)
     # The codes are fixed for the whole solve: find their distinct rows once, not at every pass.
-    used = codes if guidance == 1.0 else uncond if guidance == 0.0 else torch.cat([codes, uncond])
+    single = None if per_row else codes if guidance == 1.0 else uncond if guidance == 0.0 else None
+    used = torch.cat([codes, uncond]) if single is None else single
     distinct = field.condition_embedding.unique(used)
+    weight = guidance.to(codes.device, torch.float32)[:, None] if per_row else guidance
 
     def velocity(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         tt = t.expand(x.shape[0]) if t.dim() == 0 else t
         # .to(x.dtype): under bf16 autocast the network answers in bf16; the ODE state stays fp32.
-        if guidance in (0.0, 1.0):
+        if single is not None:
             return field(x, tt, used, distinct=distinct).to(x.dtype)
         both = field(torch.cat([x, x]), torch.cat([tt, tt]), used, distinct=distinct).to(x.dtype)
         v_cond, v_uncond = both.chunk(2)
-        return (1 - guidance) * v_uncond + guidance * v_cond
+        return (1 - weight) * v_uncond + weight * v_cond
 
     return velocity
 
@@ -101,10 +108,11 @@ CPU_SOLVE_ROWS = 1024
 
 
 @torch.no_grad()
-def sample_latents(field: VelocityField, codes: torch.Tensor, guidance: float = 1.0, n_steps: int = 50,
+def sample_latents(field: VelocityField, codes: torch.Tensor, guidance: float | torch.Tensor = 1.0, n_steps: int = 50,
                    solver: str = "euler", generator: torch.Generator | None = None,
                    rtol: float = 1e-5, atol: float = 1e-5) -> torch.Tensor:
-    """Integrate the guided ODE from N(0, I) at t = 0 to t = 1, one latent per row of ``codes``."""
+    """Integrate the guided ODE from N(0, I) at t = 0 to t = 1, one latent per row of ``codes``
+    (``guidance``: one w, or one per row as in :func:`guided_velocity`)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}")
     latent_dim = field.position.shape[0] * field.token_size
@@ -114,7 +122,11 @@ def sample_latents(field: VelocityField, codes: torch.Tensor, guidance: float = 
     x = torch.randn((codes.shape[0], latent_dim), generator=generator, device=noise_device).to(codes.device)
     # dopri5's step sizes depend on every row it integrates, so it keeps the chunk whole.
     rows = CPU_SOLVE_ROWS if x.device.type == "cpu" and solver != "dopri5" else len(x)
-    return torch.cat([_solve(field, x[s:s + rows], codes[s:s + rows], guidance, n_steps, solver, rtol, atol)
+    per_row = isinstance(guidance, torch.Tensor)
+    if per_row and guidance.shape != (len(codes),):
+        raise ValueError(f"per-row guidance needs one weight per row of codes ({len(codes)}), got shape {tuple(guidance.shape)}")
+    return torch.cat([_solve(field, x[s:s + rows], codes[s:s + rows], guidance[s:s + rows] if per_row else guidance,
+                             n_steps, solver, rtol, atol)
                       for s in range(0, len(x), rows)])
 
 

@@ -28,7 +28,6 @@ Every result records its protocol, parameters and seed.
 """
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from unittest import mock
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import PySaveError, PySaveWarning
+from .errors import PySaveError, warn_user
 
 # 2: a log-normalized layer (e.g. save_corrected) is scored as it is; version 1 log-normalized it again.
 # 3: log-normalized cells over more genes than those compared are renormalized over them (version 2
@@ -256,11 +255,10 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     if renormalized and isinstance(info, dict) and info.get("output") == "mean":
         # expm1 of a mean of logs is not an expression profile (Jensen), so this renormalization is
         # only approximate for decoder means; sampled counts are log1p(CP10k) of real-like counts.
-        warnings.warn(f"the generated cells are decoder means (output='mean') over {generated.n_vars:,} genes, renormalized "
-                      f"over the {len(space.genes):,} compared genes as if they were log1p(CP10k) of counts, which they "
-                      "are not: their scores are approximate. Score sampled counts (generate(output='sample'), the "
-                      "default; CLI --output-kind sample; R GenerateCells(expression = \"sample\")), as the protocol does.",
-                      PySaveWarning, stacklevel=2)
+        warn_user(f"the generated cells are decoder means (output='mean') over {generated.n_vars:,} genes, renormalized "
+                  f"over the {len(space.genes):,} compared genes as if they were log1p(CP10k) of counts, which they "
+                  "are not: their scores are approximate. Score sampled counts (generate(output='sample'), the "
+                  "default; CLI --output-kind sample; R GenerateCells(expression = \"sample\")), as the protocol does.")
     x_real, x_gen = space.log_normalized(real), space.log_normalized(generated)
     z_real, z_gen = space.to_pcs(x_real), space.to_pcs(x_gen)
     if floor is not None:
@@ -326,9 +324,8 @@ def shared_genes(datasets, names=None) -> list[str]:
                           "give them the same var_names (e.g. all gene symbols or all Ensembl IDs).")
     if names is not None and any(a.n_vars > len(genes) for a in datasets):
         sizes = ", ".join(f"{name} {a.n_vars:,}" for name, a in zip(names, datasets))
-        warnings.warn(f"scoring on the {len(genes):,} genes all sets share ({sizes}): e.g. a model's genes against real "
-                      "cells with more. If that is not what you meant, check that both hold the same genes.", PySaveWarning,
-                      stacklevel=3)
+        warn_user(f"scoring on the {len(genes):,} genes all sets share ({sizes}): e.g. a model's genes against real "
+                  "cells with more. If that is not what you meant, check that both hold the same genes.")
     return genes
 
 

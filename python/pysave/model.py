@@ -18,7 +18,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -32,7 +31,7 @@ from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets, missing_reason
-from .errors import ModelDirectoryError, PySaveError, PySaveWarning, warn_user
+from .errors import ModelDirectoryError, PySaveError, warn_user
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
 from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
                     condition_latent_means, expression_pcs, expression_positions, kept_rows, kept_shift_cells, latent_shifts,
@@ -137,7 +136,8 @@ OUTPUT_DESCRIPTIONS = {
 INPUT_PLUS_CHANGE = "input_plus_change"
 TRANSFER_OUTPUTS = (*OUTPUT_KINDS, INPUT_PLUS_CHANGE)
 
-# Classifier-free guidance weight of generation. w = 2 until 2026-12-06 (it beat w = 1 and 3 on the
+# Classifier-free guidance weight of generation for combinations seen in training (and rows with a
+# masked condition); generate's default. w = 2 until 2026-12-06 (it beat w = 1 and 3 on the
 # code of 2026-11-21). Swept again on today's model (calibrated, >= 8,000 flow steps; the same models
 # sampled at each w, sampled counts, 80/20 splits), w = 1.5 against 2, mean MMD: pbmc_3tech 1.341
 # against 1.348 and Baron 1.322 against 1.351 (4 seeds each), the 4-condition sets 1.341 / 1.328
@@ -146,6 +146,11 @@ TRANSFER_OUTPUTS = (*OUTPUT_KINDS, INPUT_PLUS_CHANGE)
 # swept again"). Guidance narrows each group, and calibration now places the centres it paid for.
 # w != 1 costs a second pass per step.
 DEFAULT_GUIDANCE = 1.5
+# ...but not for combinations never seen in training: Kang's held-out ones, 7 types, seed 0, scored
+# per-gene-mean r2 0.681 at w = 1 against 0.659 at 1.5 sampled directly (lower on 6 of 7 types), and
+# 0.841 against 0.827 by way of shift_from (benchmarks/README.md). generate's default, guidance=None
+# ("auto"), gives each row the weight of its kind: a per-row w, so one call may ask for both kinds.
+NEVER_SEEN_GUIDANCE = 1.0
 # Generation's ODE: 10 midpoint steps (20 network passes) scored like 50 Euler steps (W1 and MMD
 # within seed noise on pbmc_3tech x 2 seeds and Baron) at 2.5x fewer passes (benchmarks/README.md).
 DEFAULT_SOLVER = "midpoint"
@@ -201,6 +206,19 @@ def check_flag(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise PySaveError(f"{name} must be True or False, got {value!r}.")
     return bool(value)
+
+
+def check_guidance(guidance, auto: bool = False) -> float | None:
+    """A guidance weight as a float: a finite real number, or None (generation's per-row default,
+    where ``auto``). Refused by name otherwise (NaN would make every cell NaN)."""
+    if guidance is None and auto:
+        return None
+    if isinstance(guidance, (bool, np.bool_)) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(guidance)):
+        default = (" or None (the default: 1.5 for combinations seen in training, 1 for never-seen ones)" if auto else "")
+        raise PySaveError(f"guidance must be a finite number{default}, e.g. 1 for the plain conditional model; "
+                          f"got {guidance!r}.")
+    return float(guidance)
 
 
 def check_torch_compile(torch_compile, device: torch.device) -> bool:
@@ -581,7 +599,7 @@ class SAVE:
         self.latent_mean, self.latent_std = _latent_moments(mu, std, train_rows, seed)
         active_dims = active_latent_dims(mu, train_rows)
         if active_dims < MIN_ACTIVE_LATENT_DIMS and rank == 0:
-            warnings.warn(collapse_message(active_dims, mu.shape[1], self.params["kl_weight"]), PySaveWarning, stacklevel=2)
+            warn_user(collapse_message(active_dims, mu.shape[1], self.params["kl_weight"]))
         latents = condition_latent_means(mu, data.codes)
         pcs, positions = expression_pcs(data, self.scalers, seed)
         self.condition_latents = {**latents, **pcs, **kept_shift_cells(mu, positions, data.codes, seed)}
@@ -687,9 +705,9 @@ class SAVE:
         masked = np.asarray(codes) == np.asarray(self.vae.condition_embedding.mask_codes)
         if masked.any():
             keys = [k for k, hit in zip(self.registry["condition_keys"], masked.any(axis=0)) if hit]
-            warnings.warn(f"this model was trained with vae_mask_prob=0, so its VAE never {what} with a condition masked, "
-                          f"and {keys} is masked here: the result is arbitrary. Name a value for {keys} (for correct(): "
-                          f"reference='all' or a batch), or train with vae_mask_prob > 0.", PySaveWarning, stacklevel=3)
+            warn_user(f"this model was trained with vae_mask_prob=0, so its VAE never {what} with a condition masked, "
+                      f"and {keys} is masked here: the result is arbitrary. Name a value for {keys} (for correct(): "
+                      f"reference='all' or a batch), or train with vae_mask_prob > 0.")
 
     def _combination_offsets(self, data, mu: torch.Tensor, n_combinations: int, seed: int) -> dict:
         """Generation's calibration (``calibration.combination_offsets``) over the cells ``kept_rows``
@@ -840,14 +858,41 @@ class SAVE:
             raise PySaveError(f"none of the table's columns {list(table.columns)} is a condition of this model ({sorted(known)}).")
         return table, D.encode_conditions(table, self.registry, allow_missing=True)
 
-    def _check_flow_options(self, guidance: float, n_steps: int) -> None:
-        """Checks shared by everything that integrates the flow (generation, transfer via the flow)."""
+    def _check_flow_options(self, guidance: float | None, n_steps: int) -> None:
+        """Checks shared by everything that integrates the flow (generation, transfer via the flow).
+        ``guidance`` None is generation's "auto", which needs no check (see _guidance_plan)."""
         if int(n_steps) < 1:
             raise PySaveError(f"n_steps must be at least 1, got {n_steps}.")
-        if float(guidance) != 1.0 and float(self.params["mask_prob"]) == 0.0 and float(self.params["mask_all_prob"]) == 0.0:
+        guidance = check_guidance(guidance, auto=True)
+        if guidance is not None and guidance != 1.0 and not self._unconditional_field_trained():
             # Guidance mixes in the unconditional field, which only condition masking trains.
             warn_user(f"this model was trained with mask_prob=0 and mask_all_prob=0, so its unconditional field is untrained and "
                       f"guidance={guidance} mixes it in; pass guidance=1 (CLI --guidance 1).")
+
+    def _unconditional_field_trained(self) -> bool:
+        """Whether condition masking trained the flow's unconditional velocity, which guidance mixes in."""
+        return float(self.params["mask_prob"]) > 0.0 or float(self.params["mask_all_prob"]) > 0.0
+
+    def _guidance_plan(self, guidance: float | None, codes: np.ndarray, found: list) -> tuple:
+        """The weight(s) the flow samples ``codes`` with, and what ``uns["pysave"]`` records of them.
+
+        A number is every row's w. None ("auto") gives rows whose combination no training cell
+        had (``found``, from :meth:`_never_seen`) ``NEVER_SEEN_GUIDANCE`` and every other row
+        (seen, or with a masked condition) ``DEFAULT_GUIDANCE``; both are 1 on a model whose
+        unconditional field is untrained. One weight for all rows is passed as a number, so a
+        call that asks for one kind samples exactly as with that weight given."""
+        if guidance is not None:
+            return float(guidance), {"guidance": float(guidance)}
+        seen_w, never_w = ((DEFAULT_GUIDANCE, NEVER_SEEN_GUIDANCE) if self._unconditional_field_trained() else (1.0, 1.0))
+        never = np.zeros(len(codes), dtype=bool)
+        if found:
+            rows = {tuple(int(v) for v in row) for row, _ in found}
+            never = np.fromiter((tuple(int(v) for v in row) in rows for row in codes), dtype=bool, count=len(codes))
+        info = {"guidance": "auto", "guidance_seen": float(seen_w), "guidance_never_seen": float(never_w),
+                "guidance_never_seen_cells": int(never.sum())}
+        if seen_w == never_w or not never.any() or never.all():
+            return float(never_w if never.any() else seen_w), info
+        return np.where(never, never_w, seen_w).astype(np.float32), info
 
     def _check_output(self, output: str | None) -> str:
         """The output kind to produce. ``None`` is the default: "sample", or "mean" for a model
@@ -903,7 +948,7 @@ class SAVE:
         except ValueError as err:
             raise PySaveError(f"{err} bf16 samples faster on GPUs and CPUs with native bf16 (benchmarks/README.md).") from None
 
-    def _generated_chunks(self, codes: np.ndarray, guidance: float, n_steps: int, solver: str, seed: int, batch_size: int,
+    def _generated_chunks(self, codes: np.ndarray, guidance: float | np.ndarray, n_steps: int, solver: str, seed: int, batch_size: int,
                           output: str = "mean", precision: str = "32", shift: dict | None = None,
                           calibration: Calibration | None = None, torch_compile: bool = False):
         """Yield (start, log-normalized expression, latent) chunk by chunk, in order.
@@ -911,7 +956,8 @@ class SAVE:
         With ``shift`` (from :meth:`_shift_plan`) the flow samples under ``shift["source"]``,
         and the latents take the latent shift to ``codes``. With ``calibration`` (from
         :meth:`_calibration_plan`) the decoder means get their combination's offset, also where
-        the shift places the sampled cells by their decoded expression."""
+        the shift places the sampled cells by their decoded expression. ``guidance``: one w, or
+        one per row of ``codes`` (from :meth:`_guidance_plan`)."""
         # A CPU generator on every device: sample_latents draws the starting noise from it in order,
         # so the same seed gives the same cells whatever the batch size (CUDA's would not).
         generator = torch.Generator().manual_seed(int(seed))
@@ -927,8 +973,10 @@ class SAVE:
             for start in range(0, len(codes), batch_size):
                 chunk = codes[start:start + batch_size]
                 sampled_under = chunk if shift is None else shift["source"][start:start + batch_size]
+                weight = (torch.from_numpy(guidance[start:start + batch_size]) if isinstance(guidance, np.ndarray)
+                          else float(guidance))
                 with autocast(self.device, precision):
-                    z = sample_latents(self.flow, torch.from_numpy(sampled_under).to(self.device), float(guidance), int(n_steps),
+                    z = sample_latents(self.flow, torch.from_numpy(sampled_under).to(self.device), weight, int(n_steps),
                                        solver, generator).float().cpu()
                 z = z * self.latent_std + self.latent_mean
                 if shift is not None:  # weighed by where the sampled cells' decoded expression lies
@@ -981,14 +1029,14 @@ class SAVE:
                 "transport": transport,
                 "info": {"shift_from": {k: str(v) for k, v in shift_from.items()}, **info}}
 
-    def _never_seen_note(self, codes: np.ndarray) -> dict:
-        """Warn when the table asks for combinations no training cell had and no ``shift_from``
-        was given, naming a ``shift_from`` that would reach them by way of a seen combination: the
-        flow alone composes such combinations worse (Kang, 7 held-out types, seed 0: per-gene-mean
-        r2 0.66 sampled directly against 0.83 by way of the control cells at the default guidance
-        1.5; 0.68 against 0.84 at guidance 1, better on both routes; benchmarks/README.md).
-        Returns what ``uns["pysave"]`` records of it."""
-        found = self._never_seen(codes)
+    def _never_seen_note(self, found: list, guidance: float | None) -> dict:
+        """Warn when the table asks for combinations no training cell had (``found``, from
+        :meth:`_never_seen`) and no ``shift_from`` was given, naming a ``shift_from`` that would
+        reach them by way of a seen combination: the flow alone composes such combinations worse
+        (Kang, 7 held-out types, seed 0, at guidance 1: per-gene-mean r2 0.68 sampled directly
+        against 0.84 by way of the control cells; benchmarks/README.md). The default guidance
+        (None) already samples them at 1, which scored better on both routes than 1.5 (0.66,
+        0.83); a weight given other than 1 is told so. Returns what ``uns["pysave"]`` records of it."""
         if not found:
             return {}
         keys, cats = self.registry["condition_keys"], self.registry["categories"]
@@ -996,14 +1044,16 @@ class SAVE:
         hints = sorted({(keys[j], cats[keys[j]][c]) for _, ways in found for j, c, _ in ways[:1]})
         forms = [f"{k}={v} (Python shift_from={{{k!r}: {v!r}}}, R shift_from = list({k} = \"{v}\"), CLI --shift-from {k}={v})"
                  for k, v in hints[:2]]
+        given = guidance is not None and float(guidance) != NEVER_SEEN_GUIDANCE
+        weight = (f" guidance={float(guidance):g} was given: guidance 1, which the default gives never-seen "
+                  "combinations (Python guidance=None, R guidance = NULL, or leave it out; CLI without --guidance), "
+                  "scored better on both routes (r2 0.68 against 0.66 at 1.5 sampled directly, 0.84 against 0.83 by way "
+                  "of a seen combination)." if given else "")
         advice = (" On Kang's held-out combinations, generating by way of a seen combination came closer to the real cells "
-                  "(per-gene-mean r2 0.83 against 0.66 at the default guidance, 0.84 against 0.68 at guidance 1, which "
-                  "scored better on both routes; benchmarks/README.md): shift_from "
-                  + " or ".join(forms) + ", with guidance 1 (Python guidance=1, R guidance = 1, CLI --guidance 1)." if forms
-                  else " No seen combination differs from them in one condition only, so shift_from cannot reach them; on "
-                       "Kang's held-out combinations, sampled directly, guidance 1 came closer to the real cells than the "
-                       "default (per-gene-mean r2 0.68 against 0.66; benchmarks/README.md).")
-        return self._never_seen_warning(found, "combination(s) asked for were", advice)
+                  "(per-gene-mean r2 0.84 against 0.68 sampled directly, at guidance 1; benchmarks/README.md): shift_from "
+                  + " or ".join(forms) + "." if forms
+                  else " No seen combination differs from them in one condition only, so shift_from cannot reach them.")
+        return self._never_seen_warning(found, "combination(s) asked for were", advice + weight)
 
     def _never_seen(self, codes: np.ndarray) -> list:
         """shift.never_seen on this model's training counts; [] for models saved without them."""
@@ -1050,20 +1100,21 @@ class SAVE:
                 obs[col] = table[col].to_numpy()
         return obs
 
-    def _generation_provenance(self, guidance, n_steps, solver, seed, output, precision, shift=None,
+    def _generation_provenance(self, guidance: dict, n_steps, solver, seed, output, precision, shift=None,
                                calibration: dict | None = None, torch_compile: bool = False,
                                never_seen: dict | None = None) -> dict:
+        """``guidance``: what :meth:`_guidance_plan` records."""
         how = "; latents sampled by the flow" + (
             " under shift_from, then moved by the training cells' latent shift to the cells' conditions" if shift else "")
         if calibration and calibration.get("calibrated"):
             how += "; decoder means of combinations seen in training calibrated to their training cells' mean"
-        return self._provenance("generated", {"seed": int(seed), "guidance": float(guidance), "n_steps": int(n_steps),
+        return self._provenance("generated", {"seed": int(seed), **guidance, "n_steps": int(n_steps),
                                               "solver": solver, "output": output, "precision": precision,
                                               "torch_compile": bool(torch_compile),
                                               "output_description": OUTPUT_DESCRIPTIONS[output] + how,
                                               **(shift["info"] if shift else {}), **(calibration or {}), **(never_seen or {})})
 
-    def generate_like(self, obs_table: pd.DataFrame, guidance: float = DEFAULT_GUIDANCE, n_steps: int = DEFAULT_STEPS,
+    def generate_like(self, obs_table: pd.DataFrame, guidance: float | None = None, n_steps: int = DEFAULT_STEPS,
                       solver: str = DEFAULT_SOLVER, seed: int = 0, batch_size: int = 4096, output: str | None = None,
                       precision: str = "auto", shift_from: dict | None = None, shift_bandwidth: float = SHIFT_BANDWIDTH,
                       shift_neighbours: int = SHIFT_NEIGHBOURS, calibrate: bool = DEFAULT_CALIBRATE,
@@ -1074,8 +1125,13 @@ class SAVE:
         whose ``obs`` is used: ``generate_like(held_out)`` gives one generated cell per held-out cell.
 
         Condition columns that are absent or missing are masked. ``guidance`` is the
-        classifier-free guidance weight w (1 = the plain conditional model; the default 1.5 pushes
-        samples towards their conditions and was closer to real cells than 1 or 2); ``solver`` is
+        classifier-free guidance weight w (1 = the plain conditional model; larger pushes samples
+        towards their conditions). The default, None, weighs each row by its combination: 1.5
+        (``DEFAULT_GUIDANCE``) for combinations seen in training and rows with a masked condition,
+        closer to real cells than 1 or 2, and 1 (``NEVER_SEEN_GUIDANCE``) for combinations no
+        training cell had, which scored better there than 1.5 (Kang, below); a number gives every
+        row that weight. Recorded in ``uns["pysave"]``: ``guidance`` (the number, or "auto" with
+        ``guidance_seen``, ``guidance_never_seen`` and ``guidance_never_seen_cells``). ``solver`` is
         ``"euler"``, ``"midpoint"`` or ``"rk4"`` (``n_steps`` fixed steps of 1, 2 or 4 network
         passes) or ``"dopri5"`` (adaptive; the last three through torchdiffeq). The default, 10
         midpoint steps, scored like 50 Euler steps in the benchmarks at 2.5x less compute.
@@ -1097,10 +1153,11 @@ class SAVE:
         under the table's conditions. For a combination never seen in training (stimulated x a
         cell type seen only as control) it scored closer to the held-out real cells than sampling
         the combination directly: Kang, 7 types, seed 0, per-gene-mean r2 0.841 against 0.681, W1
-        1.03x against 1.09x the noise floor, at guidance 1 (2 seeds of the code of 2026-12-01: 0.809
-        against 0.704, and 0.721 at guidance 2; benchmarks/README.md). At the default guidance 1.5
-        both routes score lower on the same models (0.827 against 0.659, W1 1.04x against 1.09x):
-        for never-seen combinations pass ``guidance=1``.
+        1.03x against 1.09x the noise floor, at guidance 1, the default's weight for such rows (2
+        seeds of the code of 2026-12-01: 0.809 against 0.704, and 0.721 at guidance 2;
+        benchmarks/README.md). At guidance 1.5 both routes score lower on the same models (0.827
+        against 0.659, W1 1.04x against 1.09x). With ``shift_from`` too the default weighs each row
+        by its own combination (the table's), not by the one the flow samples under.
         Recorded in ``uns["pysave"]`` (``shift_from``, ``shift_strata``, ``shift_neighbours``, ``shift_bandwidth``).
         Without ``shift_from``, asking for combinations no training cell had warns (a
         ``PySaveWarning`` that names a ``shift_from`` able to reach them: the one-condition change
@@ -1136,7 +1193,7 @@ class SAVE:
         out.obsm["X_save"] = Z
         return out
 
-    def generate_to_h5ad(self, path: str, obs_table: pd.DataFrame, guidance: float = DEFAULT_GUIDANCE,
+    def generate_to_h5ad(self, path: str, obs_table: pd.DataFrame, guidance: float | None = None,
                          n_steps: int = DEFAULT_STEPS, solver: str = DEFAULT_SOLVER, seed: int = 0, batch_size: int = 4096, overwrite: bool = False,
                          extra_uns: dict | None = None, output: str | None = None, precision: str = "auto",
                          shift_from: dict | None = None, shift_bandwidth: float = SHIFT_BANDWIDTH,
@@ -1161,16 +1218,20 @@ class SAVE:
         still to be generated (a generator), their obs and the provenance for uns["pysave"]."""
         output = self._check_output(output)
         precision = self._precision(precision)
+        guidance = check_guidance(guidance, auto=True)
         table, codes = self._generation_plan(obs_table, guidance, n_steps, solver)
         calibration, calibrated = self._calibration_plan(calibrate, codes)
         shift = self._shift_plan(codes, shift_from, shift_bandwidth, shift_neighbours)
-        never_seen_info = self._never_seen_note(codes) if shift is None else {}
+        found = self._never_seen(codes)
+        # Rows are weighed by their own (target) combination, also when the flow samples under shift_from's.
+        weights, guidance_info = self._guidance_plan(guidance, codes, found)
+        never_seen_info = self._never_seen_note(found, guidance) if shift is None else {}
         torch_compile = check_torch_compile(torch_compile, self.device)
         return {"codes": codes, "obs": self._generated_obs(codes, table),
-                "chunks": self._generated_chunks(codes, guidance, n_steps, solver, seed, batch_size, output, precision, shift,
+                "chunks": self._generated_chunks(codes, weights, n_steps, solver, seed, batch_size, output, precision, shift,
                                                  calibration, torch_compile),
-                "provenance": self._generation_provenance(guidance, n_steps, solver, seed, output, precision, shift, calibrated,
-                                                          torch_compile, never_seen_info)}
+                "provenance": self._generation_provenance(guidance_info, n_steps, solver, seed, output, precision, shift,
+                                                          calibrated, torch_compile, never_seen_info)}
 
     def _collected(self, chunks, n_cells: int):
         """(X, latents) of ``n_cells`` cells from (start, X rows, latent rows) chunks, in memory."""
@@ -1319,8 +1380,10 @@ class SAVE:
         precision = self._precision(precision)
         if via not in TRANSFER_VIAS:
             raise PySaveError(f"via must be one of {list(TRANSFER_VIAS)}, got {via!r}.")
-        # n_steps is checked for either path (as before); guidance only matters for the flow.
-        # "auto" checks guidance only if it takes the flow (its warning is about the flow).
+        # n_steps is checked for either path (as before); guidance only matters for the flow, but
+        # must be a number whatever the path. "auto" checks it against the model only if it takes
+        # the flow (its warning is about the flow).
+        guidance = check_guidance(guidance)
         self._check_flow_options(guidance if via == "flow" else 1.0, n_steps)
         if via in ("shift", "auto"):
             check_shift_bandwidth(shift_bandwidth)

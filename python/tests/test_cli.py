@@ -1,4 +1,5 @@
 """Every CLI command through click's runner: outputs, and user errors without tracebacks."""
+import inspect
 import json
 import os
 
@@ -223,12 +224,15 @@ def test_demo_writes_its_folder(tmp_path):
 def test_cli_solver_choices_and_defaults_are_pysave_s():
     # The CLI writes them out so that --help does not import torch.
     from pysave.flow import SOLVERS
-    from pysave.model import DEFAULT_GUIDANCE, DEFAULT_SOLVER, DEFAULT_STEPS
+    from pysave.model import DEFAULT_GUIDANCE, DEFAULT_SOLVER, DEFAULT_STEPS, NEVER_SEEN_GUIDANCE, SAVE
 
     params = {p.name: p for p in main.commands["generate"].params}
     assert tuple(params["solver"].type.choices) == SOLVERS
-    assert (params["solver"].default, params["n_steps"].default, params["guidance"].default) == (
-        DEFAULT_SOLVER, DEFAULT_STEPS, DEFAULT_GUIDANCE)
+    assert (params["solver"].default, params["n_steps"].default) == (DEFAULT_SOLVER, DEFAULT_STEPS)
+    # guidance: None, as generate_like's, and --help names the weights that None gives
+    assert params["guidance"].default is None is inspect.signature(SAVE.generate_like).parameters["guidance"].default
+    assert params["guidance"].show_default == (f"{DEFAULT_GUIDANCE:g} for combinations seen in training, "
+                                               f"{NEVER_SEEN_GUIDANCE:g} for never-seen ones")
     from pysave.model import DEFAULT_CALIBRATE
 
     assert params["calibrate"].default == DEFAULT_CALIBRATE

@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import anndata as ad
@@ -6,6 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+import pysave
 from pysave import metrics as M
 from pysave.cli import main
 from pysave.errors import PySaveError, PySaveWarning
@@ -153,16 +155,18 @@ def test_log_normalized_output_over_more_genes_scores_like_its_counts(pbmc_full)
         np.testing.assert_allclose(as_lognorm["per_group"][metric], as_counts["per_group"][metric], rtol=1e-4)
     np.testing.assert_allclose(as_lognorm["per_group"]["W1"], as_lognorm["per_group"]["floor_W1"], rtol=1e-4)
     assert as_lognorm["protocol"]["n_genes_shared"] == pbmc_full.n_vars
-    with pytest.warns(PySaveWarning, match="scoring on the 1,000 genes all sets share"):
+    with pytest.warns(PySaveWarning, match="scoring on the 1,000 genes all sets share") as caught:
         fewer = M.generation_fidelity(test, lognorm[:, :1000], "cell_type", floor=train, n_hvg=500)
+    assert os.path.samefile(caught[0].filename, __file__)  # the caller's line, not pysave's
     assert fewer["protocol"]["n_genes_shared"] == 1000 and fewer["protocol"]["n_genes_real"] == pbmc_full.n_vars
     np.testing.assert_allclose(fewer["per_group"]["W1"], fewer["per_group"]["floor_W1"], rtol=1e-4)
     assert as_lognorm["protocol"]["generated_renormalized"] and not as_counts["protocol"]["generated_renormalized"]
     # Decoder means are a mean of logs: renormalizing them is approximate, and the warning says so.
     means = lognorm.copy()
     means.uns["pysave"] = {"output": "mean"}
-    with pytest.warns(PySaveWarning, match=r"decoder means \(output='mean'\) over 1,767 genes, renormalized over the 500"):
-        M.generation_fidelity(test, means, "cell_type", n_hvg=500)
+    with pytest.warns(PySaveWarning, match=r"decoder means \(output='mean'\) over 1,767 genes, renormalized over the 500") as caught:
+        pysave.evaluate(test, means, groups=["cell_type"], n_hvg=500, umap=False)  # by way of pysave.evaluate
+    assert os.path.samefile(caught[0].filename, __file__)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every gene compared: nothing renormalized, nothing to warn of
         kept = M.generation_fidelity(test, means, "cell_type")

@@ -117,12 +117,25 @@ def test_flow_sampling_shapes_solvers_and_guidance():
            for s in ("euler", "midpoint", "rk4")}
     assert err["rk4"] < err["midpoint"] < err["euler"], err
     assert err["rk4"] < 1e-3
-    # guidance: w = 0 is the unconditional field, w = 2 extrapolates beyond the conditional one
+    # guidance: w = 0 is the unconditional field, w = 2 extrapolates beyond the conditional one. AdaLN's
+    # zero start makes a fresh field ignore its conditions: every weight drawn, so that they matter.
+    for p in field.parameters():
+        torch.nn.init.normal_(p, std=0.2)
     x, t = torch.randn(2, 32), torch.full((2,), 0.3)
     masked = field.condition_embedding.all_masked(2, "cpu")
     v_c, v_u = field(x, t, codes), field(x, t, masked)
+    assert (v_c - v_u).abs().max() > 1e-2
     assert torch.allclose(guided_velocity(field, codes, 0.0)(t, x), v_u, atol=1e-6)
     assert torch.allclose(guided_velocity(field, codes, 2.0)(t, x), 2 * v_c - v_u, atol=1e-5)
+    # one w per row: each row as with its own w alone (w = 1 gives the conditional field exactly)
+    per_row = guided_velocity(field, codes, torch.tensor([1.0, 2.0]))(t, x)
+    assert torch.allclose(per_row[0], v_c[0], atol=1e-6) and torch.allclose(per_row[1], 2 * v_c[1] - v_u[1], atol=1e-5)
+    z_rows, z_w1, z_w2 = (sample_latents(field, codes, w, 10, "euler", torch.Generator().manual_seed(1))
+                          for w in (torch.tensor([1.0, 2.0]), 1.0, 2.0))
+    assert torch.allclose(z_rows[0], z_w1[0], atol=1e-5) and torch.allclose(z_rows[1], z_w2[1], atol=1e-5)
+    assert (z_w1[1] - z_w2[1]).abs().max() > 1e-2  # so the rows did take different weights
+    with pytest.raises(ValueError, match="one weight per row"):
+        sample_latents(field, codes, torch.tensor([1.0, 2.0, 3.0]), 2, "euler")
 
 
 def test_flow_loss_decreases_on_a_simple_target():

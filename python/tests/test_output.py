@@ -584,12 +584,61 @@ def test_generate_warns_for_a_never_seen_combination(trained, tmp_path, monkeypa
     assert len(lines) == 1 and lines[0].startswith("warning: 1 combination(s) asked for were never seen in training")
     assert "--shift-from batch=10x_5prime" in lines[0] and "PySaveWarning" not in r.stderr
     assert list(ad.read_h5ad(out).uns["pysave"]["never_seen_combinations"]) == ["batch=10x_3prime_v2, cell_type=NK"]
-    # With no seen combination one condition away, no shift_from is named, and guidance 1 is.
+    # With no seen combination one condition away, no shift_from is named; the default guidance
+    # already samples the combination at 1, and a weight given other than 1 is told so.
     row = np.array([model._code_of(k, v) for k, v in zip(keys, target)])
     monkeypatch.setattr(model, "_never_seen", lambda codes: [(row, [])])
-    with pytest.warns(pysave.PySaveWarning, match=r"shift_from cannot reach them; .*guidance 1 came closer") as caught:
+    with pytest.warns(pysave.PySaveWarning, match=r"shift_from cannot reach them\.$") as caught:
         model.generate(conditions, n_cells=2, seed=0)
     assert "Python shift_from=" not in str(caught[0].message)
+    with pytest.warns(pysave.PySaveWarning, match=r"shift_from cannot reach them\. guidance=2 was given: guidance 1, which "
+                                                  r"the default gives never-seen combinations \(Python guidance=None"):
+        model.generate(conditions, n_cells=2, seed=0, guidance=2)
+
+
+def test_default_guidance_weighs_each_row_by_its_combination():
+    """guidance=None, the default: rows of a combination seen in training (or with a masked
+    condition) are sampled at DEFAULT_GUIDANCE and rows of a never-seen one at NEVER_SEEN_GUIDANCE,
+    in one call and with the same noise per row; a call of one kind samples exactly as with its
+    weight given; with shift_from the row's own (target) combination decides; bad weights are refused."""
+    from pysave.model import DEFAULT_GUIDANCE, NEVER_SEEN_GUIDANCE
+
+    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared-tests")
+    model = pysave.SAVE.load(os.path.join(shared, "fixtures", "tiny_model"), verbose=False)
+    seen, never = ("10x_3prime_v1", "B"), ("10x_3prime_v2", "NK")  # 5 training cells / none
+    table = pd.DataFrame([seen] * 3 + [never] * 3 + [(None, "B")] * 2, columns=["batch", "cell_type"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the never-seen warning; its text is tested above
+        auto = model.generate_like(table, seed=7, output="mean")
+        at = {w: model.generate_like(table, seed=7, output="mean", guidance=w) for w in (DEFAULT_GUIDANCE, NEVER_SEEN_GUIDANCE)}
+        chunked = model.generate_like(table, seed=7, output="mean", batch_size=3)
+    info = auto.uns["pysave"]
+    assert (info["guidance"], info["guidance_seen"], info["guidance_never_seen"], info["guidance_never_seen_cells"]) == (
+        "auto", DEFAULT_GUIDANCE, NEVER_SEEN_GUIDANCE, 3)
+    is_never = np.arange(8) // 3 == 1
+    np.testing.assert_allclose(auto.X[is_never], at[NEVER_SEEN_GUIDANCE].X[is_never], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(auto.X[~is_never], at[DEFAULT_GUIDANCE].X[~is_never], atol=1e-5, rtol=0)
+    assert np.abs(auto.X[is_never] - at[DEFAULT_GUIDANCE].X[is_never]).max() > 1e-2  # the weights do differ
+    np.testing.assert_allclose(chunked.X, auto.X, atol=1e-5, rtol=0)  # chunks mixing both kinds or not
+    # One kind per call: exactly the single weight's cells, recorded as "auto" with the count
+    only_seen = model.generate(dict(zip(["batch", "cell_type"], seen)), n_cells=4, seed=1, output="mean")
+    np.testing.assert_array_equal(only_seen.X, model.generate(dict(zip(["batch", "cell_type"], seen)), n_cells=4, seed=1,
+                                                              output="mean", guidance=DEFAULT_GUIDANCE).X)
+    assert only_seen.uns["pysave"]["guidance_never_seen_cells"] == 0
+    target, source = dict(zip(["batch", "cell_type"], never)), {"batch": "10x_5prime"}
+    by_shift = model.generate(target, n_cells=4, seed=1, output="mean", shift_from=source)  # sampled under a seen one
+    np.testing.assert_array_equal(by_shift.X, model.generate(target, n_cells=4, seed=1, output="mean", shift_from=source,
+                                                             guidance=NEVER_SEEN_GUIDANCE).X)
+    assert by_shift.uns["pysave"]["guidance_never_seen_cells"] == 4
+    given = model.generate(target, n_cells=2, seed=1, output="mean", shift_from=source, guidance=2)
+    assert given.uns["pysave"]["guidance"] == 2.0 and "guidance_seen" not in given.uns["pysave"]
+    for bad in (float("nan"), float("inf"), "2", True):
+        with pytest.raises(PySaveError, match=r"guidance must be a finite number or None \(the default: 1\.5 for"):
+            model.generate({"cell_type": "B"}, n_cells=2, guidance=bad)
+    cells = pysave.io.read_h5ad(os.path.join(shared, "fixtures", "pbmc_tiny.h5ad"))[:4].copy()
+    for bad in (None, float("nan")):  # transfer's flow takes one weight; refused whatever the route
+        with pytest.raises(PySaveError, match=r"guidance must be a finite number, e\.g\. 1 "):
+            model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", guidance=bad)
 
 
 def test_flow_transfer_into_never_seen_combinations_warns(tmp_path, monkeypatch):
@@ -672,7 +721,7 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
         from pysave.model import DEFAULT_GUIDANCE
 
         with pytest.warns(UserWarning, match=f"mask_prob=0.*guidance={DEFAULT_GUIDANCE:g}") as caught:
-            model.generate({"cell_type": "B"}, n_cells=3)  # the default w (not 1)
+            model.generate({"cell_type": "B"}, n_cells=3, guidance=DEFAULT_GUIDANCE)  # a w given (not 1)
         assert os.path.samefile(caught[0].filename, __file__)  # the user's line, not generate_like's call
         with pytest.warns(UserWarning, match="mask_prob=0"):
             model.transfer(cells, {"batch": "10x_5prime"}, via="flow", n_steps=2)  # w = 2
@@ -681,6 +730,9 @@ def test_guidance_warns_when_the_unconditional_field_is_untrained(trained):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)
+            # the default guidance takes 1 for every row when there is no unconditional field to mix in
+            auto = model.generate({"cell_type": "B"}, n_cells=3)
+            assert (auto.uns["pysave"]["guidance_seen"], auto.uns["pysave"]["guidance_never_seen"]) == (1.0, 1.0)
             model.transfer(cells, {"batch": "10x_5prime"}, via="decoder")
             model.transfer(cells, {"batch": "10x_5prime"})  # "auto" takes the shift: no flow, no warning
     finally:
@@ -697,12 +749,14 @@ def test_masked_condition_warns_when_the_vae_never_saw_a_mask(trained):
     saved = model.params["vae_mask_prob"]
     model.params["vae_mask_prob"] = 0.0  # as if trained without masking in the VAE: its [MASK] rows are untrained
     try:
-        with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\] is masked.*reference='all'"):
+        with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\] is masked.*reference='all'") as caught:
             model.correct(cells, layer_added=None, reference="[MASK]")  # the mask asked for by name
+        assert os.path.samefile(caught[0].filename, __file__)  # the caller's line, not pysave's
         with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\] is masked"):
             model.correct(cells, layer_added=None, via="flow", n_steps=2)  # the flow decodes with the batch masked
-        with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\]"):
+        with pytest.warns(UserWarning, match=r"vae_mask_prob=0.*\['batch'\]") as caught:
             model.generate({"cell_type": "B"}, n_cells=3, guidance=1.0)  # the batch left to the model
+        assert os.path.samefile(caught[0].filename, __file__)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # every condition named: no warning
             everywhere = model.correct(cells, layer_added=None, reference="all")

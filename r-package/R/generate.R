@@ -108,9 +108,13 @@
 #'   optionally an `n_cells` column that overrides `n` per row).
 #' @param output "Seurat" or "SingleCellExperiment" (default: the class of `object`; Seurat
 #'   for a model).
-#' @param guidance Classifier-free guidance weight (1 = the plain conditional model; the default
-#'   1.5 was closer to real cells than 1 or 2 in pysave's benchmarks on combinations seen in
-#'   training; for combinations never seen, 1 scored better, see `shift_from`).
+#' @param guidance Classifier-free guidance weight for every cell (1 = the plain conditional
+#'   model; larger pushes cells towards their conditions). The default, `NULL`, weighs each cell
+#'   by its combination: 1.5 for combinations seen in training (and cells with an `NA`
+#'   condition), closer to real cells than 1 or 2 in pysave's benchmarks, and 1 for
+#'   combinations no training cell had, which scored better there than 1.5 (see `shift_from`).
+#'   Recorded in the provenance (`guidance`: the number, or "auto" with `guidance_seen`,
+#'   `guidance_never_seen` and `guidance_never_seen_cells`). CLI `--guidance`.
 #' @param steps ODE steps of a fixed-grid solver (network passes per step: 1 euler, 2 midpoint,
 #'   4 rk4). The default, 10 midpoint steps, scored like 50 Euler steps in pysave's benchmarks at
 #'   2.5x less compute.
@@ -134,8 +138,8 @@
 #'   and is decoded under `conditions`. For a combination never seen in training (stimulated x
 #'   a cell type seen only as control) it was closer to the real cells than sampling the
 #'   combination directly (pysave's benchmarks: Kang, 7 held-out types, per-gene-mean r2 0.841
-#'   against 0.681 at `guidance = 1`; at the default 1.5 both routes score lower, 0.827 against
-#'   0.659, so pass `guidance = 1` for never-seen combinations). Recorded in the provenance
+#'   against 0.681 at guidance 1, the default's weight for never-seen combinations; at 1.5 both
+#'   routes score lower, 0.827 against 0.659). Recorded in the provenance
 #'   (`shift_from`, `shift_strata`). CLI `--shift-from`.
 #'   Without it, asking for a combination no training cell had warns and names a `shift_from`
 #'   that reaches it (the one-condition change whose shift is learned from the most strata); the
@@ -169,14 +173,15 @@
 #'   smooth <- GenerateCells(model, n = 5, conditions = list(cell_type = "B"), expression = "mean")
 #' }
 #' @export
-GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), output = NULL, guidance = 1.5,
+GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), output = NULL, guidance = NULL,
                           steps = 10L, solver = "midpoint", seed = 0L, device = "auto",
                           expression = c("sample", "mean"), precision = c("auto", "32", "bf16"), shift_from = NULL,
                           shift_bandwidth = 0.5, shift_neighbours = 30L, calibrate = TRUE, torch_compile = FALSE) {
   # Left at its default (or NULL), pysave chooses: "sample", or "mean" for a model that cannot sample.
   kind <- if (missing(expression) || is.null(expression)) NULL
           else .choice(expression, c("sample", "mean"), "GenerateCells", "expression")
-  guidance <- .check_number(guidance, "GenerateCells", "guidance")
+  # NULL: pysave's per-cell default (1.5 for seen combinations, 1 for never-seen ones)
+  if (!is.null(guidance)) guidance <- .check_number(guidance, "GenerateCells", "guidance")
   steps <- .check_number(steps, "GenerateCells", "steps", whole = TRUE, lower = 1)
   solver <- .choice(solver, c("euler", "midpoint", "rk4", "dopri5"), "GenerateCells", "solver")  # = pysave.flow.SOLVERS (tested)
   seed <- .check_number(seed, "GenerateCells", "seed", whole = TRUE, lower = 0)

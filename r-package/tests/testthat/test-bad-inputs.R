@@ -65,7 +65,8 @@ run_case <- function(case) {
       out <- do.call(RunSAVE, c(list(sce, conditions = conds, out_dir = file.path(tempfile("m"), "model")), extra))
       expect_equal(nrow(SingleCellExperiment::reducedDim(out, "SAVE")), ncol(sce))
     },
-    generate = GenerateCells(good_model_dir(), n = 3, conditions = opts$set, output = "SingleCellExperiment"),
+    generate = GenerateCells(good_model_dir(), n = 3, conditions = opts$set, output = "SingleCellExperiment",
+                             guidance = if (is.null(opts$guidance)) NULL else as.numeric(opts$guidance)),
     transfer = do.call(TransferCells, c(list(ReadH5AD(src), model = good_model_dir(), target = opts$set),
                                         opts[intersect(c("via", "shift_bandwidth", "shift_neighbours"), names(opts))])),
     embed = {

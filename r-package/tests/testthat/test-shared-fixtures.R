@@ -74,9 +74,28 @@ test_that("a combination never seen in training warns and names the shift_from P
                  sprintf("never seen in training (%s)", spec$never_seen_combinations[[1]]), fixed = TRUE)
   expect_warning(GenerateCells(tiny_model_dir(), n = 2, conditions = spec$conditions), hint, fixed = TRUE)
   expect_identical(unlist(S4Vectors::metadata(gen)$pysave$never_seen_combinations), unlist(spec$never_seen_combinations))
-  expect_no_warning(moved <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions, guidance = 1,
+  expect_no_warning(moved <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions,
                                            shift_from = spec$shift_from, output = "SingleCellExperiment"))
   expect_null(S4Vectors::metadata(moved)$pysave$never_seen_combinations)
+})
+
+test_that("the default guidance weighs a table's rows by their combination, as in Python", {
+  exp <- jsonlite::fromJSON(shared_file("expectations", "tiny_model.json"), simplifyVector = TRUE)
+  spec <- exp$generate_mixed
+  expect_warning(gen <- GenerateCells(tiny_model_dir(), conditions = spec$table, seed = spec$seed,
+                                      output = "SingleCellExperiment"), "never seen in training")
+  X <- unname(t(as.matrix(SummarizedExperiment::assay(gen, "logcounts"))))
+  expect_identical(dim(X), dim(exp$generated_mixed_X))
+  expect_lt(max(abs(X - exp$generated_mixed_X)), exp$tolerance)
+  prov <- S4Vectors::metadata(gen)$pysave
+  for (k in c("guidance", "guidance_seen", "guidance_never_seen", "guidance_never_seen_cells")) {
+    expect_equal(prov[[k]], spec[[k]], label = k)
+  }
+  # a number is every cell's weight, recorded as given
+  expect_warning(two <- GenerateCells(tiny_model_dir(), conditions = spec$table, seed = spec$seed, guidance = 2,
+                                      output = "SingleCellExperiment"), "guidance=2 was given")
+  expect_identical(S4Vectors::metadata(two)$pysave$guidance, 2)
+  expect_null(S4Vectors::metadata(two)$pysave$guidance_seen)
 })
 
 test_that("batch correction averaged over all batches is the one Python gives", {
