@@ -215,8 +215,10 @@ def check_guidance(guidance, auto: bool = False) -> float | None:
         return None
     if isinstance(guidance, (bool, np.bool_)) or not isinstance(guidance, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(guidance)):
-        default = (" or None (the default: 1.5 for combinations seen in training, 1 for never-seen ones)" if auto else "")
-        raise PySaveError(f"guidance must be a finite number{default}, e.g. 1 for the plain conditional model; "
+        default = (", or left at its default (None in Python, NULL in R, no --guidance on the CLI: "
+                   f"{DEFAULT_GUIDANCE:g} for combinations seen in training, {NEVER_SEEN_GUIDANCE:g} for never-seen ones)"
+                   if auto else "")
+        raise PySaveError(f"guidance must be a finite number, e.g. 1 for the plain conditional model{default}; "
                           f"got {guidance!r}.")
     return float(guidance)
 

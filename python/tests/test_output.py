@@ -633,11 +633,12 @@ def test_default_guidance_weighs_each_row_by_its_combination():
     given = model.generate(target, n_cells=2, seed=1, output="mean", shift_from=source, guidance=2)
     assert given.uns["pysave"]["guidance"] == 2.0 and "guidance_seen" not in given.uns["pysave"]
     for bad in (float("nan"), float("inf"), "2", True):
-        with pytest.raises(PySaveError, match=r"guidance must be a finite number or None \(the default: 1\.5 for"):
+        with pytest.raises(PySaveError, match=r"guidance must be a finite number, e\.g\. 1 for the plain conditional model, or left at "
+                                             r"its default \(None in Python, NULL in R, no --guidance on the CLI: 1\.5 for"):
             model.generate({"cell_type": "B"}, n_cells=2, guidance=bad)
     cells = pysave.io.read_h5ad(os.path.join(shared, "fixtures", "pbmc_tiny.h5ad"))[:4].copy()
     for bad in (None, float("nan")):  # transfer's flow takes one weight; refused whatever the route
-        with pytest.raises(PySaveError, match=r"guidance must be a finite number, e\.g\. 1 "):
+        with pytest.raises(PySaveError, match=r"guidance must be a finite number, e\.g\. 1 for the plain conditional model; got"):
             model.transfer(cells, {"batch": "10x_5prime"}, via="decoder", guidance=bad)
 
 
