@@ -146,9 +146,10 @@ TRANSFER_OUTPUTS = (*OUTPUT_KINDS, INPUT_PLUS_CHANGE)
 # swept again"). Guidance narrows each group, and calibration now places the centres it paid for.
 # w != 1 costs a second pass per step.
 DEFAULT_GUIDANCE = 1.5
-# ...but not for combinations never seen in training: Kang's held-out ones, 7 types, seed 0, scored
-# per-gene-mean r2 0.681 at w = 1 against 0.659 at 1.5 sampled directly (lower on 6 of 7 types), and
-# 0.841 against 0.827 by way of shift_from (benchmarks/README.md). generate's default, guidance=None
+# ...but not for combinations never seen in training: Kang's held-out ones, 7 types x 2 seeds, scored
+# per-gene-mean r2 0.691 at w = 1 against 0.672 at 1.5 sampled directly, and 0.836 against 0.823 by way
+# of shift_from; w = 1 had the better mean W1, r2 and MMD of both routes on both seeds
+# (benchmarks/README.md, "Generation's default guidance, row by row"). generate's default, guidance=None
 # ("auto"), gives each row the weight of its kind: a per-row w, so one call may ask for both kinds.
 NEVER_SEEN_GUIDANCE = 1.0
 # Generation's ODE: 10 midpoint steps (20 network passes) scored like 50 Euler steps (W1 and MMD
@@ -1035,10 +1036,10 @@ class SAVE:
         """Warn when the table asks for combinations no training cell had (``found``, from
         :meth:`_never_seen`) and no ``shift_from`` was given, naming a ``shift_from`` that would
         reach them by way of a seen combination: the flow alone composes such combinations worse
-        (Kang, 7 held-out types, seed 0, at guidance 1: per-gene-mean r2 0.68 sampled directly
+        (Kang, 7 held-out types x 2 seeds, at guidance 1: per-gene-mean r2 0.69 sampled directly
         against 0.84 by way of the control cells; benchmarks/README.md). The default guidance
-        (None) already samples them at 1, which scored better on both routes than 1.5 (0.66,
-        0.83); a weight given other than 1 is told so. Returns what ``uns["pysave"]`` records of it."""
+        (None) already samples them at 1, which scored better on both routes than 1.5 (0.67,
+        0.82); a weight given other than 1 is told so. Returns what ``uns["pysave"]`` records of it."""
         if not found:
             return {}
         keys, cats = self.registry["condition_keys"], self.registry["categories"]
@@ -1049,10 +1050,10 @@ class SAVE:
         given = guidance is not None and float(guidance) != NEVER_SEEN_GUIDANCE
         weight = (f" guidance={float(guidance):g} was given: guidance 1, which the default gives never-seen "
                   "combinations (Python guidance=None, R guidance = NULL, or leave it out; CLI without --guidance), "
-                  "scored better on both routes (r2 0.68 against 0.66 at 1.5 sampled directly, 0.84 against 0.83 by way "
+                  "scored better on both routes (r2 0.69 against 0.67 at 1.5 sampled directly, 0.84 against 0.82 by way "
                   "of a seen combination)." if given else "")
         advice = (" On Kang's held-out combinations, generating by way of a seen combination came closer to the real cells "
-                  "(per-gene-mean r2 0.84 against 0.68 sampled directly, at guidance 1; benchmarks/README.md): shift_from "
+                  "(per-gene-mean r2 0.84 against 0.69 sampled directly, at guidance 1; benchmarks/README.md): shift_from "
                   + " or ".join(forms) + "." if forms
                   else " No seen combination differs from them in one condition only, so shift_from cannot reach them.")
         return self._never_seen_warning(found, "combination(s) asked for were", advice + weight)
@@ -1154,11 +1155,11 @@ class SAVE:
         ``transfer(via="shift")``, with ``shift_neighbours`` and ``shift_bandwidth``), and is decoded
         under the table's conditions. For a combination never seen in training (stimulated x a
         cell type seen only as control) it scored closer to the held-out real cells than sampling
-        the combination directly: Kang, 7 types, seed 0, per-gene-mean r2 0.841 against 0.681, W1
-        1.03x against 1.09x the noise floor, at guidance 1, the default's weight for such rows (2
-        seeds of the code of 2026-12-01: 0.809 against 0.704, and 0.721 at guidance 2;
-        benchmarks/README.md). At guidance 1.5 both routes score lower on the same models (0.827
-        against 0.659, W1 1.04x against 1.09x). With ``shift_from`` too the default weighs each row
+        the combination directly: Kang, 7 types x 2 seeds, per-gene-mean r2 0.836 against 0.691,
+        W1 1.04x against 1.08x the noise floor, at guidance 1, the default's weight for such rows
+        (2 seeds of the code of 2026-12-01: 0.809 against 0.704, and 0.721 at guidance 2;
+        benchmarks/README.md). At guidance 1.5 both routes score lower on the same models (0.823
+        against 0.672). With ``shift_from`` too the default weighs each row
         by its own combination (the table's), not by the one the flow samples under.
         Recorded in ``uns["pysave"]`` (``shift_from``, ``shift_strata``, ``shift_neighbours``, ``shift_bandwidth``).
         Without ``shift_from``, asking for combinations no training cell had warns (a

@@ -137,9 +137,9 @@
 #'   training cells' latent shift to `conditions`' values (as `TransferCells(via = "shift")`),
 #'   and is decoded under `conditions`. For a combination never seen in training (stimulated x
 #'   a cell type seen only as control) it was closer to the real cells than sampling the
-#'   combination directly (pysave's benchmarks: Kang, 7 held-out types, per-gene-mean r2 0.841
-#'   against 0.681 at guidance 1, the default's weight for never-seen combinations; at 1.5 both
-#'   routes score lower, 0.827 against 0.659). Recorded in the provenance
+#'   combination directly (pysave's benchmarks: Kang, 7 held-out types x 2 seeds, per-gene-mean
+#'   r2 0.836 against 0.691 at guidance 1, the default's weight for never-seen combinations; at
+#'   1.5 both routes score lower, 0.823 against 0.672). Recorded in the provenance
 #'   (`shift_from`, `shift_strata`). CLI `--shift-from`.
 #'   Without it, asking for a combination no training cell had warns and names a `shift_from`
 #'   that reaches it (the one-condition change whose shift is learned from the most strata); the
