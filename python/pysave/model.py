@@ -1049,9 +1049,9 @@ class SAVE:
                  for k, v in hints[:2]]
         given = guidance is not None and float(guidance) != NEVER_SEEN_GUIDANCE
         weight = (f" guidance={float(guidance):g} was given: guidance 1, which the default gives never-seen "
-                  "combinations (Python guidance=None, R guidance = NULL, or leave it out; CLI without --guidance), "
-                  "scored better on both routes (r2 0.69 against 0.67 at 1.5 sampled directly, 0.84 against 0.82 by way "
-                  "of a seen combination)." if given else "")
+                  "combinations (leave it out: Python guidance=None, R guidance = NULL, CLI without --guidance), "
+                  "scored better than 1.5 on both routes (r2 0.69 against 0.67 sampled directly, 0.84 against 0.82 by "
+                  "way of a seen combination)." if given else "")
         advice = (" On Kang's held-out combinations, generating by way of a seen combination came closer to the real cells "
                   "(per-gene-mean r2 0.84 against 0.69 sampled directly, at guidance 1; benchmarks/README.md): shift_from "
                   + " or ".join(forms) + "." if forms

@@ -592,7 +592,7 @@ def test_generate_warns_for_a_never_seen_combination(trained, tmp_path, monkeypa
         model.generate(conditions, n_cells=2, seed=0)
     assert "Python shift_from=" not in str(caught[0].message)
     with pytest.warns(pysave.PySaveWarning, match=r"shift_from cannot reach them\. guidance=2 was given: guidance 1, which "
-                                                  r"the default gives never-seen combinations \(Python guidance=None"):
+                                                  r"the default gives never-seen combinations \(leave it out: Python guidance=None"):
         model.generate(conditions, n_cells=2, seed=0, guidance=2)
 
 
