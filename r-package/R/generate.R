@@ -61,13 +61,14 @@
 }
 
 # One finite number; `whole`: a whole number in [lower, .Machine$integer.max].
-.check_number <- function(value, fun, name, whole = FALSE, lower = -Inf) {
+.check_number <- function(value, fun, name, whole = FALSE, lower = -Inf, hint = NULL) {
   ok <- is.numeric(value) && length(value) == 1 && !is.na(value) && is.finite(value) && value >= lower &&
     (!whole || (value == round(value) && value <= .Machine$integer.max))
   if (!ok) {
     what <- if (whole) sprintf("a whole number >= %s", format(lower)) else "one finite number"
-    stop(sprintf("%s: %s must be %s; got %s.", fun, name, what,
-                 if (is.atomic(value) && length(value) == 1) format(value) else sprintf("a %s of length %d", class(value)[1], length(value))),
+    stop(sprintf("%s: %s must be %s; got %s.%s", fun, name, what,
+                 if (is.atomic(value) && length(value) == 1) format(value) else sprintf("a %s of length %d", class(value)[1], length(value)),
+                 if (is.null(hint)) "" else paste0(" ", hint)),
          call. = FALSE)
   }
   if (whole) as.integer(value) else as.numeric(value)
@@ -181,7 +182,10 @@ GenerateCells <- function(object, n = 500, conditions = list(celltype = "B"), ou
   kind <- if (missing(expression) || is.null(expression)) NULL
           else .choice(expression, c("sample", "mean"), "GenerateCells", "expression")
   # NULL: pysave's per-cell default (1.5 for seen combinations, 1 for never-seen ones)
-  if (!is.null(guidance)) guidance <- .check_number(guidance, "GenerateCells", "guidance")
+  if (!is.null(guidance)) {
+    guidance <- .check_number(guidance, "GenerateCells", "guidance",
+                              hint = "Or leave it NULL (the default): 1.5 for combinations seen in training, 1 for never-seen ones.")
+  }
   steps <- .check_number(steps, "GenerateCells", "steps", whole = TRUE, lower = 1)
   solver <- .choice(solver, c("euler", "midpoint", "rk4", "dopri5"), "GenerateCells", "solver")  # = pysave.flow.SOLVERS (tested)
   seed <- .check_number(seed, "GenerateCells", "seed", whole = TRUE, lower = 0)

@@ -81,6 +81,8 @@ test_that("GenerateCells rejects bad expression / guidance / steps / seed with t
   expect_error(GenerateCells(tiny_model_dir(), n = 3, steps = 0), "GenerateCells: steps must be a whole number >= 1; got 0")
   expect_error(GenerateCells(tiny_model_dir(), n = 3, seed = 1.5), "GenerateCells: seed must be a whole number >= 0")
   expect_error(GenerateCells(tiny_model_dir(), n = 3, guidance = "2"), "GenerateCells: guidance must be one finite number")
+  expect_error(GenerateCells(tiny_model_dir(), n = 3, guidance = NaN),
+               "guidance must be one finite number; got NaN. Or leave it NULL (the default)", fixed = TRUE)
   expect_error(GenerateCells(tiny_model_dir(), n = 3, solver = "heun"),
                "GenerateCells: solver must be one of \"euler\" or \"midpoint\" or \"rk4\" or \"dopri5\"; got \"heun\"", fixed = TRUE)
 })
