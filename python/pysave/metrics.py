@@ -415,6 +415,18 @@ def torch_threads_kept():
 
 
 @contextmanager
+def _numpy_global_seed(seed: int):
+    """numpy's global generator seeded for the block (scib-metrics draws from it), and the caller's
+    state put back after, so that scoring neither depends on nor changes the user's own stream."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+@contextmanager
 def _seeded_arpack(seed: int):
     """scipy's ``eigsh`` started from a vector drawn from ``seed`` where the caller gives none.
 
@@ -476,11 +488,10 @@ def batch_correction(adata, batch_key: str, label_key: str, embedding_keys, pre_
     # Every field is set, so the set does not change when scib-metrics' defaults do.
     bio = BioConservation(**{f: f in bio_metrics for f in BioConservation.__dataclass_fields__})
     batch = BatchCorrection(**{f: f in batch_metrics for f in BatchCorrection.__dataclass_fields__})
-    np.random.seed(seed)
     bench = Benchmarker(work, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=keys,
                         pre_integrated_embedding_obsm_key=pre, bio_conservation_metrics=bio,
                         batch_correction_metrics=batch, n_jobs=n_jobs, progress_bar=False)
-    with _seeded_arpack(seed), torch_threads_kept():
+    with _seeded_arpack(seed), _numpy_global_seed(seed), torch_threads_kept():
         bench.benchmark()
     raw = bench.get_results(min_max_scale=False, clean_names=False)
     types = raw.loc["Metric Type"]

@@ -100,8 +100,14 @@ def _require_scib():
 def test_batch_correction_scib(pbmc_full):
     _require_scib()
     a = _embeddings(pbmc_full)
+    np.random.seed(123)
+    user_stream = np.random.get_state()[1].copy()
     result = M.batch_correction(a, "batch", "cell_type", ["X_ideal", "X_batchy"])
+    # The user's global numpy stream is left where it was (scoring seeds it only for itself).
+    np.testing.assert_array_equal(np.random.get_state()[1], user_stream)
     table = result["table"]
+    again = M.batch_correction(a, "batch", "cell_type", ["X_ideal", "X_batchy"])["table"]
+    pd.testing.assert_frame_equal(table, again)
     assert table.loc["X_ideal", "Bio conservation"] > table.loc["X_batchy", "Bio conservation"]
     assert table.loc["X_ideal", "Batch correction"] > table.loc["X_batchy", "Batch correction"]
     np.testing.assert_allclose(table["Total"], 0.6 * table["Bio conservation"] + 0.4 * table["Batch correction"])
