@@ -10,6 +10,12 @@ So at the end of training the model keeps, for each combination, the mean over i
 Generation adds that offset to the decoder mean (clipped at 0) before counts are drawn. Only the
 combinations seen in training with at least ``MIN_CALIBRATION_CELLS`` cells have one; a combination
 never seen, or one with a masked condition, is generated as the model decodes it.
+
+The offsets place a combination's centre; the decoder also gives each combination about
+two-thirds to three-quarters of its real within-combination spread. So each generation call then
+draws a pilot of every seen combination it asks for (``SPREAD_PILOT_CELLS`` cells, a fixed seed,
+the call's sampler settings) and widens the decoder means PC by PC around the pilot's mean
+(:func:`spread_factors`), towards the variance of the combination's training cells.
 """
 from __future__ import annotations
 
@@ -23,6 +29,16 @@ CALIBRATION_RANK = 128
 # A combination's offset is the mean of its cells' residuals; below this many cells it is mostly
 # one cell's noise, so such combinations get none.
 MIN_CALIBRATION_CELLS = 3
+# Spread calibration (benchmarks/README.md, "Spread calibration in expression space"): each seen
+# combination's decoder means are widened PC by PC, around the mean of a pilot draw of
+# SPREAD_PILOT_CELLS cells, so that the pilot's sampled cells get the per-PC variance of the
+# combination's training cells (kept with the model: up to 500 cells' positions in its 30
+# expression PCs). Variances of fewer kept cells are too noisy to aim at; factors are capped, as
+# a few PCs ask for far more where the decoder has almost no spread.
+SPREAD_PILOT_CELLS = 256
+SPREAD_PILOT_SEED = 12345  # fixed, so a combination's factors do not depend on the call's seed or chunks
+SPREAD_MIN_CELLS = 10
+SPREAD_MAX_FACTOR = 2.0
 
 
 def combination_offsets(real, decoded, groups: np.ndarray, n_groups: int, seed: int, batch: int = 4096,
@@ -66,13 +82,44 @@ def missing_reason(stats: dict | None, likelihood: str) -> str | None:
     return "this model directory was saved before calibration existed; retrain the model to calibrate"
 
 
+def training_pc_variances(stats: dict, min_cells: int = SPREAD_MIN_CELLS) -> dict:
+    """{combination (row of ``stats["codes"]``): per-PC variance of its kept training cells'
+    expression-PC positions} for combinations with at least ``min_cells`` kept cells."""
+    positions, groups = np.asarray(stats["cell_positions"], np.float64), np.asarray(stats["cell_groups"])
+    return {int(j): positions[groups == j].var(0, ddof=1) for j in np.unique(groups)
+            if (groups == j).sum() >= min_cells}
+
+
+def spread_factors(means: np.ndarray, samples: np.ndarray, components: np.ndarray, training_variance: np.ndarray,
+                   max_factor: float = SPREAD_MAX_FACTOR) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, per-PC factors) from a pilot draw of one combination: its decoder means and the
+    cells sampled around them (log1p(CP10k), cells x genes). A factor f scales the decoder means'
+    deviation from the centre along its PC so that the sampled cells' variance there becomes the
+    training cells': f^2 = (training - count noise) / decoder-mean variance, the count noise being
+    what sampling adds to the decoder means' variance; f is kept in [1, max_factor]."""
+    centre = means.mean(0)
+    components = np.asarray(components, np.float64)
+    mean_var = ((means - centre) @ components.T).var(0, ddof=1)
+    sample_var = ((samples - samples.mean(0)) @ components.T).var(0, ddof=1)
+    wanted = training_variance - np.maximum(sample_var - mean_var, 0.0)
+    factors = np.sqrt(np.clip(wanted / np.maximum(mean_var, 1e-8), 1.0, max_factor ** 2))
+    return centre.astype(np.float32), factors.astype(np.float32)
+
+
 class Calibration:
-    """The offsets of a model's ``condition_latents`` (``combination_offsets``), applied to decoder means."""
+    """The offsets of a model's ``condition_latents`` (``combination_offsets``), applied to decoder
+    means; and, once :meth:`set_spread` has been given a call's pilot factors, the spread."""
 
     def __init__(self, stats: dict):
         self.scores, self.basis = stats["offset_scores"], stats["offset_basis"]
         self.index = {tuple(int(v) for v in row): j for j, row in enumerate(stats["codes"])
                       if stats["offset_cells"][j] >= MIN_CALIBRATION_CELLS}
+        self.spread, self.components = {}, None
+
+    def set_spread(self, components: np.ndarray, spread: dict) -> None:
+        """``spread``: {combination: (centre, factors)} from :func:`spread_factors`, along
+        ``components`` (PCs x genes)."""
+        self.components, self.spread = np.asarray(components, np.float32), spread
 
     def combinations(self, codes: np.ndarray) -> np.ndarray:
         """Each row's combination with an offset, or -1."""
@@ -81,10 +128,19 @@ class Calibration:
         return found[np.asarray(inverse).reshape(-1)]
 
     def apply(self, decoded: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """Decoder means (cells x genes, log1p(CP10k)) plus their combination's offset, clipped at 0; in place."""
+        """Decoder means (cells x genes, log1p(CP10k)) plus their combination's offset, clipped at
+        0, then widened by the spread factors where set, clipped again; in place."""
         combination = self.combinations(codes)
         for j in np.unique(combination[combination >= 0]):
             rows = combination == j
             decoded[rows] += self.scores[j] @ self.basis
+        np.maximum(decoded, 0.0, out=decoded)
+        for j in np.unique(combination[combination >= 0]):
+            if int(j) not in self.spread:
+                continue
+            rows = combination == j
+            centre, factors = self.spread[int(j)]
+            deviation = decoded[rows] - centre
+            decoded[rows] += ((deviation @ self.components.T) * (factors - 1.0)) @ self.components
         np.maximum(decoded, 0.0, out=decoded)
         return decoded

@@ -30,7 +30,8 @@ from . import distributed as dist_utils
 from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
-from .calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets, missing_reason
+from .calibration import (MIN_CALIBRATION_CELLS, SPREAD_MAX_FACTOR, SPREAD_MIN_CELLS, SPREAD_PILOT_CELLS, SPREAD_PILOT_SEED,
+                          Calibration, combination_offsets, missing_reason, spread_factors, training_pc_variances)
 from .errors import ModelDirectoryError, PySaveError, warn_user
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
 from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
@@ -1003,6 +1004,43 @@ class SAVE:
         return calibration, {"calibrated": True, "calibrated_cells": int((calibration.combinations(codes) >= 0).sum()),
                              "calibration_min_cells": MIN_CALIBRATION_CELLS}
 
+    def _spread_plan(self, calibration: Calibration | None, codes: np.ndarray, weights, n_steps: int, solver: str,
+                     precision: str, shift: dict | None) -> dict:
+        """Sets ``calibration``'s spread factors for the seen combinations of ``codes`` (one pilot
+        draw each, :mod:`pysave.calibration`) and returns what ``uns["pysave"]`` records of it."""
+        if calibration is None:
+            return {}
+        stats = self.condition_latents
+        why = ("shift_from places the cells by another combination's draw" if shift is not None
+               else "this model directory has no training cells' positions (saved by an older pysave)"
+               if "cell_positions" not in stats else
+               "this model directory has no library-size statistics to draw a pilot's counts"
+               if not getattr(self, "library_stats", None) else None)
+        if why:
+            return {"spread_calibrated_cells": 0, "spread_skipped": why}
+        variances = training_pc_variances(stats)
+        combination = calibration.combinations(codes)
+        wanted = [int(j) for j in np.unique(combination[combination >= 0]) if int(j) in variances]
+        if wanted and self.verbose:
+            self._log(f"calibrating the spread of {len(wanted)} combination(s) on pilot draws of {SPREAD_PILOT_CELLS} cells")
+        components = np.asarray(stats["pc_components"], np.float32)
+        spread = {}
+        self.flow.eval()
+        for j in wanted:
+            # A fresh generator and count streams per combination: its factors do not depend on the
+            # other combinations of the call, its seed or its chunks.
+            weight = weights if np.isscalar(weights) else float(weights[np.flatnonzero(combination == j)[0]])
+            pilot = np.repeat(np.asarray(stats["codes"][j], dtype=codes.dtype)[None], SPREAD_PILOT_CELLS, axis=0)
+            with autocast(self.device, precision):
+                z = sample_latents(self.flow, torch.from_numpy(pilot).to(self.device), float(weight), int(n_steps), solver,
+                                   torch.Generator().manual_seed(SPREAD_PILOT_SEED)).float().cpu()
+            means = calibration.apply(self._decode(z * self.latent_std + self.latent_mean, pilot, precision=precision), pilot)
+            samples = self._output_sampler("sample", SPREAD_PILOT_SEED)(means.copy(), pilot)
+            spread[j] = spread_factors(means, samples, components, variances[j])
+        calibration.set_spread(components, spread)
+        return {"spread_calibrated_cells": int(np.isin(combination, wanted).sum()), "spread_pilot_cells": SPREAD_PILOT_CELLS,
+                "spread_min_cells": SPREAD_MIN_CELLS, "spread_max_factor": SPREAD_MAX_FACTOR}
+
     def _shift_plan(self, codes: np.ndarray, shift_from: dict | None, bandwidth: float, neighbours: int) -> dict | None:
         """Generation with ``shift_from``: the codes the flow samples under (the table's, with
         ``shift_from``'s values in its columns) and the columns the latent shift then changes."""
@@ -1230,6 +1268,7 @@ class SAVE:
         found = self._never_seen(codes)
         # Rows are weighed by their own (target) combination, also when the flow samples under shift_from's.
         weights, guidance_info = self._guidance_plan(guidance, codes, found)
+        calibrated.update(self._spread_plan(calibration, codes, weights, n_steps, solver, precision, shift))
         never_seen_info = self._never_seen_note(found, guidance) if shift is None else {}
         torch_compile = check_torch_compile(torch_compile, self.device)
         return {"codes": codes, "obs": self._generated_obs(codes, table),
