@@ -77,6 +77,8 @@ def test_tiny_model_calibrated_generation_matches_expectation(tiny_model, tiny_m
     spec = tiny_model_expected["generate_seen"]
     gen = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"])
     assert gen.uns["pysave"]["calibrated"] and gen.uns["pysave"]["calibrated_cells"] == spec["n_cells"]
+    for key in ("spread_calibrated_cells", "spread_pilot_cells", "spread_min_cells", "spread_max_factor"):
+        assert gen.uns["pysave"][key] == spec[key], key
     np.testing.assert_allclose(gen.X, tiny_model_expected["generated_seen_X"], atol=tiny_model_expected["tolerance"], rtol=0)
     raw = tiny_model.generate(spec["conditions"], n_cells=spec["n_cells"], seed=spec["seed"], calibrate=False)
     assert np.abs(raw.X - gen.X).max() > 10 * tiny_model_expected["tolerance"]

@@ -656,6 +656,7 @@ class SAVE:
             "active_latent_dims": active_dims,
         }
         self.is_trained = True
+        self._spread_pilots = {}  # pilots of the weights before are stale
         return self
 
     # ------------------------------------------------------------------ internals
@@ -1021,25 +1022,38 @@ class SAVE:
         variances = training_pc_variances(stats)
         combination = calibration.combinations(codes)
         wanted = [int(j) for j in np.unique(combination[combination >= 0]) if int(j) in variances]
-        if wanted and self.verbose:
-            self._log(f"calibrating the spread of {len(wanted)} combination(s) on pilot draws of {SPREAD_PILOT_CELLS} cells")
         components = np.asarray(stats["pc_components"], np.float32)
         spread = {}
+        # Pilots are kept for the model's life (cleared by train()): a second call at the same
+        # sampler settings, e.g. output="mean" after "sample", draws none.
+        cache = self.__dict__.setdefault("_spread_pilots", {})
+        fresh = [j for j in wanted if (j, self._row_weight(weights, combination, j), int(n_steps), solver, precision) not in cache]
+        if fresh and self.verbose:
+            self._log(f"calibrating the spread of {len(fresh)} combination(s) on pilot draws of {SPREAD_PILOT_CELLS} cells")
         self.flow.eval()
         for j in wanted:
             # A fresh generator and count streams per combination: its factors do not depend on the
             # other combinations of the call, its seed or its chunks.
-            weight = weights if np.isscalar(weights) else float(weights[np.flatnonzero(combination == j)[0]])
+            weight = self._row_weight(weights, combination, j)
+            key = (j, weight, int(n_steps), solver, precision)
+            if key in cache:
+                spread[j] = cache[key]
+                continue
             pilot = np.repeat(np.asarray(stats["codes"][j], dtype=codes.dtype)[None], SPREAD_PILOT_CELLS, axis=0)
             with autocast(self.device, precision):
                 z = sample_latents(self.flow, torch.from_numpy(pilot).to(self.device), float(weight), int(n_steps), solver,
                                    torch.Generator().manual_seed(SPREAD_PILOT_SEED)).float().cpu()
             means = calibration.apply(self._decode(z * self.latent_std + self.latent_mean, pilot, precision=precision), pilot)
             samples = self._output_sampler("sample", SPREAD_PILOT_SEED)(means.copy(), pilot)
-            spread[j] = spread_factors(means, samples, components, variances[j])
+            spread[j] = cache[key] = spread_factors(means, samples, components, variances[j])
         calibration.set_spread(components, spread)
         return {"spread_calibrated_cells": int(np.isin(combination, wanted).sum()), "spread_pilot_cells": SPREAD_PILOT_CELLS,
                 "spread_min_cells": SPREAD_MIN_CELLS, "spread_max_factor": SPREAD_MAX_FACTOR}
+
+    @staticmethod
+    def _row_weight(weights, combination: np.ndarray, j: int) -> float:
+        """The guidance weight of combination ``j``'s rows (one w, or its first row's of one per row)."""
+        return float(weights) if np.isscalar(weights) else float(weights[np.flatnonzero(combination == j)[0]])
 
     def _shift_plan(self, codes: np.ndarray, shift_from: dict | None, bandwidth: float, neighbours: int) -> dict | None:
         """Generation with ``shift_from``: the codes the flow samples under (the table's, with

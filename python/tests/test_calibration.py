@@ -4,7 +4,8 @@ import pytest
 import scipy.sparse as sp
 
 import pysave
-from pysave.calibration import MIN_CALIBRATION_CELLS, Calibration, combination_offsets
+from pysave.calibration import (MIN_CALIBRATION_CELLS, SPREAD_MAX_FACTOR, SPREAD_MIN_CELLS, SPREAD_PILOT_CELLS, Calibration,
+                                combination_offsets, spread_factors, training_pc_variances)
 from pysave.errors import PySaveError
 
 SEEN = {"batch": "10x_5prime", "cell_type": "B"}
@@ -93,3 +94,104 @@ def test_models_without_offsets_generate_uncalibrated_and_say_so(trained, capsys
     np.testing.assert_array_equal(out.X, trained["model"].generate(SEEN, n_cells=10, seed=2, calibrate=False).X)
     with pytest.raises(PySaveError, match="calibrate must be True or False"):
         model.generate(SEEN, n_cells=2, calibrate="yes")
+
+
+def test_spread_factors_give_the_sampled_cells_the_training_variance():
+    rng = np.random.default_rng(0)
+    components = np.eye(3, dtype=np.float32)[:2]  # 2 PCs over 3 genes
+    means = rng.normal(size=(4000, 3)) * [0.5, 2.0, 1.0] + 3.0  # decoder means: sd 0.5 and 2 on the two PCs
+    samples = means + rng.normal(size=means.shape) * 0.3  # count noise, variance 0.09 on every PC
+    centre, factors = spread_factors(means, samples, components, training_variance=np.array([1.0 + 0.09, 0.5]))
+    np.testing.assert_allclose(centre, means.mean(0), atol=1e-5)
+    # PC 1 widened to variance 1 before the noise (factor 2); PC 2 already wider than asked: left at 1.
+    np.testing.assert_allclose(factors, [2.0, 1.0], rtol=0.05)
+    _, capped = spread_factors(means, samples, components, np.array([100.0, 0.5]))
+    assert capped[0] == np.float32(SPREAD_MAX_FACTOR)
+
+
+def test_spread_widens_each_combination_along_its_pcs_only():
+    stats = {"codes": np.array([[0, 0], [1, 1]]), "offset_scores": np.eye(2, dtype=np.float32),
+             "offset_basis": np.zeros((2, 3), np.float32), "offset_cells": np.array([5, 9])}
+    calibration = Calibration(stats)
+    components = np.array([[1.0, 0.0, 0.0]], np.float32)
+    calibration.set_spread(components, {0: (np.array([2.0, 2.0, 2.0], np.float32), np.array([1.5], np.float32))})
+    x = np.array([[3.0, 3.0, 3.0], [1.0, 1.0, 1.0], [3.0, 3.0, 3.0]], np.float32)
+    calibration.apply(x, np.array([[0, 0], [0, 0], [1, 1]]))
+    # Combination 0: the first gene's deviation from the centre 1.5x, the others untouched;
+    # combination 1 has no factors. Clipped at 0 after widening.
+    np.testing.assert_allclose(x, [[3.5, 3.0, 3.0], [0.5, 1.0, 1.0], [3.0, 3.0, 3.0]])
+
+
+def _pc_variance(model, X):
+    components = model.condition_latents["pc_components"]
+    return ((X - X.mean(0)) @ components.T).var(0, ddof=1).sum()
+
+
+def test_generation_calibrates_the_spread_of_seen_combinations(trained):
+    model = trained["model"]
+    stats = model.condition_latents
+    codes = np.array([[model._code_of(k, v) for k, v in SEEN.items()]])
+    j = int(Calibration(stats).combinations(codes)[0])
+    assert j in training_pc_variances(stats) and (stats["cell_groups"] == j).sum() >= SPREAD_MIN_CELLS
+    out = model.generate(SEEN, n_cells=300, seed=3, output="mean")
+    info = out.uns["pysave"]
+    assert info["spread_calibrated_cells"] == 300 and info["spread_pilot_cells"] == SPREAD_PILOT_CELLS
+    assert info["spread_max_factor"] == SPREAD_MAX_FACTOR and info["spread_min_cells"] == SPREAD_MIN_CELLS
+    # The same latents, decoded without the spread (a model directory without the kept cells'
+    # positions) are narrower, around the same centre.
+    older = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu")
+    del older.condition_latents["cell_positions"]
+    narrow = older.generate(SEEN, n_cells=300, seed=3, output="mean")
+    assert narrow.uns["pysave"]["calibrated"] and narrow.uns["pysave"]["spread_calibrated_cells"] == 0
+    assert "older pysave" in narrow.uns["pysave"]["spread_skipped"]
+    np.testing.assert_array_equal(out.obsm["X_save"], narrow.obsm["X_save"])
+    assert _pc_variance(model, out.X) > 1.05 * _pc_variance(model, narrow.X)
+    spread = np.linalg.norm(out.X - out.X.mean(0), axis=1).mean()
+    assert np.linalg.norm(out.X.mean(0) - narrow.X.mean(0)) < 0.25 * spread
+    # Without calibration, neither the offsets nor the spread.
+    raw = model.generate(SEEN, n_cells=300, seed=3, output="mean", calibrate=False)
+    assert "spread_calibrated_cells" not in raw.uns["pysave"]
+
+
+def test_spread_does_not_depend_on_the_rest_of_the_call(trained):
+    """A combination's factors come from its own pilot (fixed seed): the cells of a combination do
+    not change with the other combinations asked for, the chunk size or the output kind's seed."""
+    model = trained["model"]
+    other = {"batch": "10x_3prime_v2" if SEEN["batch"] != "10x_3prime_v2" else "10x_5prime", "cell_type": "T_CD4"}
+    alone = model.generate_like({k: [v] * 20 for k, v in SEEN.items()}, seed=4)
+    both = model.generate_like({k: [SEEN[k]] * 20 + [other[k]] * 20 for k in SEEN}, seed=4, batch_size=7)
+    assert both.uns["pysave"]["spread_calibrated_cells"] > 20  # the other combination is widened too
+    np.testing.assert_array_equal(alone.X, both.X[:20])
+
+
+def test_spread_pilots_are_drawn_once_per_settings(trained):
+    """A second call at the same sampler settings reuses the pilot; other settings draw their own."""
+    import pysave.model as model_module
+
+    model = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu")
+    original, calls = model_module.sample_latents, []
+
+    def counted(field, codes, *args, **kwargs):
+        calls.append(len(codes))
+        return original(field, codes, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_module, "sample_latents", counted)
+        first = model.generate(SEEN, n_cells=5, seed=1, output="mean")
+        assert calls == [SPREAD_PILOT_CELLS, 5]
+        again = model.generate(SEEN, n_cells=5, seed=1)
+        assert calls == [SPREAD_PILOT_CELLS, 5, 5]
+        model.generate(SEEN, n_cells=5, seed=1, guidance=2.0)
+        assert calls[-2:] == [SPREAD_PILOT_CELLS, 5]
+    np.testing.assert_array_equal(first.obsm["X_save"], again.obsm["X_save"])
+    fresh = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu").generate(SEEN, n_cells=5, seed=1, output="mean")
+    np.testing.assert_array_equal(first.X, fresh.X)
+
+
+def test_spread_is_skipped_with_shift_from(trained):
+    model = trained["model"]
+    calibration = Calibration(model.condition_latents)
+    codes = np.array([[model._code_of(k, v) for k, v in SEEN.items()]] * 3)
+    info = model._spread_plan(calibration, codes, 1.5, 2, "euler", "32", shift={"source": codes})
+    assert info == {"spread_calibrated_cells": 0, "spread_skipped": "shift_from places the cells by another combination's draw"}
+    assert not calibration.spread

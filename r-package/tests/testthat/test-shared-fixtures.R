@@ -55,6 +55,9 @@ test_that("calibrated generation of a combination seen in training is the one Py
   prov <- S4Vectors::metadata(gen)$pysave
   expect_true(isTRUE(prov$calibrated))
   expect_equal(prov$calibrated_cells, spec$n_cells)
+  for (key in c("spread_calibrated_cells", "spread_pilot_cells", "spread_min_cells", "spread_max_factor")) {
+    expect_equal(prov[[key]], spec[[key]], info = key)
+  }
   raw <- GenerateCells(tiny_model_dir(), n = spec$n_cells, conditions = spec$conditions, seed = spec$seed,
                        output = "SingleCellExperiment", calibrate = FALSE)
   expect_false(isTRUE(S4Vectors::metadata(raw)$pysave$calibrated))
