@@ -156,7 +156,12 @@
 #'   `NA`, are generated as decoded. In pysave's benchmarks (pbmc_3tech, 4 seeds) it brought the
 #'   generated cells from 1.07x to 1.03x the noise floor's W1. `FALSE` gives the decoder's own
 #'   output. Models saved by an older pysave have no offsets and generate uncalibrated (the
-#'   provenance says so: `calibrated`, `calibrated_cells`). CLI `--no-calibrate`.
+#'   provenance says so: `calibrated`, `calibrated_cells`). Calibration also widens each such
+#'   combination with at least 10 kept training cells towards its training cells' spread, by
+#'   per-PC factors from one pilot draw of 256 cells per combination (fixed seed, the call's
+#'   sampler settings; kept for later calls in the same session): the decoder alone gives about
+#'   two-thirds of the real spread (`spread_calibrated_cells`, or `spread_skipped`, why not; not
+#'   with `shift_from`). CLI `--no-calibrate`.
 #' @param torch_compile `TRUE` compiles the flow's Transformer with `torch.compile` for this call:
 #'   it sampled 1.3x as fast on a 2-core CPU in pysave's benchmarks, after a compilation of about
 #'   20 s, so it pays from tens of thousands of cells. The cells differ from the uncompiled ones
