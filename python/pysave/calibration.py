@@ -86,8 +86,17 @@ def training_pc_variances(stats: dict, min_cells: int = SPREAD_MIN_CELLS) -> dic
     """{combination (row of ``stats["codes"]``): per-PC variance of its kept training cells'
     expression-PC positions} for combinations with at least ``min_cells`` kept cells."""
     positions, groups = np.asarray(stats["cell_positions"], np.float64), np.asarray(stats["cell_groups"])
-    return {int(j): positions[groups == j].var(0, ddof=1) for j in np.unique(groups)
-            if (groups == j).sum() >= min_cells}
+    # Per-combination sums by bincount, not a mask per combination (thousands of combinations x
+    # up to 200,000 kept cells); centred on the overall mean first, so the one-pass variance keeps
+    # its digits.
+    positions = positions - positions.mean(0)
+    counts = np.bincount(groups)
+    sums = np.stack([np.bincount(groups, weights=positions[:, k], minlength=len(counts)) for k in range(positions.shape[1])], 1)
+    squares = np.stack([np.bincount(groups, weights=positions[:, k] ** 2, minlength=len(counts))
+                        for k in range(positions.shape[1])], 1)
+    keep = np.flatnonzero(counts >= max(2, min_cells))
+    variances = (squares[keep] - sums[keep] ** 2 / counts[keep, None]) / (counts[keep, None] - 1)
+    return {int(j): np.maximum(v, 0.0) for j, v in zip(keep, variances)}
 
 
 def spread_factors(means: np.ndarray, samples: np.ndarray, components: np.ndarray, training_variance: np.ndarray,

@@ -109,6 +109,18 @@ def test_spread_factors_give_the_sampled_cells_the_training_variance():
     assert capped[0] == np.float32(SPREAD_MAX_FACTOR)
 
 
+def test_training_pc_variances_are_each_combinations_variance():
+    rng = np.random.default_rng(2)
+    groups = rng.integers(0, 5, 300)
+    positions = rng.normal(size=(300, 4)) * (1 + groups[:, None]) + 50.0  # far from 0: the one-pass sums' trap
+    groups[groups == 4] = 3
+    groups[:5] = 4  # combination 4: 5 kept cells, below SPREAD_MIN_CELLS
+    got = training_pc_variances({"cell_positions": positions.astype(np.float32), "cell_groups": groups})
+    assert sorted(got) == [0, 1, 2, 3]
+    for j, v in got.items():
+        np.testing.assert_allclose(v, positions.astype(np.float32)[groups == j].astype(np.float64).var(0, ddof=1), rtol=1e-9)
+
+
 def test_spread_widens_each_combination_along_its_pcs_only():
     stats = {"codes": np.array([[0, 0], [1, 1]]), "offset_scores": np.eye(2, dtype=np.float32),
              "offset_basis": np.zeros((2, 3), np.float32), "offset_cells": np.array([5, 9])}
