@@ -1242,8 +1242,9 @@ class SAVE:
         and to 0.0007 above it on pbmc_3tech, and under it on scVelo pancreas (-0.0065, from
         +0.0018), at W1 1.041x / 1.042x / 1.069x the noise floor against 1.014x / 1.024x / 1.059x
         (benchmarks/README.md, "Spread calibration in the product").
-        A pilot costs 256 cells of sampling per combination and call; pilots are kept for the
-        model's life, per sampler settings, so later calls do not pay again. Not with
+        A pilot costs ``SPREAD_PILOT_CELLS`` cells of sampling per combination, once per model
+        and sampler settings (pilots are kept for the model's life, so later calls do not pay
+        again); a first call for a few cells of many combinations is several times slower. Not with
         ``shift_from``. Recorded in ``uns["pysave"]`` (``spread_calibrated_cells``, or
         ``spread_skipped``, why not).
 
@@ -1297,9 +1298,10 @@ class SAVE:
         found = self._never_seen(codes)
         # Rows are weighed by their own (target) combination, also when the flow samples under shift_from's.
         weights, guidance_info = self._guidance_plan(guidance, codes, found)
-        calibrated.update(self._spread_plan(calibration, codes, weights, n_steps, solver, precision, shift))
         never_seen_info = self._never_seen_note(found, guidance) if shift is None else {}
         torch_compile = check_torch_compile(torch_compile, self.device)
+        # Last: the pilot draws are the one costly step, so every refusal above comes first.
+        calibrated.update(self._spread_plan(calibration, codes, weights, n_steps, solver, precision, shift))
         return {"codes": codes, "obs": self._generated_obs(codes, table),
                 "chunks": self._generated_chunks(codes, weights, n_steps, solver, seed, batch_size, output, precision, shift,
                                                  calibration, torch_compile),

@@ -195,6 +195,9 @@ def test_spread_pilots_are_drawn_once_per_settings(trained):
         assert calls == [SPREAD_PILOT_CELLS, 5, 5]
         model.generate(SEEN, n_cells=5, seed=1, guidance=2.0)
         assert calls[-2:] == [SPREAD_PILOT_CELLS, 5]
+        with pytest.raises(PySaveError, match="torch_compile"):  # refused before any pilot is drawn
+            model.generate(SEEN, n_cells=5, seed=1, n_steps=3, torch_compile="yes")
+        assert calls[-2:] == [SPREAD_PILOT_CELLS, 5]
     np.testing.assert_array_equal(first.obsm["X_save"], again.obsm["X_save"])
     fresh = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu").generate(SEEN, n_cells=5, seed=1, output="mean")
     np.testing.assert_array_equal(first.X, fresh.X)

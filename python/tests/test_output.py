@@ -469,10 +469,14 @@ def test_generate_shift_from(trained, tmp_path):
     source_codes = model._generation_plan(base.obs[keys].astype(str), 1, 10, "midpoint")[1]
     target_codes = source_codes.copy()
     target_codes[:, keys.index("batch")] = model._code_of("batch", tgt)
-    # Weighed by where each sampled cell's decoded expression (base.X) lies in the expression PCs.
+    # Weighed by where each sampled cell's decoded expression lies in the expression PCs: the
+    # source cells decoded with their combination's offsets (shift_from takes no spread
+    # calibration, which base.X has: its pilot is the source's own draw).
     stats = model.condition_latents
+    assert base.uns["pysave"]["spread_calibrated_cells"] == 12 and moved.uns["pysave"]["spread_calibrated_cells"] == 0
+    sampled = pysave.calibration.Calibration(stats).apply(model._decode(torch_from(base.obsm["X_save"]), source_codes), source_codes)
     shifts, _ = pysave.shift.latent_shifts(stats, base.obsm["X_save"], source_codes, target_codes, [keys.index("batch")],
-                                           positions=pysave.shift.expression_positions(stats, base.X),
+                                           positions=pysave.shift.expression_positions(stats, sampled),
                                            neighbours=pysave.shift.SHIFT_NEIGHBOURS)
     np.testing.assert_allclose(moved.obsm["X_save"], base.obsm["X_save"] + shifts, atol=1e-4)
     assert np.abs(shifts).max() > 1e-3
