@@ -142,14 +142,10 @@ class Calibration:
         combination = self.combinations(codes)
         for j in np.unique(combination[combination >= 0]):
             rows = combination == j
-            decoded[rows] += self.scores[j] @ self.basis
-        np.maximum(decoded, 0.0, out=decoded)
-        for j in np.unique(combination[combination >= 0]):
-            if int(j) not in self.spread:
-                continue
-            rows = combination == j
-            centre, factors = self.spread[int(j)]
-            deviation = decoded[rows] - centre
-            decoded[rows] += ((deviation @ self.components.T) * (factors - 1.0)) @ self.components
+            shifted = np.maximum(decoded[rows] + self.scores[j] @ self.basis, 0.0)
+            if int(j) in self.spread:  # widened from the clipped means, as the pilot measured them
+                centre, factors = self.spread[int(j)]
+                shifted += (((shifted - centre) @ self.components.T) * (factors - 1.0)) @ self.components
+            decoded[rows] = shifted
         np.maximum(decoded, 0.0, out=decoded)
         return decoded

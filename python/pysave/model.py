@@ -1021,24 +1021,26 @@ class SAVE:
             return {"spread_calibrated_cells": 0, "spread_skipped": why}
         variances = training_pc_variances(stats)
         combination = calibration.combinations(codes)
-        wanted = [int(j) for j in np.unique(combination[combination >= 0]) if int(j) in variances]
+        # Each combination's rows share one weight: its first row's (one lookup, not a scan per combination).
+        present, first_row = np.unique(combination, return_index=True)
+        keys = {int(j): (int(j), float(weights) if np.isscalar(weights) else float(weights[r]), int(n_steps), solver, precision)
+                for j, r in zip(present, first_row) if j >= 0 and int(j) in variances}
         components = np.asarray(stats["pc_components"], np.float32)
         spread = {}
         # Pilots are kept for the model's life (cleared by train()): a second call at the same
         # sampler settings, e.g. output="mean" after "sample", draws none.
         cache = self.__dict__.setdefault("_spread_pilots", {})
-        fresh = [j for j in wanted if (j, self._row_weight(weights, combination, j), int(n_steps), solver, precision) not in cache]
+        fresh = sum(key not in cache for key in keys.values())
         if fresh and self.verbose:
-            self._log(f"calibrating the spread of {len(fresh)} combination(s) on pilot draws of {SPREAD_PILOT_CELLS} cells")
+            self._log(f"calibrating the spread of {fresh} combination(s) on pilot draws of {SPREAD_PILOT_CELLS} cells")
         self.flow.eval()
-        for j in wanted:
+        for j, key in keys.items():
             # A fresh generator and count streams per combination: its factors do not depend on the
             # other combinations of the call, its seed or its chunks.
-            weight = self._row_weight(weights, combination, j)
-            key = (j, weight, int(n_steps), solver, precision)
             if key in cache:
                 spread[j] = cache[key]
                 continue
+            weight = key[1]
             pilot = np.repeat(np.asarray(stats["codes"][j], dtype=codes.dtype)[None], SPREAD_PILOT_CELLS, axis=0)
             with autocast(self.device, precision):
                 z = sample_latents(self.flow, torch.from_numpy(pilot).to(self.device), float(weight), int(n_steps), solver,
@@ -1047,13 +1049,8 @@ class SAVE:
             samples = self._output_sampler("sample", SPREAD_PILOT_SEED)(means.copy(), pilot)
             spread[j] = cache[key] = spread_factors(means, samples, components, variances[j])
         calibration.set_spread(components, spread)
-        return {"spread_calibrated_cells": int(np.isin(combination, wanted).sum()), "spread_pilot_cells": SPREAD_PILOT_CELLS,
+        return {"spread_calibrated_cells": int(np.isin(combination, list(keys)).sum()), "spread_pilot_cells": SPREAD_PILOT_CELLS,
                 "spread_min_cells": SPREAD_MIN_CELLS, "spread_max_factor": SPREAD_MAX_FACTOR}
-
-    @staticmethod
-    def _row_weight(weights, combination: np.ndarray, j: int) -> float:
-        """The guidance weight of combination ``j``'s rows (one w, or its first row's of one per row)."""
-        return float(weights) if np.isscalar(weights) else float(weights[np.flatnonzero(combination == j)[0]])
 
     def _shift_plan(self, codes: np.ndarray, shift_from: dict | None, bandwidth: float, neighbours: int) -> dict | None:
         """Generation with ``shift_from``: the codes the flow samples under (the table's, with
