@@ -15,7 +15,9 @@ The offsets place a combination's centre; the decoder also gives each combinatio
 two-thirds to three-quarters of its real within-combination spread. So each generation call then
 draws a pilot of every seen combination it asks for (``SPREAD_PILOT_CELLS`` cells, a fixed seed,
 the call's sampler settings) and widens the decoder means PC by PC around the pilot's mean
-(:func:`spread_factors`), towards the variance of the combination's training cells.
+(:func:`spread_factors`), towards the variance of the combination's training cells. Pilots are
+kept with the model: those of the default settings are drawn at the end of training (for up to
+``SPREAD_TRAINED_PILOTS`` combinations) and every kept pilot is saved in the model directory.
 """
 from __future__ import annotations
 
@@ -39,6 +41,12 @@ SPREAD_PILOT_CELLS = 256
 SPREAD_PILOT_SEED = 12345  # fixed, so a combination's factors do not depend on the call's seed or chunks
 SPREAD_MIN_CELLS = 10
 SPREAD_MAX_FACTOR = 2.0
+# train() draws the pilots of generation's default sampler settings for this many combinations (those
+# with the most kept cells), and the model directory keeps them, so that a default call after
+# training or loading draws none (a pilot costs about a second on one CPU thread, fast network).
+# Capped, as a model of thousands of small combinations would otherwise sample more cells for its
+# pilots than it trained on; the others get theirs at their first call.
+SPREAD_TRAINED_PILOTS = 100
 
 
 def combination_offsets(real, decoded, groups: np.ndarray, n_groups: int, seed: int, batch: int = 4096,
@@ -101,9 +109,10 @@ def training_pc_variances(stats: dict, min_cells: int = SPREAD_MIN_CELLS) -> dic
 
 def spread_factors(means: np.ndarray, samples: np.ndarray, components: np.ndarray, training_variance: np.ndarray,
                    max_factor: float = SPREAD_MAX_FACTOR) -> tuple[np.ndarray, np.ndarray]:
-    """(centre, per-PC factors) from a pilot draw of one combination: its decoder means and the
-    cells sampled around them (log1p(CP10k), cells x genes). A factor f scales the decoder means'
-    deviation from the centre along its PC so that the sampled cells' variance there becomes the
+    """(centre's PC scores, per-PC factors) from a pilot draw of one combination: its decoder means
+    and the cells sampled around them (log1p(CP10k), cells x genes), the centre being the means'
+    mean. A factor f scales the decoder means' deviation from the centre along its PC so that the
+    sampled cells' variance there becomes the
     training cells': f^2 = (training - count noise) / decoder-mean variance, the count noise being
     what sampling adds to the decoder means' variance; f is kept in [1, max_factor]."""
     centre = means.mean(0)
@@ -112,7 +121,8 @@ def spread_factors(means: np.ndarray, samples: np.ndarray, components: np.ndarra
     sample_var = ((samples - samples.mean(0)) @ components.T).var(0, ddof=1)
     wanted = training_variance - np.maximum(sample_var - mean_var, 0.0)
     factors = np.sqrt(np.clip(wanted / np.maximum(mean_var, 1e-8), 1.0, max_factor ** 2))
-    return centre.astype(np.float32), factors.astype(np.float32)
+    # Only the centre's PC scores enter the widening: 30 numbers a model directory can keep.
+    return (centre @ components.T).astype(np.float32), factors.astype(np.float32)
 
 
 class Calibration:
@@ -126,8 +136,8 @@ class Calibration:
         self.spread, self.components = {}, None
 
     def set_spread(self, components: np.ndarray, spread: dict) -> None:
-        """``spread``: {combination: (centre, factors)} from :func:`spread_factors`, along
-        ``components`` (PCs x genes)."""
+        """``spread``: {combination: (centre's PC scores, factors)} from :func:`spread_factors`,
+        along ``components`` (PCs x genes)."""
         self.components, self.spread = np.asarray(components, np.float32), spread
 
     def combinations(self, codes: np.ndarray) -> np.ndarray:
@@ -145,7 +155,7 @@ class Calibration:
             shifted = np.maximum(decoded[rows] + self.scores[j] @ self.basis, 0.0)
             if int(j) in self.spread:  # widened from the clipped means, as the pilot measured them
                 centre, factors = self.spread[int(j)]
-                shifted += (((shifted - centre) @ self.components.T) * (factors - 1.0)) @ self.components
+                shifted += (((shifted @ self.components.T) - centre) * (factors - 1.0)) @ self.components
             decoded[rows] = shifted
         np.maximum(decoded, 0.0, out=decoded)
         return decoded

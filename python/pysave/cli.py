@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import warnings
+from collections import Counter
 
 import click
 
@@ -233,7 +234,9 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
               help="Width of --shift-from's weighting over the strata with --shift-neighbours 0 (as in transfer).")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
               help="Move the decoder mean of each combination seen in training onto its training cells' mean "
-                   "(kept by train) and widen it towards their spread (a pilot draw of 256 cells per combination); "
+                   "(kept by train) and widen it towards their spread (a pilot draw of 256 cells per combination: "
+                   "drawn by train for the default sampler settings and kept in the model directory, else once per "
+                   "model and settings); "
                    "unseen or masked combinations are left as decoded.")
 @sampling_precision
 @click.option("--torch-compile", is_flag=True,
@@ -463,6 +466,10 @@ def info(model_dir, blocks_out, as_json, overwrite):
         if "cell_positions" in stats:
             widened = sum(1 for j in training_pc_variances(stats) if stats["offset_cells"][j] >= MIN_CALIBRATION_CELLS)
             click.echo(f"  spread calibrated for {widened} of them (those with >= {SPREAD_MIN_CELLS} kept training cells)")
+        settings = Counter(key[1:] for key in model.__dict__.get("_spread_pilots", {}))
+        for (w, steps, solver, precision), n in sorted(settings.items()):
+            click.echo(f"  spread pilots kept for {n} combination(s) at guidance {w:g}, {steps} {solver} steps, "
+                       f"precision {precision} (generation at these settings draws none for them)")
     if blocks_out:
         check_output_path(blocks_out, overwrite)
         write_text_atomic(blocks_out, model.gene_blocks().to_csv(sep="\t", index=False))

@@ -31,7 +31,7 @@ from . import io
 from . import loader
 from .blocks import GeneBlocks, build_gene_blocks, embedding_sample_rows
 from .calibration import (MIN_CALIBRATION_CELLS, SPREAD_MAX_FACTOR, SPREAD_MIN_CELLS, SPREAD_PILOT_CELLS, SPREAD_PILOT_SEED,
-                          Calibration, combination_offsets, missing_reason, spread_factors, training_pc_variances)
+                          SPREAD_TRAINED_PILOTS, Calibration, combination_offsets, missing_reason, spread_factors, training_pc_variances)
 from .errors import ModelDirectoryError, PySaveError, warn_user
 from .flow import SOLVERS, VelocityField, sample_latents, transport_latents
 from .shift import (MIN_SHIFT_CELLS, SHIFT_BANDWIDTH, SHIFT_NEIGHBOURS, check_shift_bandwidth, check_shift_neighbours,
@@ -157,6 +157,8 @@ NEVER_SEEN_GUIDANCE = 1.0
 # within seed noise on pbmc_3tech x 2 seeds and Baron) at 2.5x fewer passes (benchmarks/README.md).
 DEFAULT_SOLVER = "midpoint"
 DEFAULT_STEPS = 10
+# What a spread calibration pilot is kept under (SAVE._spread_plan's cache key, config.json's spread_pilots).
+SPREAD_PILOT_KEY = ("combination", "guidance", "n_steps", "solver", "precision")
 # generate(): decoder means of combinations seen in training moved onto their training cells' mean
 # (pysave.calibration). 4 seeds, W1 / floor 1.028 against 1.067 on pbmc_3tech and 1.032 against 1.055
 # on Baron, MMD 1.348 / 1.361 against 1.389 / 1.374 (benchmarks/README.md, "Combination calibration").
@@ -657,6 +659,8 @@ class SAVE:
         }
         self.is_trained = True
         self._spread_pilots = {}  # pilots of the weights before are stale
+        if dist_utils.is_main_process():  # the only process that saves
+            self.training_summary["spread_pilots"] = self._train_spread_pilots()
         return self
 
     # ------------------------------------------------------------------ internals
@@ -1027,30 +1031,54 @@ class SAVE:
                 for j, r in zip(present, first_row) if j >= 0 and int(j) in variances}
         components = np.asarray(stats["pc_components"], np.float32)
         spread = {}
-        # Pilots are kept for the model's life (cleared by train()): a second call at the same
-        # sampler settings, e.g. output="mean" after "sample", draws none.
+        # Pilots are kept with the model (cleared by train(), which then draws the default settings'
+        # ones; saved in the model directory): a second call at the same settings draws none.
         cache = self.__dict__.setdefault("_spread_pilots", {})
         fresh = sum(key not in cache for key in keys.values())
         if fresh and self.verbose:
             self._log(f"calibrating the spread of {fresh} combination(s) on pilot draws of {SPREAD_PILOT_CELLS} cells")
-        self.flow.eval()
         for j, key in keys.items():
-            # A fresh generator and count streams per combination: its factors do not depend on the
-            # other combinations of the call, its seed or its chunks.
-            if key in cache:
-                spread[j] = cache[key]
-                continue
-            weight = key[1]
-            pilot = np.repeat(np.asarray(stats["codes"][j], dtype=codes.dtype)[None], SPREAD_PILOT_CELLS, axis=0)
-            with autocast(self.device, precision):
-                z = sample_latents(self.flow, torch.from_numpy(pilot).to(self.device), float(weight), int(n_steps), solver,
-                                   torch.Generator().manual_seed(SPREAD_PILOT_SEED)).float().cpu()
-            means = calibration.apply(self._decode(z * self.latent_std + self.latent_mean, pilot, precision=precision), pilot)
-            samples = self._output_sampler("sample", SPREAD_PILOT_SEED)(means.copy(), pilot)
-            spread[j] = cache[key] = spread_factors(means, samples, components, variances[j])
+            if key not in cache:
+                cache[key] = self._spread_pilot(key, calibration, components, variances[j])
+            spread[j] = cache[key]
         calibration.set_spread(components, spread)
         return {"spread_calibrated_cells": int(np.isin(combination, list(keys)).sum()), "spread_pilot_cells": SPREAD_PILOT_CELLS,
                 "spread_min_cells": SPREAD_MIN_CELLS, "spread_max_factor": SPREAD_MAX_FACTOR}
+
+    def _spread_pilot(self, key: tuple, calibration: Calibration, components: np.ndarray, training_variance: np.ndarray) -> tuple:
+        """The spread factors of one pilot draw, ``key`` = (combination, w, steps, solver, precision).
+
+        A fresh generator and count streams per combination: its factors do not depend on the
+        other combinations of a call, its seed or its chunks."""
+        j, weight, n_steps, solver, precision = key
+        pilot = np.repeat(np.asarray(self.condition_latents["codes"][j], dtype=np.int64)[None], SPREAD_PILOT_CELLS, axis=0)
+        self.flow.eval()
+        with autocast(self.device, precision):
+            z = sample_latents(self.flow, torch.from_numpy(pilot).to(self.device), float(weight), int(n_steps), solver,
+                               torch.Generator().manual_seed(SPREAD_PILOT_SEED)).float().cpu()
+        means = calibration.apply(self._decode(z * self.latent_std + self.latent_mean, pilot, precision=precision), pilot)
+        samples = self._output_sampler("sample", SPREAD_PILOT_SEED)(means.copy(), pilot)
+        return spread_factors(means, samples, components, training_variance)
+
+    def _train_spread_pilots(self) -> int:
+        """Draw the pilots of generation's default sampler settings for the ``SPREAD_TRAINED_PILOTS``
+        combinations with the most kept cells (the model directory keeps them, so a default call
+        after training or loading draws none); returns how many were drawn."""
+        stats = self.condition_latents or {}
+        if missing_reason(stats, self.params["likelihood"]) or "cell_positions" not in stats or not self.library_stats:
+            return 0
+        variances = training_pc_variances(stats)
+        kept = np.bincount(np.asarray(stats["cell_groups"]), minlength=len(stats["codes"]))
+        calibration = Calibration(stats)
+        seen = [j for j in sorted(variances, key=lambda j: (-kept[j], j))
+                if tuple(int(v) for v in stats["codes"][j]) in calibration.index][:SPREAD_TRAINED_PILOTS]
+        weight = DEFAULT_GUIDANCE if self._unconditional_field_trained() else 1.0  # as _guidance_plan's "auto"
+        components = np.asarray(stats["pc_components"], np.float32)
+        self._log(f"drawing the spread calibration's pilots of {len(seen)} combination(s) at generation's default settings")
+        for j in seen:
+            key = (int(j), float(weight), DEFAULT_STEPS, DEFAULT_SOLVER, self._precision("auto"))
+            self._spread_pilots[key] = self._spread_pilot(key, calibration, components, variances[j])
+        return len(seen)
 
     def _shift_plan(self, codes: np.ndarray, shift_from: dict | None, bandwidth: float, neighbours: int) -> dict | None:
         """Generation with ``shift_from``: the codes the flow samples under (the table's, with
@@ -1162,6 +1190,9 @@ class SAVE:
             " under shift_from, then moved by the training cells' latent shift to the cells' conditions" if shift else "")
         if calibration and calibration.get("calibrated"):
             how += "; decoder means of combinations seen in training calibrated to their training cells' mean"
+            if calibration.get("spread_calibrated_cells"):
+                how += (f" and, for those with >= {SPREAD_MIN_CELLS} kept training cells, widened along the model's expression "
+                        "PCs towards their training cells' spread")
         return self._provenance("generated", {"seed": int(seed), **guidance, "n_steps": int(n_steps),
                                               "solver": solver, "output": output, "precision": precision,
                                               "torch_compile": bool(torch_compile),
@@ -1240,8 +1271,11 @@ class SAVE:
         +0.0018), at W1 1.041x / 1.042x / 1.069x the noise floor against 1.014x / 1.024x / 1.059x
         (benchmarks/README.md, "Spread calibration in the product").
         A pilot costs ``SPREAD_PILOT_CELLS`` cells of sampling per combination, once per model
-        and sampler settings (pilots are kept for the model's life, so later calls do not pay
-        again); a first call for a few cells of many combinations is several times slower. Not with
+        and sampler settings: ``train()`` draws those of the default settings (guidance, steps,
+        solver, precision) for up to ``SPREAD_TRAINED_PILOTS`` combinations, the ones with the most
+        kept cells, and the model directory keeps every pilot drawn before it is saved, so a call
+        at the defaults draws none. At other settings, a first call for a few cells of many
+        combinations is several times slower (``pysave info`` lists the kept pilots). Not with
         ``shift_from``. Recorded in ``uns["pysave"]`` (``spread_calibrated_cells``, or
         ``spread_skipped``, why not).
 
@@ -1772,6 +1806,11 @@ class SAVE:
         tensors["extra.latent_std"] = self.latent_std
         if getattr(self, "condition_latents", None) is not None:
             tensors.update({f"extra.condition_latent_{k}": torch.as_tensor(v) for k, v in self.condition_latents.items()})
+        # The spread calibration's kept pilots: their keys in config.json, their numbers as tensors.
+        pilots = sorted(self.__dict__.get("_spread_pilots", {}).items())
+        if pilots:
+            tensors["extra.spread_centre_scores"] = torch.as_tensor(np.stack([v[0] for _, v in pilots]))
+            tensors["extra.spread_factors"] = torch.as_tensor(np.stack([v[1] for _, v in pilots]))
         from importlib.metadata import version
 
         config = {
@@ -1788,6 +1827,7 @@ class SAVE:
             "training": self.training_summary,
             "history": self.history,
             "library_stats": self.library_stats,
+            "spread_pilots": [dict(zip(SPREAD_PILOT_KEY, key)) for key, _ in pilots],
         }
         return io.save_model_dir(path, config, tensors, overwrite=overwrite)
 
@@ -1816,6 +1856,11 @@ class SAVE:
             self.condition_latents = ({k[len("extra.condition_latent_"):]: v.numpy() for k, v in tensors.items()
                                        if k.startswith("extra.condition_latent_")}
                                       if "extra.condition_latent_means" in tensors else None)
+            pilots = config.get("spread_pilots", [])  # none in model directories saved before 2026-12-06
+            self._spread_pilots = {tuple(p[k] for k in SPREAD_PILOT_KEY): (scores.numpy(), factors.numpy()) for p, scores, factors
+                                   in zip(pilots, tensors.get("extra.spread_centre_scores", []), tensors.get("extra.spread_factors", []))}
+            if len(self._spread_pilots) != len(pilots):
+                raise ValueError(f"config.json lists {len(pilots)} spread pilots, the weights hold {len(self._spread_pilots)}")
             self.history = config.get("history", {})
             self.training_summary = config.get("training", {})
             self.is_trained = bool(config.get("is_trained", False))

@@ -102,7 +102,7 @@ def test_spread_factors_give_the_sampled_cells_the_training_variance():
     means = rng.normal(size=(4000, 3)) * [0.5, 2.0, 1.0] + 3.0  # decoder means: sd 0.5 and 2 on the two PCs
     samples = means + rng.normal(size=means.shape) * 0.3  # count noise, variance 0.09 on every PC
     centre, factors = spread_factors(means, samples, components, training_variance=np.array([1.0 + 0.09, 0.5]))
-    np.testing.assert_allclose(centre, means.mean(0), atol=1e-5)
+    np.testing.assert_allclose(centre, means.mean(0)[:2], atol=1e-5)  # the means' mean, as PC scores
     # PC 1 widened to variance 1 before the noise (factor 2); PC 2 already wider than asked: left at 1.
     np.testing.assert_allclose(factors, [2.0, 1.0], rtol=0.05)
     _, capped = spread_factors(means, samples, components, np.array([100.0, 0.5]))
@@ -126,7 +126,7 @@ def test_spread_widens_each_combination_along_its_pcs_only():
              "offset_basis": np.zeros((2, 3), np.float32), "offset_cells": np.array([5, 9])}
     calibration = Calibration(stats)
     components = np.array([[1.0, 0.0, 0.0]], np.float32)
-    calibration.set_spread(components, {0: (np.array([2.0, 2.0, 2.0], np.float32), np.array([1.5], np.float32))})
+    calibration.set_spread(components, {0: (np.array([2.0], np.float32), np.array([1.5], np.float32))})
     x = np.array([[3.0, 3.0, 3.0], [1.0, 1.0, 1.0], [3.0, 3.0, 3.0]], np.float32)
     calibration.apply(x, np.array([[0, 0], [0, 0], [1, 1]]))
     # Combination 0: the first gene's deviation from the centre 1.5x, the others untouched;
@@ -156,6 +156,8 @@ def test_generation_calibrates_the_spread_of_seen_combinations(trained):
     narrow = older.generate(SEEN, n_cells=300, seed=3, output="mean")
     assert narrow.uns["pysave"]["calibrated"] and narrow.uns["pysave"]["spread_calibrated_cells"] == 0
     assert "older pysave" in narrow.uns["pysave"]["spread_skipped"]
+    assert "widened along the model's expression PCs" in info["output_description"]
+    assert "widened" not in narrow.uns["pysave"]["output_description"]
     np.testing.assert_array_equal(out.obsm["X_save"], narrow.obsm["X_save"])
     assert _pc_variance(model, out.X) > 1.05 * _pc_variance(model, narrow.X)
     spread = np.linalg.norm(out.X - out.X.mean(0), axis=1).mean()
@@ -176,31 +178,91 @@ def test_spread_does_not_depend_on_the_rest_of_the_call(trained):
     np.testing.assert_array_equal(alone.X, both.X[:20])
 
 
-def test_spread_pilots_are_drawn_once_per_settings(trained):
-    """A second call at the same sampler settings reuses the pilot; other settings draw their own."""
+def _counting_sample_latents(monkeypatch) -> list:
+    """Patch pysave.model.sample_latents to record the number of rows of each call."""
     import pysave.model as model_module
 
-    model = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu")
     original, calls = model_module.sample_latents, []
 
     def counted(field, codes, *args, **kwargs):
         calls.append(len(codes))
         return original(field, codes, *args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(model_module, "sample_latents", counted)
-        first = model.generate(SEEN, n_cells=5, seed=1, output="mean")
-        assert calls == [SPREAD_PILOT_CELLS, 5]
-        again = model.generate(SEEN, n_cells=5, seed=1)
-        assert calls == [SPREAD_PILOT_CELLS, 5, 5]
-        model.generate(SEEN, n_cells=5, seed=1, guidance=2.0)
-        assert calls[-2:] == [SPREAD_PILOT_CELLS, 5]
-        with pytest.raises(PySaveError, match="torch_compile"):  # refused before any pilot is drawn
-            model.generate(SEEN, n_cells=5, seed=1, n_steps=3, torch_compile="yes")
-        assert calls[-2:] == [SPREAD_PILOT_CELLS, 5]
-    np.testing.assert_array_equal(first.obsm["X_save"], again.obsm["X_save"])
-    fresh = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu").generate(SEEN, n_cells=5, seed=1, output="mean")
-    np.testing.assert_array_equal(first.X, fresh.X)
+    monkeypatch.setattr(model_module, "sample_latents", counted)
+    return calls
+
+
+def test_spread_pilots_are_drawn_once_per_settings(trained, monkeypatch):
+    """Training drew the pilots of the default settings and the model directory keeps them; a
+    call at other settings draws its own once, and a second call at the same settings none."""
+    model = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu")
+    calls = _counting_sample_latents(monkeypatch)
+    first = model.generate(SEEN, n_cells=5, seed=1, output="mean")
+    assert calls == [5]  # no pilot: kept from training
+    model.generate(SEEN, n_cells=5, seed=1, guidance=2.0)
+    assert calls == [5, SPREAD_PILOT_CELLS, 5]
+    again = model.generate(SEEN, n_cells=5, seed=1, guidance=2.0, output="mean")
+    assert calls == [5, SPREAD_PILOT_CELLS, 5, 5]
+    with pytest.raises(PySaveError, match="torch_compile"):  # refused before any pilot is drawn
+        model.generate(SEEN, n_cells=5, seed=1, n_steps=3, torch_compile="yes")
+    assert calls == [5, SPREAD_PILOT_CELLS, 5, 5]
+    # Drawn now (no pilot kept), the default settings' pilots give the same cells as the kept ones.
+    model._spread_pilots.clear()
+    np.testing.assert_array_equal(first.X, model.generate(SEEN, n_cells=5, seed=1, output="mean").X)
+    assert calls[-2:] == [SPREAD_PILOT_CELLS, 5]
+    assert again.uns["pysave"]["spread_calibrated_cells"] == 5
+
+
+def test_training_draws_the_default_pilots_and_the_model_directory_keeps_them(trained, tmp_path, monkeypatch):
+    from pysave.calibration import SPREAD_TRAINED_PILOTS
+    from pysave.model import DEFAULT_GUIDANCE, DEFAULT_SOLVER, DEFAULT_STEPS
+
+    model = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu")  # saved right after training
+    stats = model.condition_latents
+    # The default settings' pilots of every combination the spread applies to (fewer than
+    # SPREAD_TRAINED_PILOTS here), and only those.
+    widened = {j for j in training_pc_variances(stats) if stats["offset_cells"][j] >= MIN_CALIBRATION_CELLS}
+    assert 0 < len(widened) < SPREAD_TRAINED_PILOTS
+    assert set(model._spread_pilots) == {(j, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_SOLVER, "32") for j in widened}
+    assert model.training_summary["spread_pilots"] == len(widened)
+    # Saved and loaded with the pilots drawn since (here guidance 2.5): the same keys and numbers.
+    model.generate(SEEN, n_cells=3, seed=0, guidance=2.5)
+    model.save(str(tmp_path / "m"))
+    loaded = pysave.SAVE.load(str(tmp_path / "m"), verbose=False, device="cpu")
+    assert loaded._spread_pilots.keys() == model._spread_pilots.keys() and len(model._spread_pilots) == len(widened) + 1
+    for key, (centre, factors) in model._spread_pilots.items():
+        np.testing.assert_array_equal(loaded._spread_pilots[key][0], centre)
+        np.testing.assert_array_equal(loaded._spread_pilots[key][1], factors)
+    calls = _counting_sample_latents(monkeypatch)
+    np.testing.assert_array_equal(loaded.generate(SEEN, n_cells=4, seed=5, guidance=2.5).X,
+                                  model.generate(SEEN, n_cells=4, seed=5, guidance=2.5).X)
+    assert calls == [4, 4]
+
+
+def test_training_draws_pilots_for_the_largest_combinations_only(trained, monkeypatch):
+    import pysave.model as model_module
+
+    stats = trained["model"].condition_latents
+    model = pysave.SAVE.load(trained["dir"], verbose=False, device="cpu")
+    model._spread_pilots = {}
+    monkeypatch.setattr(model_module, "SPREAD_TRAINED_PILOTS", 1)
+    assert model._train_spread_pilots() == 1
+    kept = np.bincount(stats["cell_groups"], minlength=len(stats["codes"]))
+    (key,) = model._spread_pilots
+    assert kept[key[0]] == max(kept[j] for j in training_pc_variances(stats) if stats["offset_cells"][j] >= MIN_CALIBRATION_CELLS)
+
+
+def test_a_model_directory_whose_pilots_do_not_match_is_refused(trained, tmp_path):
+    import json
+
+    from pysave.errors import ModelDirectoryError
+
+    path = trained["model"].save(str(tmp_path / "m"))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["spread_pilots"].append(dict(config["spread_pilots"][0], guidance=9.0))
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirectoryError, match="spread pilots"):
+        pysave.SAVE.load(path, verbose=False, device="cpu")
 
 
 def test_spread_is_skipped_with_shift_from(trained):

@@ -158,6 +158,7 @@ def test_info_blocks_and_json(trained, tmp_path):
     groups = np.bincount(trained["model"].condition_latents["cell_groups"], minlength=len(cells))
     widened = int(((groups >= 10) & (cells >= 3)).sum())
     assert 0 < widened < len(cells) and f"spread calibrated for {widened} of them (those with >= 10 kept" in r.output
+    assert f"spread pilots kept for {widened} combination(s) at guidance 1.5, 10 midpoint steps, precision 32" in r.output
     assert len(pd.read_csv(tmp_path / "b.tsv", sep="\t")) == 300
     r = run("info", trained["dir"], "--json")
     assert r.exit_code == 0 and '"format_version": 1' in r.output

@@ -159,7 +159,8 @@
 #'   provenance says so: `calibrated`, `calibrated_cells`). Calibration also widens each such
 #'   combination with at least 10 kept training cells towards its training cells' spread, by
 #'   per-PC factors from one pilot draw of 256 cells per combination (fixed seed, the call's
-#'   sampler settings; kept for later calls in the same session): the decoder alone gives about
+#'   sampler settings; those of the default settings are drawn by training and kept in the model
+#'   directory, others once per session): the decoder alone gives about
 #'   two-thirds of the real spread (`spread_calibrated_cells`, or `spread_skipped`, why not; not
 #'   with `shift_from`). CLI `--no-calibrate`.
 #' @param torch_compile `TRUE` compiles the flow's Transformer with `torch.compile` for this call:
