@@ -1,19 +1,20 @@
-"""The spread calibration on splits that played no part in choosing it (benchmark diagnostic, not a test).
+"""The spread calibration and its variants, on splits that played no part in choosing it (benchmark
+diagnostic, not a test).
 
-    .venv/bin/python benchmarks/try_spread_heldout.py --dataset pbmc_3tech --seed 4 --model-dir DIR [--epochs 60]
+    .venv/bin/python benchmarks/try_spread_variants.py --dataset pbmc_3tech --seed 4 --model-dir DIR [--epochs 60]
 
 The product's spread calibration (30 PCs, factors capped at 2, pilots of 256 cells) was chosen on
 the generation sets' splits of seeds 0-3 ("Spread calibration in expression space"). This trains
 the harness's model (``eval_generation.trained_model``: the fast network, ``--epochs``; kept in
-``--model-dir``) on a split of another seed and generates the test cells' combinations at the
-product's defaults:
+``--model-dir``, and loaded from there when kept) on the split of ``--seed`` (4 and up were not
+used to choose) and generates the test cells' combinations at the product's defaults:
 - "default": the product (offsets, then the spread);
 - "offsets only": the spread turned off (``SAVE._spread_plan`` draws no pilot and sets no factors);
 - "cap 1.5" / "cap 3": the factors capped at 1.5 or 3 instead of 2;
 - "pilot 128": pilots of 128 cells instead of 256 (half the pilots' cost).
 Each variant starts without kept pilots, and its first call is timed (pilots included).
-Writes results/spread_heldout_<dataset>_s<seed>.json (benchmarks/README.md, "Spread calibration
-on held-out splits").
+Writes results/spread_variants_<dataset>_s<seed>.json (benchmarks/README.md, "Spread calibration
+on splits not used to choose it").
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def run(dataset, seed, epochs, model_dir) -> dict:
         print(f"{dataset} s{seed} {name}: {seconds[name]:.1f} s", flush=True)
     return eval_generation.scored_result(model_dir, dataset, seed, train[:, model.genes].copy(), test[:, model.genes].copy(),
                                          keys, sets, epochs=epochs, train_seconds=train_seconds, sampling=SAMPLING,
-                                         first_call_seconds=seconds, cells=int(test.n_obs))
+                                         first_call_seconds=seconds, cells=int(test.n_obs),
+                                         split_used_to_choose_the_defaults=seed < 4)
 
 
 def main():
@@ -81,7 +83,7 @@ def main():
     import eval_generation
 
     r = run(args.dataset, args.seed, eval_generation.epochs_arg(args.epochs), args.model_dir)
-    path = os.path.join(HERE, "results", f"spread_heldout_{args.dataset}_s{args.seed}.json")
+    path = os.path.join(HERE, "results", f"spread_variants_{args.dataset}_s{args.seed}.json")
     with open(path + ".tmp", "w") as fh:
         json.dump(r, fh, indent=1)
     os.replace(path + ".tmp", path)
