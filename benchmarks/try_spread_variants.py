@@ -11,7 +11,10 @@ used to choose) and generates the test cells' combinations at the product's defa
 - "default": the product (offsets, then the spread);
 - "offsets only": the spread turned off (``SAVE._spread_plan`` draws no pilot and sets no factors);
 - "cap 1.5" / "cap 3": the factors capped at 1.5 or 3 instead of 2;
-- "pilot 128": pilots of 128 cells instead of 256 (half the pilots' cost).
+- "pilot 128": pilots of 128 cells instead of 256 (half the pilots' cost);
+- "narrow 0.5" / "narrow 0.5, cap 1.5": factors between 0.5 and 2 (or 1.5), so that the PCs where
+  the pilot's sampled cells are wider than the training cells are narrowed too (the product
+  only widens).
 Each variant starts without kept pilots, and its first call is timed (pilots included).
 Writes results/spread_variants_<dataset>_s<seed>.json (benchmarks/README.md, "Spread calibration
 on splits not used to choose it").
@@ -32,14 +35,16 @@ def variants(model_module):
     """(name, patches) with patches a list of (object, attribute, value) to set during the call."""
     original = model_module.spread_factors
 
-    def capped(cap):
-        return lambda *args, **kwargs: original(*args, **{**kwargs, "max_factor": cap})
+    def capped(cap, floor=1.0):
+        return lambda *args, **kwargs: original(*args, **{**kwargs, "max_factor": cap, "min_factor": floor})
 
     return [("default", []),
             ("offsets only", [(model_module.SAVE, "_spread_plan", lambda self, *args, **kwargs: {})]),
             ("cap 1.5", [(model_module, "spread_factors", capped(1.5))]),
             ("cap 3", [(model_module, "spread_factors", capped(3.0))]),
-            ("pilot 128", [(model_module, "SPREAD_PILOT_CELLS", 128)])]
+            ("pilot 128", [(model_module, "SPREAD_PILOT_CELLS", 128)]),
+            ("narrow 0.5", [(model_module, "spread_factors", capped(2.0, 0.5))]),
+            ("narrow 0.5, cap 1.5", [(model_module, "spread_factors", capped(1.5, 0.5))])]
 
 
 def run(dataset, seed, epochs, model_dir) -> dict:

@@ -108,19 +108,21 @@ def training_pc_variances(stats: dict, min_cells: int = SPREAD_MIN_CELLS) -> dic
 
 
 def spread_factors(means: np.ndarray, samples: np.ndarray, components: np.ndarray, training_variance: np.ndarray,
-                   max_factor: float = SPREAD_MAX_FACTOR) -> tuple[np.ndarray, np.ndarray]:
+                   max_factor: float = SPREAD_MAX_FACTOR, min_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(centre's PC scores, per-PC factors) from a pilot draw of one combination: its decoder means
     and the cells sampled around them (log1p(CP10k), cells x genes), the centre being the means'
     mean. A factor f scales the decoder means' deviation from the centre along its PC so that the
     sampled cells' variance there becomes the
     training cells': f^2 = (training - count noise) / decoder-mean variance, the count noise being
-    what sampling adds to the decoder means' variance; f is kept in [1, max_factor]."""
+    what sampling adds to the decoder means' variance; f is kept in [min_factor, max_factor]
+    (``min_factor`` < 1 also narrows the PCs where the sampled cells are wider than the training
+    cells)."""
     centre = means.mean(0)
     components = np.asarray(components, np.float64)
     mean_var = ((means - centre) @ components.T).var(0, ddof=1)
     sample_var = ((samples - samples.mean(0)) @ components.T).var(0, ddof=1)
     wanted = training_variance - np.maximum(sample_var - mean_var, 0.0)
-    factors = np.sqrt(np.clip(wanted / np.maximum(mean_var, 1e-8), 1.0, max_factor ** 2))
+    factors = np.sqrt(np.clip(wanted / np.maximum(mean_var, 1e-8), min_factor ** 2, max_factor ** 2))
     # Only the centre's PC scores enter the widening: 30 numbers a model directory can keep.
     return (centre @ components.T).astype(np.float32), factors.astype(np.float32)
 
