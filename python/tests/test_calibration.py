@@ -109,7 +109,7 @@ def test_spread_factors_give_the_sampled_cells_the_training_variance():
     assert capped[0] == np.float32(SPREAD_MAX_FACTOR)
     # With min_factor below 1, a PC wider than the training cells' is narrowed: 0.75^2 x 4 + 0.09.
     _, narrowed = spread_factors(means, samples, components, np.array([1.09, 0.5625 * 4 + 0.09]), min_factor=0.5)
-    np.testing.assert_allclose(narrowed, [1.0, 0.75], rtol=0.05)
+    np.testing.assert_allclose(narrowed, [2.0, 0.75], rtol=0.05)
     _, floored = spread_factors(means, samples, components, np.array([1.09, 0.01]), min_factor=0.5)
     assert floored[1] == np.float32(0.5)
 
