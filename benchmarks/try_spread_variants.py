@@ -2,6 +2,7 @@
 diagnostic, not a test).
 
     .venv/bin/python benchmarks/try_spread_variants.py --dataset pbmc_3tech --seed 4 --model-dir DIR [--epochs 60]
+    .venv/bin/python benchmarks/try_spread_variants.py --table      # the results so far, as markdown
 
 The product's spread calibration (30 PCs, factors capped at 2, pilots of 256 cells) was chosen on
 the generation sets' splits of seeds 0-3 ("Spread calibration in expression space"). This trains
@@ -77,7 +78,36 @@ def run(dataset, seed, epochs, model_dir) -> dict:
                                          split_used_to_choose_the_defaults=seed < 4)
 
 
+def table() -> str:
+    """A markdown table over results/spread_variants_*.json: per dataset and kind of split (the
+    seeds used to choose the defaults, or not), each variant's mean W1 / floor and MMD minus the
+    Gaussian's MMD over the seeds, and on how many seeds that MMD is under the Gaussian's."""
+    import glob
+
+    import numpy as np
+
+    results = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(HERE, "results", "spread_variants_*.json")))]
+    names = [name for name, _ in variants(type("m", (), {"spread_factors": None, "SAVE": None}))]
+    lines = ["| set | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for dataset in sorted({r["dataset"] for r in results}):
+        for chosen in (True, False):
+            rs = [r for r in results if r["dataset"] == dataset and r["split_used_to_choose_the_defaults"] == chosen]
+            if not rs:
+                continue
+            cells = []
+            for name in names:
+                w1 = np.mean([r[name]["W1"] / r["floor"]["W1"] for r in rs])
+                mmd = [r[name]["MMD"] - r["gaussian"]["MMD"] for r in rs]
+                cells.append(f"{w1:.3f}x, {np.mean(mmd):+.4f} ({sum(m < 0 for m in mmd)}/{len(rs)})")
+            seeds = ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+            lines.append(f"| {dataset} | {seeds}{' (chose)' if chosen else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main():
+    if sys.argv[1:] == ["--table"]:
+        print(table())
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="pbmc_3tech")
     p.add_argument("--seed", type=int, default=4)
