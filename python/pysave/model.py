@@ -1074,7 +1074,8 @@ class SAVE:
                 if tuple(int(v) for v in stats["codes"][j]) in calibration.index][:SPREAD_TRAINED_PILOTS]
         weight = DEFAULT_GUIDANCE if self._unconditional_field_trained() else 1.0  # as _guidance_plan's "auto"
         components = np.asarray(stats["pc_components"], np.float32)
-        self._log(f"drawing the spread calibration's pilots of {len(seen)} combination(s) at generation's default settings")
+        if seen:
+            self._log(f"drawing the spread calibration's pilots of {len(seen)} combination(s) at generation's default settings")
         for j in seen:
             key = (int(j), float(weight), DEFAULT_STEPS, DEFAULT_SOLVER, self._precision("auto"))
             self._spread_pilots[key] = self._spread_pilot(key, calibration, components, variances[j])
@@ -1857,10 +1858,10 @@ class SAVE:
                                        if k.startswith("extra.condition_latent_")}
                                       if "extra.condition_latent_means" in tensors else None)
             pilots = config.get("spread_pilots", [])  # none in model directories saved before 2026-12-06
-            self._spread_pilots = {tuple(p[k] for k in SPREAD_PILOT_KEY): (scores.numpy(), factors.numpy()) for p, scores, factors
-                                   in zip(pilots, tensors.get("extra.spread_centre_scores", []), tensors.get("extra.spread_factors", []))}
-            if len(self._spread_pilots) != len(pilots):
-                raise ValueError(f"config.json lists {len(pilots)} spread pilots, the weights hold {len(self._spread_pilots)}")
+            scores, factors = (tensors.get(f"extra.spread_{k}", torch.zeros(0)) for k in ("centre_scores", "factors"))
+            self._spread_pilots = {tuple(p[k] for k in SPREAD_PILOT_KEY): (s.numpy(), f.numpy()) for p, s, f in zip(pilots, scores, factors)}
+            if not len(self._spread_pilots) == len(pilots) == len(scores) == len(factors):
+                raise ValueError(f"config.json lists {len(pilots)} distinct spread pilots, the weights hold {len(scores)}")
             self.history = config.get("history", {})
             self.training_summary = config.get("training", {})
             self.is_trained = bool(config.get("is_trained", False))
