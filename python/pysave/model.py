@@ -660,7 +660,9 @@ class SAVE:
         self.is_trained = True
         self._spread_pilots = {}  # pilots of the weights before are stale
         if dist_utils.is_main_process():  # the only process that saves
+            start = time.perf_counter()
             self.training_summary["spread_pilots"] = self._train_spread_pilots()
+            self.training_summary["spread_pilot_seconds"] = time.perf_counter() - start
         return self
 
     # ------------------------------------------------------------------ internals

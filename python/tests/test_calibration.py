@@ -229,7 +229,7 @@ def test_training_draws_the_default_pilots_and_the_model_directory_keeps_them(tr
     widened = {j for j in training_pc_variances(stats) if stats["offset_cells"][j] >= MIN_CALIBRATION_CELLS}
     assert 0 < len(widened) < SPREAD_TRAINED_PILOTS
     assert set(model._spread_pilots) == {(j, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_SOLVER, "32") for j in widened}
-    assert model.training_summary["spread_pilots"] == len(widened)
+    assert model.training_summary["spread_pilots"] == len(widened) and model.training_summary["spread_pilot_seconds"] > 0
     # Saved and loaded with the pilots drawn since (here guidance 2.5): the same keys and numbers.
     model.generate(SEEN, n_cells=3, seed=0, guidance=2.5)
     model.save(str(tmp_path / "m"))
