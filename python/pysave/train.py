@@ -21,6 +21,12 @@ from . import distributed as dist_utils
 from .errors import PySaveError
 
 PRECISIONS = ("32", "bf16")
+# torch.compile keeps one compiled version per network shape and mode on the code of pysave's
+# Transformer.forward, which the VAE's encoder and decoder and the flow share; past dynamo's
+# recompile_limit (8) it runs that code uncompiled without an error, so after a few compiled
+# trainings and generations in one process torch_compile=True silently stopped paying. Inside a
+# compiled() block the limit is raised to this.
+COMPILE_RECOMPILE_LIMIT = 64
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -74,8 +80,9 @@ def compiled(modules: list[torch.nn.Module], enabled: bool, device: torch.device
         if task == "train" else "compiling the flow's Transformer with torch.compile for its first chunk "
         "(~20 s on 2 CPU cores unless torch's cache holds it)")
     saved_path = os.environ.get("CPLUS_INCLUDE_PATH")
+    limit = max(torch._dynamo.config.recompile_limit, COMPILE_RECOMPILE_LIMIT)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch._dynamo.config.patch(recompile_limit=limit):
             if headers:
                 # Embedded Pythons (R's reticulate) report the venv as their base, so inductor looks
                 # for Python.h there and warns; the compiler finds the real headers on this path.

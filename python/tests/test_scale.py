@@ -289,6 +289,26 @@ def test_compiled_generation_matches_eager_is_recorded_and_undone(monkeypatch, t
     assert not refused.exists()  # refused before any file was begun
 
 
+def test_compiled_generation_still_compiles_past_dynamos_recompile_limit(monkeypatch):
+    """Each network shape adds a compiled version to the code of pysave's Transformer.forward;
+    past torch._dynamo's recompile_limit dynamo runs it uncompiled without an error. compiled()
+    raises the limit while it runs: with the limit at 1, a second network still compiles."""
+    import torch._dynamo
+
+    adata = ad.read_h5ad(shared_file(PBMC))
+    cell_type = str(adata.obs["cell_type"].iloc[0])
+    kw = dict(n_cells=40, seed=5, output="mean")
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    first = _model(adata.copy()).train(**QUICK)
+    first.generate({"cell_type": cell_type}, **kw, torch_compile=True)  # takes the one version allowed
+    second = _model(adata.copy(), flow_layers=2).train(**QUICK)  # another shape: a second version
+    eager = second.generate({"cell_type": cell_type}, **kw)
+    fast = second.generate({"cell_type": cell_type}, **kw, torch_compile=True)
+    assert not np.array_equal(fast.obsm["X_save"], eager.obsm["X_save"])  # the compiled code ran
+    np.testing.assert_allclose(fast.obsm["X_save"], eager.obsm["X_save"], atol=1e-3)
+    assert torch._dynamo.config.recompile_limit == 1  # put back
+
+
 def _saved(model: SAVE, tmp_path) -> str:
     path = str(tmp_path / "model")
     model.save(path)
