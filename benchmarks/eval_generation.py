@@ -270,11 +270,10 @@ def trained_model(dataset, seed, epochs, params, train, keys, batch_key, model_d
             prep = model._prepare(train)
             pcs, positions = expression_pcs(prep, model.scalers, seed)
             stats.update({**pcs, **kept_shift_cells(model._encode(prep)[0], positions, prep.codes, seed)})
-        if not model.__dict__.get("_spread_pilots"):
+        if not model._spread_pilots:
             # Kept before train() drew the spread calibration's pilots (2026-12-06, eighth session):
             # draw them as train() does now (the same pilots a call would draw, so the same cells),
             # so that the sampling rate is the product's, not a first call's.
-            model._spread_pilots = {}
             model._train_spread_pilots()
         return model, model.training_summary.get("wall_seconds", float("nan"))
     pysave.SAVE.setup_anndata(train, keys, batch_key=batch_key)

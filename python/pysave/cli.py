@@ -466,7 +466,7 @@ def info(model_dir, blocks_out, as_json, overwrite):
         if "cell_positions" in stats:
             widened = sum(1 for j in training_pc_variances(stats) if stats["offset_cells"][j] >= MIN_CALIBRATION_CELLS)
             click.echo(f"  spread calibrated for {widened} of them (those with >= {SPREAD_MIN_CELLS} kept training cells)")
-        settings = Counter(key[1:] for key in model.__dict__.get("_spread_pilots", {}))
+        settings = Counter(key[1:] for key in model._spread_pilots)
         for (w, steps, solver, precision), n in sorted(settings.items()):
             click.echo(f"  spread pilots kept for {n} combination(s) at guidance {w:g}, {steps} {solver} steps, "
                        f"precision {precision} (generation at these settings draws none for them)")

@@ -360,6 +360,7 @@ class SAVE:
         self.history: dict = {}
         self.training_summary: dict = {}
         self.is_trained = False
+        self._spread_pilots: dict = {}  # {SPREAD_PILOT_KEY values: spread_factors' (centre scores, factors)}
         torch.manual_seed(self.params["seed"])
         self._build_networks()
 
@@ -1018,11 +1019,7 @@ class SAVE:
         if calibration is None:
             return {}
         stats = self.condition_latents
-        why = ("shift_from places the cells by another combination's draw" if shift is not None
-               else "this model directory has no training cells' positions (saved by an older pysave)"
-               if "cell_positions" not in stats else
-               "this model directory has no library-size statistics to draw a pilot's counts"
-               if not getattr(self, "library_stats", None) else None)
+        why = "shift_from places the cells by another combination's draw" if shift is not None else self._spread_unavailable()
         if why:
             return {"spread_calibrated_cells": 0, "spread_skipped": why}
         variances = training_pc_variances(stats)
@@ -1035,7 +1032,7 @@ class SAVE:
         spread = {}
         # Pilots are kept with the model (cleared by train(), which then draws the default settings'
         # ones; saved in the model directory): a second call at the same settings draws none.
-        cache = self.__dict__.setdefault("_spread_pilots", {})
+        cache = self._spread_pilots
         fresh = sum(key not in cache for key in keys.values())
         if fresh and self.verbose:
             self._log(f"calibrating the spread of {fresh} combination(s) on pilot draws of {SPREAD_PILOT_CELLS} cells")
@@ -1062,24 +1059,33 @@ class SAVE:
         samples = self._output_sampler("sample", SPREAD_PILOT_SEED)(means.copy(), pilot)
         return spread_factors(means, samples, components, training_variance)
 
+    def _spread_unavailable(self) -> str | None:
+        """Why this model cannot calibrate the spread of any call (a calibrated one), or None."""
+        if "cell_positions" not in self.condition_latents:
+            return "this model directory has no training cells' positions (saved by an older pysave)"
+        if not getattr(self, "library_stats", None):
+            return "this model directory has no library-size statistics to draw a pilot's counts"
+        return None
+
     def _train_spread_pilots(self) -> int:
         """Draw the pilots of generation's default sampler settings for the ``SPREAD_TRAINED_PILOTS``
         combinations with the most kept cells (the model directory keeps them, so a default call
         after training or loading draws none); returns how many were drawn."""
-        stats = self.condition_latents or {}
-        if missing_reason(stats, self.params["likelihood"]) or "cell_positions" not in stats or not self.library_stats:
+        stats = self.condition_latents
+        if missing_reason(stats, self.params["likelihood"]) or self._spread_unavailable():
             return 0
         variances = training_pc_variances(stats)
-        kept = np.bincount(np.asarray(stats["cell_groups"]), minlength=len(stats["codes"]))
         calibration = Calibration(stats)
-        seen = [j for j in sorted(variances, key=lambda j: (-kept[j], j))
-                if tuple(int(v) for v in stats["codes"][j]) in calibration.index][:SPREAD_TRAINED_PILOTS]
-        weight = DEFAULT_GUIDANCE if self._unconditional_field_trained() else 1.0  # as _guidance_plan's "auto"
+        # The combinations a call would widen (_spread_plan): calibrated, and with a training variance.
+        seen = [int(j) for j in calibration.combinations(np.asarray(stats["codes"])) if j >= 0 and int(j) in variances]
+        kept = np.bincount(np.asarray(stats["cell_groups"]), minlength=len(stats["codes"]))
+        seen = sorted(seen, key=lambda j: (-kept[j], j))[:SPREAD_TRAINED_PILOTS]
+        weight, _ = self._guidance_plan(None, np.asarray(stats["codes"]), [])  # "auto": every row seen
         components = np.asarray(stats["pc_components"], np.float32)
         if seen:
             self._log(f"drawing the spread calibration's pilots of {len(seen)} combination(s) at generation's default settings")
         for j in seen:
-            key = (int(j), float(weight), DEFAULT_STEPS, DEFAULT_SOLVER, self._precision("auto"))
+            key = (j, float(weight), DEFAULT_STEPS, DEFAULT_SOLVER, self._precision("auto"))
             self._spread_pilots[key] = self._spread_pilot(key, calibration, components, variances[j])
         return len(seen)
 
@@ -1810,7 +1816,7 @@ class SAVE:
         if getattr(self, "condition_latents", None) is not None:
             tensors.update({f"extra.condition_latent_{k}": torch.as_tensor(v) for k, v in self.condition_latents.items()})
         # The spread calibration's kept pilots: their keys in config.json, their numbers as tensors.
-        pilots = sorted(self.__dict__.get("_spread_pilots", {}).items())
+        pilots = sorted(self._spread_pilots.items())
         if pilots:
             tensors["extra.spread_centre_scores"] = torch.as_tensor(np.stack([v[0] for _, v in pilots]))
             tensors["extra.spread_factors"] = torch.as_tensor(np.stack([v[1] for _, v in pilots]))
