@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -409,29 +408,57 @@ class LogMeanInverter:
 
 
 _INVERTER: LogMeanInverter | None = None
-# Rows per pass of sample_counts: its float64 temporaries (rows x genes x 8 bytes) then stay in the
-# CPU's cache instead of being allocated and faulted in for the whole chunk (4,096 x 2,000 genes:
-# 65 MB each). The random streams are consumed in the same order, so the values do not change.
-SAMPLE_BLOCK_ROWS = 256
-# Threads computing the rates ahead of the (sequential) count draws: the draws must consume each
-# random stream in cell order, the rates need not.
+# Cells per run of the count draws. Each run of COUNT_STREAM_ROWS consecutive cells of a call has
+# its own random streams, keyed by the call's seed and the run's index, so runs are drawn on
+# several threads at once and the values depend neither on the number of threads nor on how the
+# cells are chunked. Its float64 temporaries (rows x genes x 8 bytes) stay in the CPU's cache.
+# Changing it changes every sampled value.
+COUNT_STREAM_ROWS = 256
+# Threads drawing runs at once (at most the CPU count).
 SAMPLE_WORKERS = 8
 
 
+class CountStreams:
+    """The random streams of one call's count draws, handed out run by run as cells come.
+
+    Run ``r`` (cells ``r * COUNT_STREAM_ROWS`` to the next run's first, counted from the call's
+    first cell) draws its Poisson part from ``default_rng([seed, 102, r])`` and the negative
+    binomial's Gamma part from ``default_rng([seed, 103, r])``, each consumed cell by cell. A
+    run cut by a chunk's end goes on in the next chunk with the same streams, so chunks of any
+    size give the same values."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.position = 0  # cells handed out so far
+        self._open: tuple | None = None  # (run index, Poisson stream, Gamma stream) of a run cut by a chunk's end
+
+    def take(self, n: int) -> list[tuple[slice, np.random.Generator, np.random.Generator]]:
+        """(rows of the next ``n`` cells, Poisson stream, Gamma stream) for each run they touch."""
+        runs, start, stop = [], self.position, self.position + int(n)
+        for run in range(start // COUNT_STREAM_ROWS, -(-stop // COUNT_STREAM_ROWS)):
+            first, end = run * COUNT_STREAM_ROWS, (run + 1) * COUNT_STREAM_ROWS
+            if self._open is not None and self._open[0] == run:
+                streams = self._open[1:]
+            else:
+                streams = tuple(np.random.default_rng([self.seed, k, run]) for k in (102, 103))
+            self._open = (run, *streams) if stop < end else None
+            runs.append((slice(max(start, first) - start, min(stop, end) - start), *streams))
+        self.position = stop
+        return runs
+
+
 def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd: np.ndarray,
-                  lib_rng: np.random.Generator, count_rng: np.random.Generator,
-                  theta: np.ndarray | None = None, gamma_rng: np.random.Generator | None = None,
-                  rates: str = "fraction", block_rows: int | None = None) -> np.ndarray:
+                  lib_rng: np.random.Generator, streams: CountStreams, theta: np.ndarray | None = None,
+                  rates: str = "fraction") -> np.ndarray:
     """Counts drawn around a decoder mean, returned as log1p(CP10k).
 
-    Library L ~ logNormal(mean, sd). ``rates="fraction"``: expression fractions
-    p = expm1(mean) / sum(expm1(mean)) and rates p L (right when the mean is on the count scale,
-    as the negative binomial decoder's); ``"log_mean"``: the rates whose expected log1p(CP10k)
-    equals the mean (``LogMeanInverter``; right for decoders of log-normalized values).
-    Counts ~ Poisson(rate), or negative binomial with inverse dispersion ``theta`` (Gamma-Poisson,
-    ``gamma_rng`` drawing the Gamma part). Each random stream is consumed row by row in order,
-    so results do not depend on how cells are chunked. Rows go through in blocks of
-    ``block_rows`` (default ``SAMPLE_BLOCK_ROWS``), which changes nothing but the speed.
+    Library L ~ logNormal(mean, sd), from ``lib_rng`` in cell order. ``rates="fraction"``:
+    expression fractions p = expm1(mean) / sum(expm1(mean)) and rates p L (right when the mean
+    is on the count scale, as the negative binomial decoder's); ``"log_mean"``: the rates whose
+    expected log1p(CP10k) equals the mean (``LogMeanInverter``; right for decoders of
+    log-normalized values). Counts ~ Poisson(rate), or negative binomial with inverse dispersion
+    ``theta`` (Gamma-Poisson), from ``streams`` run by run (:class:`CountStreams`); calls for
+    consecutive chunks of cells give the values of one call for all of them.
     """
     global _INVERTER
     lib = np.exp(log_lib_mean + log_lib_sd * lib_rng.standard_normal(len(lognorm_mean)))
@@ -440,32 +467,28 @@ def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd
     if rates == "log_mean" and _INVERTER is None:
         _INVERTER = LogMeanInverter()
 
-    def rates_of(block: slice) -> np.ndarray:
+    def rates_of(rows: slice) -> np.ndarray:
         if rates == "log_mean":
-            return _INVERTER.rates(lognorm_mean[block], lib[block])
-        expr = np.expm1(np.asarray(lognorm_mean[block], dtype=np.float64)).clip(min=0.0)
+            return _INVERTER.rates(lognorm_mean[rows], lib[rows])
+        expr = np.expm1(np.asarray(lognorm_mean[rows], dtype=np.float64)).clip(min=0.0)
         total = expr.sum(1, keepdims=True)
         total[total <= 0] = 1.0
-        return expr / total * lib[block, None]
+        return expr / total * lib[rows, None]
 
     out = np.empty(np.shape(lognorm_mean), dtype=np.float32)
-    step = int(block_rows or SAMPLE_BLOCK_ROWS)
-    blocks = [slice(start, start + step) for start in range(0, len(out), step)]
-    workers = max(1, min(SAMPLE_WORKERS, os.cpu_count() or 1, len(blocks) - 1))
+
+    def draw(run: tuple) -> None:
+        rows, count_rng, gamma_rng = run
+        out[rows] = draw_counts(rates_of(rows), count_rng, theta, gamma_rng)
+
+    runs = streams.take(len(out))
+    workers = max(1, min(SAMPLE_WORKERS, os.cpu_count() or 1, len(runs)))
     if workers == 1:
-        for block in blocks:
-            out[block] = draw_counts(rates_of(block), count_rng, theta, gamma_rng)
-        return out
-    # The rates (numpy's interp lets go of the GIL) are computed a few blocks ahead by a thread
-    # pool while this thread draws the counts block after block, in order: the streams are
-    # consumed as in one pass, so the values do not depend on the number of threads.
-    with ThreadPoolExecutor(workers) as pool:
-        pending = deque(pool.submit(rates_of, block) for block in blocks[:2 * workers])
-        for i, block in enumerate(blocks):
-            rate = pending.popleft().result()
-            if i + 2 * workers < len(blocks):
-                pending.append(pool.submit(rates_of, blocks[i + 2 * workers]))
-            out[block] = draw_counts(rate, count_rng, theta, gamma_rng)
+        for run in runs:
+            draw(run)
+    else:  # numpy's draws and interp let go of the GIL; each run has its own streams
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(draw, runs))
     return out
 
 

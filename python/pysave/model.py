@@ -927,12 +927,13 @@ class SAVE:
     def _output_sampler(self, output: str, seed: int):
         """A function (log-normalized decoder means, codes) -> X of the requested output kind.
 
-        Sampling uses its own random streams, seeded by ``seed`` and consumed cell by cell, so
-        the result does not depend on the chunk size and the flow's latents stay the same as
-        with output="mean"."""
+        Sampling uses its own random streams, seeded by ``seed``: library sizes from one stream
+        consumed cell by cell, counts from one stream per run of cells (:class:`data.CountStreams`,
+        drawn on several threads), so the result does not depend on the chunk size or the
+        number of threads, and the flow's latents stay the same as with output="mean"."""
         if output == "mean":
             return lambda x, codes: x
-        streams = [np.random.default_rng([int(seed), k]) for k in (101, 102, 103)]
+        library_rng, count_streams = np.random.default_rng([int(seed), 101]), D.CountStreams(seed)
         theta = None
         if self.params["likelihood"] == "nb":
             theta = self.vae.log_theta.detach().exp().cpu().numpy().astype(np.float64)
@@ -942,7 +943,7 @@ class SAVE:
 
         def sample(x, codes):
             mean, sd = D.library_parameters(self.library_stats, codes, self._scaler_index(codes))
-            return D.sample_counts(x, mean, sd, streams[0], streams[1], theta, streams[2], rates=rates)
+            return D.sample_counts(x, mean, sd, library_rng, count_streams, theta, rates=rates)
 
         return sample
 

@@ -42,7 +42,7 @@ def test_sample_counts_follow_the_mean_and_the_library_size():
 
     def draw(log_lib):
         n = len(lognorm)
-        return D.sample_counts(lognorm, np.full(n, log_lib), np.full(n, 0.2), np.random.default_rng(2), np.random.default_rng(3))
+        return D.sample_counts(lognorm, np.full(n, log_lib), np.full(n, 0.2), np.random.default_rng(2), D.CountStreams(3))
 
     shallow, deep = draw(np.log(500)), draw(np.log(50_000))
     assert shallow.dtype == np.float32 and (shallow >= 0).all()
@@ -52,7 +52,7 @@ def test_sample_counts_follow_the_mean_and_the_library_size():
     assert np.expm1(shallow).sum(1) == pytest.approx(1e4, rel=1e-4)  # each cell is re-normalized to CP10k
     # Negative binomial with a small theta is noisier than Poisson at the same depth.
     nb = D.sample_counts(lognorm, np.full(400, np.log(50_000)), np.full(400, 0.2), np.random.default_rng(2),
-                         np.random.default_rng(3), theta=np.full(500, 0.5), gamma_rng=np.random.default_rng(4))
+                         D.CountStreams(3), theta=np.full(500, 0.5))
     assert nb.var(0).mean() > 2 * deep.var(0).mean()
     # Genes with theta = inf stay Poisson (a dispersion fit may leave some genes there).
     theta = np.where(np.arange(200) % 2 == 0, 0.5, np.inf)
@@ -83,9 +83,9 @@ def test_log_mean_sampling_keeps_the_per_gene_log_means():
     real = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
     target = np.tile(real.mean(0), (3000, 1))
     n = len(target)
-    args = (np.full(n, np.log(library)), np.zeros(n), np.random.default_rng(1), np.random.default_rng(2))
-    matched = D.sample_counts(target, *args, rates="log_mean")
-    naive = D.sample_counts(target, *args, rates="fraction")
+    args = (np.full(n, np.log(library)), np.zeros(n), np.random.default_rng(1))
+    matched = D.sample_counts(target, *args, D.CountStreams(2), rates="log_mean")
+    naive = D.sample_counts(target, *args, D.CountStreams(2), rates="fraction")
     err = lambda x: np.abs(x.mean(0) - real.mean(0)).mean()  # noqa: E731
     assert err(matched) < 0.3 * err(naive)
     assert abs((matched == 0).mean() - (real == 0).mean()) < 0.02
@@ -1005,13 +1005,14 @@ def test_string_dtype_obs_and_var_are_written_as_plain_strings(trained, tmp_path
     assert ad.read_h5ad(tmp_path / "g.h5ad").n_obs == 4
 
 
-def test_count_sampling_in_row_blocks_gives_the_same_values(monkeypatch):
-    """sample_counts goes through rows in blocks (for the cache), their rates computed by threads
-    ahead of the draws; the values must be those of one pass over all rows, as the code drew them
-    before, in both rate modes and with the NB's Gamma, whatever the blocks and threads."""
+def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(monkeypatch):
+    """sample_counts draws each run of COUNT_STREAM_ROWS cells from its own streams, keyed by
+    (seed, 102 or 103, run), on several threads: the values must be those of drawing the runs one
+    after the other in a single call, in both rate modes and with the NB's Gamma, whatever the
+    number of threads and however the cells are cut into consecutive calls."""
 
-    def one_pass(lognorm, lib_mean, lib_sd, seeds, theta=None, rates="fraction"):  # the former code
-        lib = np.exp(lib_mean + lib_sd * np.random.default_rng(seeds[0]).standard_normal(len(lognorm)))
+    def reference(lognorm, lib_mean, lib_sd, seed, theta=None, rates="fraction"):  # runs in order, one thread
+        lib = np.exp(lib_mean + lib_sd * np.random.default_rng(1).standard_normal(len(lognorm)))
         if rates == "log_mean":
             rate = D.LogMeanInverter().rates(lognorm, lib)
         else:
@@ -1019,26 +1020,31 @@ def test_count_sampling_in_row_blocks_gives_the_same_values(monkeypatch):
             total = expr.sum(1, keepdims=True)
             total[total <= 0] = 1.0
             rate = expr / total * lib[:, None]
-        counts_rng, gamma_rng = np.random.default_rng(seeds[1]), np.random.default_rng(seeds[2])
-        if theta is not None:
-            finite = np.isfinite(theta)
-            rate = np.array(rate, dtype=np.float64)
-            shape = np.broadcast_to(theta[finite], rate[:, finite].shape)
-            rate[:, finite] = gamma_rng.gamma(shape, rate[:, finite] / shape)
-        counts = counts_rng.poisson(rate).astype(np.float64)
-        size = counts.sum(1, keepdims=True)
-        size[size <= 0] = 1.0
-        return np.log1p(counts / size * D.TARGET_SUM).astype(np.float32)
+        out = []
+        for run, first in enumerate(range(0, len(lognorm), D.COUNT_STREAM_ROWS)):
+            rows = slice(first, first + D.COUNT_STREAM_ROWS)
+            out.append(D.draw_counts(rate[rows], np.random.default_rng([seed, 102, run]), theta,
+                                     np.random.default_rng([seed, 103, run])))
+        return np.concatenate(out)
 
+    monkeypatch.setattr(D, "COUNT_STREAM_ROWS", 64)
     rng = np.random.default_rng(0)
     lognorm = (np.abs(rng.standard_normal((700, 120))) * (rng.random((700, 120)) < 0.4)).astype(np.float32)
     lib_mean, lib_sd = np.log(rng.uniform(500, 20_000, 700)), np.full(700, 0.3)
     theta = np.where(rng.random(120) < 0.5, rng.uniform(0.5, 20, 120), np.inf)
     for rates in ("fraction", "log_mean"):
         for th in (None, theta):
-            expected = one_pass(lognorm, lib_mean, lib_sd, (1, 2, 3), th, rates)
-            for block_rows, workers in ((1, 3), (97, 1), (97, 4), (256, 2), (10_000, 2)):
+            expected = reference(lognorm, lib_mean, lib_sd, 9, th, rates)
+            for chunk, workers in ((700, 1), (700, 4), (1, 2), (63, 3), (64, 2), (100, 1), (300, 8)):
                 monkeypatch.setattr(D, "SAMPLE_WORKERS", workers)
-                got = D.sample_counts(lognorm, lib_mean, lib_sd, np.random.default_rng(1), np.random.default_rng(2), th,
-                                      np.random.default_rng(3), rates=rates, block_rows=block_rows)
-                assert np.array_equal(got, expected), (rates, th is not None, block_rows, workers)
+                lib_rng, streams = np.random.default_rng(1), D.CountStreams(9)
+                got = np.concatenate([D.sample_counts(lognorm[s:s + chunk], lib_mean[s:s + chunk], lib_sd[s:s + chunk],
+                                                      lib_rng, streams, th, rates=rates)
+                                      for s in range(0, 700, chunk)])
+                assert np.array_equal(got, expected), (rates, th is not None, chunk, workers)
+    # Another seed gives other counts; so does the next run of the same seed (the runs' streams differ).
+    monkeypatch.setattr(D, "SAMPLE_WORKERS", 1)
+    same = np.tile(lognorm[:1], (128, 1))
+    one = D.sample_counts(same, np.full(128, 8.0), np.zeros(128), np.random.default_rng(1), D.CountStreams(9))
+    other = D.sample_counts(same, np.full(128, 8.0), np.zeros(128), np.random.default_rng(1), D.CountStreams(10))
+    assert not np.array_equal(one, other) and not np.array_equal(one[:64], one[64:])

@@ -1,0 +1,80 @@
+"""How fast generation's sampled counts are drawn, by thread count (benchmark, not a test).
+
+    .venv/bin/python benchmarks/bench_count_draws.py [--label NAME] [--cells 4096] [--repeats 5]
+
+``pysave.data.sample_counts`` alone (no network): 4,096 cells x 2,000 genes of scVelo pancreas
+(``../shared/data``), each cell's mean being a real cell's log1p(CP10k) profile, rates by the
+log-mean inversion (the default decoder's) and, second, with the negative binomial's Gamma part
+(theta 2 for every gene). Best of ``--repeats`` per thread count, from 1 to the CPU count
+(``data.SAMPLE_WORKERS``; torch is not involved). It also runs on code from before the count
+draws had one stream per run of cells (2026-12-07), whose ``sample_counts`` took the streams
+themselves, so the same script times both. Writes results/count_draws_<label>.json
+(benchmarks/README.md, "Count draws on several threads").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import anndata as ad
+import numpy as np
+
+import pysave.data as D
+from provenance import run_provenance
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "..", "shared", "data", "scvelo_pancreas_e15_supercell_3696.h5ad")
+
+
+def real_means(n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """n_cells real log1p(CP10k) profiles (drawn with replacement) and their log library sizes."""
+    adata = ad.read_h5ad(DATA)
+    counts = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X, dtype=np.float64)
+    library = counts.sum(1)
+    rows = np.random.default_rng(0).choice(len(counts), n_cells)
+    return np.log1p(counts[rows] / library[rows, None] * D.TARGET_SUM).astype(np.float32), np.log(library[rows])
+
+
+def draw(lognorm, log_lib, theta, rates: str):
+    """One call as the product makes it, on this code's or the older code's signature."""
+    sd = np.full(len(lognorm), 0.3)
+    if hasattr(D, "CountStreams"):
+        return D.sample_counts(lognorm, log_lib, sd, np.random.default_rng(1), D.CountStreams(2), theta, rates=rates)
+    return D.sample_counts(lognorm, log_lib, sd, np.random.default_rng(1), np.random.default_rng(2), theta,
+                           np.random.default_rng(3), rates=rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", default="current", help="names the results file: results/count_draws_LABEL.json")
+    parser.add_argument("--cells", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    lognorm, log_lib = real_means(args.cells)
+    result = {"provenance": run_provenance(), "cells": args.cells, "genes": lognorm.shape[1],
+              "per_run_streams": hasattr(D, "CountStreams"), "repeats": args.repeats, "rows": []}
+    for name, theta in (("poisson", None), ("negative binomial, theta 2", np.full(lognorm.shape[1], 2.0))):
+        draw(lognorm[:256], log_lib[:256], theta, "log_mean")  # builds the log-mean table outside the timing
+        for workers in range(1, (os.cpu_count() or 1) + 1):
+            D.SAMPLE_WORKERS = workers
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                draw(lognorm, log_lib, theta, "log_mean")
+                times.append(time.perf_counter() - start)
+            row = {"counts": name, "threads": workers, "cells_per_s_best": args.cells / min(times),
+                   "cells_per_s_each": [args.cells / t for t in times]}
+            result["rows"].append(row)
+            print(f"{name}, {workers} thread(s): {row['cells_per_s_best']:,.0f} cells/s (best of {args.repeats})", flush=True)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", f"count_draws_{args.label}.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(result, fh, indent=1)
+    os.replace(path + ".tmp", path)  # a stopped run leaves the earlier file as it was
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
