@@ -42,10 +42,12 @@ TRAINING = [("paper", "32", False, 256), ("paper", "bf16", False, 256), ("paper"
             ("paper", "bf16", False, 1024), ("fast", "bf16", False, 256)]
 TRAINING_EPOCHS = 20
 # Sampling at 2,000 genes: (solver, steps, guidance, output, precision, batch size); the issue's
-# setting is Euler, 50 steps; the default is midpoint 10, w = 2, sampled counts.
+# setting is Euler, 50 steps; the default is midpoint 10, w = 1.5 (2 until 2026-12-06), sampled
+# counts, fp32 (sampling's "auto" on every device since 2026-12-04).
 SAMPLING = [("euler", 50, 1.0, "mean", "32", 4096), ("euler", 50, 1.0, "mean", "bf16", 4096),
             ("euler", 50, 1.0, "mean", "bf16", 16384), ("euler", 50, 1.0, "sample", "bf16", 16384),
-            ("midpoint", 10, 2.0, "sample", "bf16", 16384)]
+            ("midpoint", 10, 2.0, "sample", "bf16", 16384), ("euler", 50, 1.0, "sample", "32", 16384),
+            ("midpoint", 10, 1.5, "sample", "32", 16384)]
 N_SAMPLE = 50_000
 DEVICE = "cuda"  # --device cpu (with --quick) only checks this script itself, on a machine without a GPU
 QUALITY_TAG = "_fmask0.15_all0.1_midpoint10_w2_gpu"
@@ -347,6 +349,32 @@ def sampling_speed(rec: Recorder) -> None:
 
     rec.step("sampling", "parts_bf16_batch16384", parts)
 
+    def count_draws():
+        # The counts drawn on the host's CPU alone (data.sample_counts, as bench_count_draws.py), by
+        # threads: since 2026-12-07 each run of 256 cells has its own streams, drawn on up to 8.
+        import numpy as np
+
+        import pysave.data as D
+
+        counts = np.asarray(pancreas.X.todense() if hasattr(pancreas.X, "todense") else pancreas.X, dtype=np.float64)
+        lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * D.TARGET_SUM).astype(np.float32)  # real profiles
+        log_lib, sd = np.full(len(lognorm), np.log(5000.0)), np.full(len(lognorm), 0.3)
+        out, default = {"cpu_count": os.cpu_count()}, D.SAMPLE_WORKERS
+        try:
+            for workers in sorted({1, 2, 4, 8, default}):
+                D.SAMPLE_WORKERS = workers
+                best = 0.0
+                for _ in range(3):
+                    t = time.perf_counter()
+                    D.sample_counts(lognorm, log_lib, sd, np.random.default_rng(1), D.CountStreams(2), rates="log_mean")
+                    best = max(best, len(lognorm) / (time.perf_counter() - t))
+                out[f"threads_{workers}_cells_per_s"] = best
+        finally:
+            D.SAMPLE_WORKERS = default
+        return out
+
+    rec.step("sampling", "count_draws_cpu", count_draws)
+
 
 def quality(rec: Recorder, out: str, commit: str, deadline: float, seeds=(0, 1)) -> None:
     """The generation protocol's rows (run_benchmarks.py) for pbmc_3tech, with the model trained
@@ -402,7 +430,7 @@ def write_table(results: str = os.path.join(HERE, "results", "gpu.json"), readme
     for name, row in r.get("sampling", {}).items():
         if name == "fit_pancreas":
             continue
-        if name.startswith("parts"):
+        if name.startswith(("parts", "count_draws")):
             lines.append(f"| {name}{run_of(row)}: " + ", ".join(f"{k} {v:,.0f}" for k, v in row.items()
                                                               if k.endswith("per_s")) + " | |")
         else:
