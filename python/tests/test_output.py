@@ -108,9 +108,11 @@ def test_sampled_output_has_zeros_like_real_cells(trained):
     assert np.expm1(sample.X.astype(np.float64)).sum(1) == pytest.approx(1e4, rel=1e-3)
 
 
-def test_sampled_output_is_deterministic_and_chunk_independent(trained, tmp_path):
+def test_sampled_output_is_deterministic_and_chunk_independent(trained, tmp_path, monkeypatch):
     import anndata as ad
 
+    # Runs of 4 cells: the 21 cells take 6 runs' count streams, cut by the chunks of 5 and 6.
+    monkeypatch.setattr(D, "COUNT_STREAM_ROWS", 4)
     model = trained["model"]
     table = pd.DataFrame({"cell_type": ["B", "NK", "T_CD4"], "batch": ["10x_5prime", None, "10x_3prime_v1"], "n_cells": [7, 5, 9]})
     a = model.generate_like(table, seed=4, batch_size=4096, output="sample")
