@@ -414,8 +414,17 @@ _INVERTER: LogMeanInverter | None = None
 # cells are chunked. Its float64 temporaries (rows x genes x 8 bytes) stay in the CPU's cache.
 # Changing it changes every sampled value.
 COUNT_STREAM_ROWS = 256
-# Threads drawing runs at once (at most the CPU count).
+# Threads drawing runs at once (at most the CPUs this process may use).
 SAMPLE_WORKERS = 8
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (a SLURM or
+    ``taskset`` allocation on a large node), else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
 
 
 class CountStreams:
@@ -482,7 +491,7 @@ def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd
         out[rows] = draw_counts(rates_of(rows), count_rng, theta, gamma_rng)
 
     runs = streams.take(len(out))
-    workers = max(1, min(SAMPLE_WORKERS, os.cpu_count() or 1, len(runs)))
+    workers = max(1, min(SAMPLE_WORKERS, usable_cpus(), len(runs)))
     if workers == 1:
         for run in runs:
             draw(run)

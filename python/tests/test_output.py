@@ -1050,3 +1050,17 @@ def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(mo
     one = D.sample_counts(same, np.full(128, 8.0), np.zeros(128), np.random.default_rng(1), D.CountStreams(9))
     other = D.sample_counts(same, np.full(128, 8.0), np.zeros(128), np.random.default_rng(1), D.CountStreams(10))
     assert not np.array_equal(one, other) and not np.array_equal(one[:64], one[64:])
+
+
+def test_count_draw_threads_follow_the_process_cpus(monkeypatch):
+    """The draw threads are capped by the CPUs the process may use (a SLURM or taskset
+    allocation on a large node), not by the machine's count."""
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: {0, 5, 9}, raising=False)
+    monkeypatch.setattr(D.os, "cpu_count", lambda: 128)
+    assert D.usable_cpus() == 3
+
+    def no_affinity(pid):
+        raise AttributeError
+
+    monkeypatch.setattr(D.os, "sched_getaffinity", no_affinity, raising=False)
+    assert D.usable_cpus() == 128
