@@ -1030,6 +1030,7 @@ def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(mo
         return np.concatenate(out)
 
     monkeypatch.setattr(D, "COUNT_STREAM_ROWS", 64)
+    monkeypatch.setattr(D, "usable_cpus", lambda: 8)  # up to 8 threads, on a machine of any size
     rng = np.random.default_rng(0)
     lognorm = (np.abs(rng.standard_normal((700, 120))) * (rng.random((700, 120)) < 0.4)).astype(np.float32)
     lib_mean, lib_sd = np.log(rng.uniform(500, 20_000, 700)), np.full(700, 0.3)
