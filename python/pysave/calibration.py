@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .data import distinct_rows
+
 # Offsets are kept as (combinations x rank) scores times a (rank x genes) basis: exact up to this
 # many combinations, a truncated SVD above (a model of 2,000 combinations x 30,000 genes keeps 16 MB,
 # not 240 MB).
@@ -144,7 +146,7 @@ class Calibration:
 
     def combinations(self, codes: np.ndarray) -> np.ndarray:
         """Each row's combination with an offset, or -1."""
-        distinct, inverse = np.unique(np.asarray(codes), axis=0, return_inverse=True)
+        distinct, inverse = distinct_rows(codes)
         found = np.array([self.index.get(tuple(int(v) for v in row), -1) for row in distinct], dtype=np.int64)
         return found[np.asarray(inverse).reshape(-1)]
 

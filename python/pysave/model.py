@@ -899,7 +899,7 @@ class SAVE:
         never = np.zeros(len(codes), dtype=bool)
         if found:
             # As Calibration.combinations: each distinct row looked up once, not each of millions of cells.
-            distinct, inverse = np.unique(np.asarray(codes), axis=0, return_inverse=True)
+            distinct, inverse = D.distinct_rows(codes)
             unseen = {tuple(int(v) for v in row) for row, _ in found}
             never = np.array([tuple(int(v) for v in row) in unseen for row in distinct])[np.asarray(inverse).reshape(-1)]
         info = {"guidance": "auto", "guidance_seen": float(seen_w), "guidance_never_seen": float(never_w),
@@ -1109,7 +1109,7 @@ class SAVE:
             source[:, keys.index(key)] = code
         changed = sorted(keys.index(k) for k in shift_from)
         # Refused before the flow runs, not mid-stream: each distinct (source, target) row shifted once.
-        rows = np.unique(np.concatenate([source, codes], axis=1), axis=0)
+        rows = D.distinct_rows(np.concatenate([source, codes], axis=1))[0]
         # Checks coverage and records what will be done (the positions given here are placeholders),
         # and solves the transport of the local shifts once for every chunk.
         transport = {}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy.spatial.distance import cdist, pdist
 
+from .data import distinct_rows
 from .errors import PySaveError
 
 # A stratum (one value of each unchanged condition) enters a shift only with this many cells on
@@ -55,7 +56,7 @@ def condition_latent_means(mu: torch.Tensor, codes: np.ndarray, batch: int = 65_
     """Mean encoder latent of each combination of conditions in the training data: ``codes``
     (combinations x keys), ``counts`` and ``means`` (combinations x latent_dim), kept with the
     model for ``transfer(via="shift")``. Sums are accumulated in float64, batch by batch."""
-    combos, inverse, counts = np.unique(np.asarray(codes), axis=0, return_inverse=True, return_counts=True)
+    combos, inverse, counts = distinct_rows(codes, return_counts=True)
     inverse = torch.from_numpy(np.asarray(inverse).reshape(-1).astype(np.int64))
     sums = torch.zeros(len(combos), mu.shape[1], dtype=torch.float64)
     for start in range(0, mu.shape[0], batch):
@@ -81,7 +82,7 @@ def never_seen(codes: np.ndarray, stats: dict, mask_codes) -> list[tuple[np.ndar
         for j, by_code in enumerate(with_value):
             by_code.setdefault(k[j], set()).add(k[:j] + k[j + 1:])
     found = []
-    for row in np.unique(np.asarray(codes), axis=0):
+    for row in distinct_rows(codes)[0]:
         key = tuple(int(v) for v in row)
         if (row == mask).any() or key in seen:
             continue
@@ -128,7 +129,7 @@ def kept_rows(codes: np.ndarray, seed: int, per_combination: int = SHIFT_KEPT_CE
     """Up to ``per_combination`` rows of each combination of conditions (fewer when the
     combinations would hold more than ``SHIFT_KEPT_TOTAL`` in all), drawn by ``seed``, in row
     order; and each row's combination (the row of ``condition_latent_means``' ``codes``)."""
-    _, group = np.unique(np.asarray(codes), axis=0, return_inverse=True)
+    _, group = distinct_rows(codes)
     group = np.asarray(group).reshape(-1)
     order = np.argsort(group, kind="stable")
     bounds = np.r_[0, np.cumsum(np.bincount(group))]
@@ -195,9 +196,10 @@ def latent_shifts(stats: dict, latents: np.ndarray, source: np.ndarray, target: 
     shifts = np.zeros((len(source), stats["means"].shape[1]), dtype=np.float32)
     pairs = []
     key = np.concatenate([source[:, changed], target[:, changed]], axis=1)
-    for pair in np.unique(key, axis=0):
+    pair_rows, pair_of_row = distinct_rows(key)
+    for p, pair in enumerate(pair_rows):
         src, tgt = pair[:len(changed)], pair[len(changed):]
-        rows = (key == pair).all(1)
+        rows = pair_of_row == p
         if (src == tgt).all():
             pairs.append((src, tgt, 0))
             continue

@@ -136,3 +136,21 @@ def test_empty_data_is_rejected(pbmc_small):
         D.validate_shape(pbmc_small[:0])
     with pytest.raises(PySaveError, match="zero genes"):
         D.validate_shape(pbmc_small[:, :0])
+
+
+def test_distinct_rows_is_numpys_unique_over_rows():
+    """distinct_rows encodes each row of codes as one integer; the distinct rows, their order, each
+    row's index and the counts must be np.unique(axis=0)'s, including where it falls back to it
+    (negative codes, floats, keys past int64) and for one column, one row and no rows."""
+    rng = np.random.default_rng(0)
+    cases = [rng.integers(0, hi, shape) for shape, hi in (((2000, 2), 5), ((300, 1), 3), ((300, 3), 60), ((1, 2), 4),
+                                                          ((500, 4), 2))]
+    cases += [rng.integers(-2, 3, (300, 2)), rng.integers(0, 3, (300, 2)).astype(np.float64),
+              rng.integers(0, 2**40, (300, 2)), np.zeros((0, 2), dtype=np.int64)]
+    for codes in cases:
+        want = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+        got = D.distinct_rows(codes, return_counts=True)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], np.asarray(want[1]).reshape(-1))
+        assert np.array_equal(got[2], want[2]), codes.shape
+        distinct, inverse = D.distinct_rows(codes)
+        assert np.array_equal(distinct, want[0]) and np.array_equal(inverse, np.asarray(want[1]).reshape(-1))
