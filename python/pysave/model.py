@@ -947,6 +947,12 @@ class SAVE:
 
         return sample
 
+    @staticmethod
+    def _count_streams_note(output: str) -> dict:
+        """What ``uns["pysave"]`` records of how sampled counts were drawn: the cells that share one
+        random stream (absent from outputs before 2026-12-07, whose whole call shared one)."""
+        return {"count_stream_cells": int(D.COUNT_STREAM_ROWS)} if output == "sample" else {}
+
     def _precision(self, precision: str) -> str:
         """The sampling precision to use: "auto" is full precision on every device.
 
@@ -1205,6 +1211,7 @@ class SAVE:
                         "PCs towards their training cells' spread")
         return self._provenance("generated", {"seed": int(seed), **guidance, "n_steps": int(n_steps),
                                               "solver": solver, "output": output, "precision": precision,
+                                              **self._count_streams_note(output),
                                               "torch_compile": bool(torch_compile),
                                               "output_description": OUTPUT_DESCRIPTIONS[output] + how,
                                               **(shift["info"] if shift else {}), **(calibration or {}), **(never_seen or {})})
@@ -1576,7 +1583,7 @@ class SAVE:
                           "; decoded from the encoder mean shifted by the training cells' "
                           "latent shift between the conditions" if via == "shift" else
                           "; decoded from the encoder mean moved through the flow"), **via_info,
-                      **({"seed": int(seed)} if output == "sample" else {})}
+                      **({"seed": int(seed)} if output == "sample" else {}), **self._count_streams_note(output)}
         return {"prep": prep, "mu": mu, "z": z, "codes": codes, "obs": obs, "output": output, "seed": seed,
                 "precision": precision, "progress": progress, "provenance": provenance}
 

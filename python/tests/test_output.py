@@ -118,6 +118,8 @@ def test_sampled_output_is_deterministic_and_chunk_independent(trained, tmp_path
     a = model.generate_like(table, seed=4, batch_size=4096, output="sample")
     b = model.generate_like(table, seed=4, batch_size=5, output="sample")
     assert np.array_equal(a.X, b.X)
+    assert a.uns["pysave"]["count_stream_cells"] == 4  # how the counts were drawn, recorded
+    assert "count_stream_cells" not in model.generate_like(table, seed=4, output="mean").uns["pysave"]
     c = model.generate_like(table, seed=5, output="sample")
     assert not np.array_equal(a.X, c.X)
     path = model.generate_to_h5ad(str(tmp_path / "s.h5ad"), table, seed=4, batch_size=6, output="sample")
@@ -155,6 +157,7 @@ def test_transfer_output_kinds(trained):
     sample = model.transfer(cells, {"batch": "10x_5prime"}, output="sample", seed=1)
     assert sample.uns["pysave"]["output"] == "sample" and (sample.X == 0).mean() > 0.2
     assert np.array_equal(sample.X, model.transfer(cells, {"batch": "10x_5prime"}, output="sample", seed=1).X)
+    assert sample.uns["pysave"]["count_stream_cells"] == D.COUNT_STREAM_ROWS and "count_stream_cells" not in mean.uns["pysave"]
 
 
 def test_transfer_without_data_uses_the_training_cells(trained):
