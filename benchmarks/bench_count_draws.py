@@ -46,6 +46,24 @@ def draw(lognorm, log_lib, theta, rates: str):
                            np.random.default_rng(3), rates=rates)
 
 
+def seconds_by_threads(lognorm, log_lib, theta, threads, repeats: int) -> dict[int, list[float]]:
+    """{threads: the seconds of each of ``repeats`` calls} with ``data.SAMPLE_WORKERS`` set to each
+    of ``threads`` (restored after); the log-mean table is built before the timing."""
+    draw(lognorm[:256], log_lib[:256], theta, "log_mean")
+    default, seconds = D.SAMPLE_WORKERS, {}
+    try:
+        for workers in threads:
+            D.SAMPLE_WORKERS = workers
+            seconds[workers] = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                draw(lognorm, log_lib, theta, "log_mean")
+                seconds[workers].append(time.perf_counter() - start)
+    finally:
+        D.SAMPLE_WORKERS = default
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="current", help="names the results file: results/count_draws_LABEL.json")
@@ -56,14 +74,8 @@ def main() -> None:
     result = {"provenance": run_provenance(), "cells": args.cells, "genes": lognorm.shape[1],
               "per_run_streams": hasattr(D, "CountStreams"), "repeats": args.repeats, "rows": []}
     for name, theta in (("poisson", None), ("negative binomial, theta 2", np.full(lognorm.shape[1], 2.0))):
-        draw(lognorm[:256], log_lib[:256], theta, "log_mean")  # builds the log-mean table outside the timing
-        for workers in range(1, (os.cpu_count() or 1) + 1):
-            D.SAMPLE_WORKERS = workers
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                draw(lognorm, log_lib, theta, "log_mean")
-                times.append(time.perf_counter() - start)
+        timed = seconds_by_threads(lognorm, log_lib, theta, range(1, (os.cpu_count() or 1) + 1), args.repeats)
+        for workers, times in timed.items():
             row = {"counts": name, "threads": workers, "cells_per_s_best": args.cells / min(times),
                    "cells_per_s_each": [args.cells / t for t in times]}
             result["rows"].append(row)

@@ -350,28 +350,13 @@ def sampling_speed(rec: Recorder) -> None:
     rec.step("sampling", "parts_bf16_batch16384", parts)
 
     def count_draws():
-        # The counts drawn on the host's CPU alone (data.sample_counts, as bench_count_draws.py), by
-        # threads: since 2026-12-07 each run of 256 cells has its own streams, drawn on up to 8.
-        import numpy as np
+        # The counts drawn on the host's CPU alone (data.sample_counts, timed as bench_count_draws.py
+        # times it), by threads: since 2026-12-07 each run of 256 cells has its own streams, drawn on up to 8.
+        from bench_count_draws import real_means, seconds_by_threads
 
-        import pysave.data as D
-
-        counts = np.asarray(pancreas.X.todense() if hasattr(pancreas.X, "todense") else pancreas.X, dtype=np.float64)
-        lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * D.TARGET_SUM).astype(np.float32)  # real profiles
-        log_lib, sd = np.full(len(lognorm), np.log(5000.0)), np.full(len(lognorm), 0.3)
-        out, default = {"cpu_count": os.cpu_count()}, D.SAMPLE_WORKERS
-        try:
-            for workers in sorted({1, 2, 4, 8, default}):
-                D.SAMPLE_WORKERS = workers
-                best = 0.0
-                for _ in range(3):
-                    t = time.perf_counter()
-                    D.sample_counts(lognorm, log_lib, sd, np.random.default_rng(1), D.CountStreams(2), rates="log_mean")
-                    best = max(best, len(lognorm) / (time.perf_counter() - t))
-                out[f"threads_{workers}_cells_per_s"] = best
-        finally:
-            D.SAMPLE_WORKERS = default
-        return out
+        lognorm, log_lib = real_means(4096)
+        timed = seconds_by_threads(lognorm, log_lib, None, [1, 2, 4, 8], 3)
+        return {"cpu_count": os.cpu_count(), **{f"threads_{k}_cells_per_s": len(lognorm) / min(v) for k, v in timed.items()}}
 
     rec.step("sampling", "count_draws_cpu", count_draws)
 
