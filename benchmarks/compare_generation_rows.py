@@ -1,0 +1,119 @@
+"""Two generation rows of the harness side by side, seed by seed (benchmark diagnostic, not a test;
+no model is trained)
+
+    .venv/bin/python benchmarks/compare_generation_rows.py --rows pysave_paper_spread pysave_spread \
+        [--dataset pbmc_3tech scvelo_pancreas] [--name paper_network_generation]
+
+For each dataset, the seeds both rows were run on: W1 / floor, MMD minus the same split's
+per-group Gaussian's (each row file scores the Gaussian on its own split, so the difference is
+paired), the generated spread over the floor's, and the training and sampling rates; then the
+mean over those seeds. A row can be named per dataset: ``pysave_spread,baron_human=pysave_product_spread``. Writes results/<name>.json and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+
+import numpy as np
+
+from provenance import run_provenance
+from readme_table import write_block
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DATASETS = ("pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k")
+
+
+def row_name(spec: str, dataset: str) -> str | None:
+    """The row ``spec`` names for ``dataset``: a comma-separated list of ``row`` (every dataset) and
+    ``dataset=row`` (that one, which wins); None where it names none."""
+    plain = None
+    for item in spec.split(","):
+        if "=" in item:
+            ds, row = item.split("=", 1)
+            if ds == dataset:
+                return row
+        else:
+            plain = item
+    return plain
+
+
+def seeds_of(dataset: str, row: str) -> dict[int, dict]:
+    out = {}
+    for path in glob.glob(os.path.join(RESULTS, f"bench_generation_{dataset}_{row}_s*.json")):
+        match = re.fullmatch(rf"bench_generation_{re.escape(dataset)}_{re.escape(row)}_s(\d+)\.json", os.path.basename(path))
+        if match:
+            with open(path) as fh:
+                out[int(match.group(1))] = json.load(fh)
+    return out
+
+
+def summary(result: dict) -> dict:
+    m = result["metrics"]
+    return {"W1_over_floor": m["sample_W1_over_floor"], "MMD": m["sample_MMD"],
+            "MMD_minus_gaussian": m["sample_MMD"] - m["gaussian_MMD"],
+            "spread_over_floor": m.get("sample_spread_over_floor"),
+            "gaussian_W1_over_floor": m["gaussian_W1_over_floor"],
+            "train_cells_per_s": result.get("train_cells_per_s"), "sampling_cells_per_s": result.get("sampling_cells_per_s"),
+            "commit": result.get("provenance", {}).get("commit"), "pysave_config": result.get("pysave_config")}
+
+
+def compare(datasets, rows) -> list[dict]:
+    out = []
+    for ds in datasets:
+        names = [row_name(spec, ds) for spec in rows]
+        if None in names:
+            continue
+        found = [seeds_of(ds, name) for name in names]
+        seeds = sorted(set.intersection(*(set(f) for f in found)))
+        if not seeds:
+            continue
+        per_seed = {s: {name: summary(f[s]) for name, f in zip(names, found)} for s in seeds}
+        means = {name: {k: float(np.mean([per_seed[s][name][k] for s in seeds]))
+                        for k in ("W1_over_floor", "MMD", "MMD_minus_gaussian", "gaussian_W1_over_floor")}
+                 for name in names}
+        out.append({"dataset": ds, "rows": names, "seeds": seeds, "per_seed": per_seed, "mean": means})
+    return out
+
+
+def table(comparisons) -> str:
+    lines = []
+    for c in comparisons:
+        a, b = c["rows"][:2]
+        lines += [f"**{c['dataset']}** (`{a}` against `{b}`; seeds {', '.join(map(str, c['seeds']))}):", "",
+                  f"| seed | `{a}`: W1 / floor, MMD - Gaussian's, spread | `{b}`: the same | Gaussian W1 / floor |",
+                  "|---|---|---|---|"]
+        for s in c["seeds"]:
+            x, y = c["per_seed"][s][a], c["per_seed"][s][b]
+            spread = lambda r: "-" if r["spread_over_floor"] is None else f"{r['spread_over_floor']:.2f}"
+            lines.append(f"| {s} | {x['W1_over_floor']:.3f}x, {x['MMD_minus_gaussian']:+.4f}, {spread(x)} | "
+                         f"{y['W1_over_floor']:.3f}x, {y['MMD_minus_gaussian']:+.4f}, {spread(y)} | {x['gaussian_W1_over_floor']:.3f}x |")
+        ma, mb = c["mean"][a], c["mean"][b]
+        lines += [f"| mean | **{ma['W1_over_floor']:.3f}x, {ma['MMD_minus_gaussian']:+.4f}** | "
+                  f"{mb['W1_over_floor']:.3f}x, {mb['MMD_minus_gaussian']:+.4f} | {ma['gaussian_W1_over_floor']:.3f}x |", ""]
+    return "\n".join(lines).rstrip()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", nargs=2, required=True, help="two rows (method names of the result files), each as row[,dataset=row...]")
+    p.add_argument("--dataset", nargs="+", default=list(DATASETS))
+    p.add_argument("--name", default=None, help="results/<name>.json and the README block <name>-table (default: print only)")
+    args = p.parse_args()
+    comparisons = compare(args.dataset, args.rows)
+    if not comparisons:
+        raise SystemExit(f"no seed has both rows {args.rows} in {RESULTS}")
+    text = table(comparisons)
+    print(text)
+    if args.name:
+        path = os.path.join(RESULTS, f"{args.name}.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump({"rows": args.rows, "comparisons": comparisons, "provenance": run_provenance()}, fh, indent=1)
+        os.replace(path + ".tmp", path)
+        write_block(f"{args.name}-table", text)
+
+
+if __name__ == "__main__":
+    main()
