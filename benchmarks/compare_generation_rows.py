@@ -7,7 +7,9 @@ no model is trained)
 For each dataset, the seeds both rows were run on: W1 / floor, MMD minus the same split's
 per-group Gaussian's (each row file scores the Gaussian on its own split, so the difference is
 paired), the generated spread over the floor's, and the training and sampling rates; then the
-mean over those seeds. A row can be named per dataset: ``pysave_spread,baron_human=pysave_product_spread``. Writes results/<name>.json and prints a markdown table.
+mean over those seeds. A row can be named per dataset: ``pysave_spread,baron_human=pysave_product_spread``.
+Reads and writes the harness's results folder (results/, or $PYSAVE_BENCH_RESULTS): <name>.json,
+and prints a markdown table.
 """
 from __future__ import annotations
 
@@ -15,14 +17,13 @@ import argparse
 import glob
 import json
 import os
-import re
 
 import numpy as np
 
+import run_benchmarks as RB
 from provenance import run_provenance
 from readme_table import write_block
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DATASETS = ("pbmc_3tech", "baron_human", "scvelo_pancreas", "pbmc4k")
 
 
@@ -41,12 +42,14 @@ def row_name(spec: str, dataset: str) -> str | None:
 
 
 def seeds_of(dataset: str, row: str) -> dict[int, dict]:
+    """{seed: result} of one row, from the harness's results folder. The glob also matches longer
+    row names (``pysave_s*`` matches ``pysave_spread_s0``); each file's own method keeps the row."""
     out = {}
-    for path in glob.glob(os.path.join(RESULTS, f"bench_generation_{dataset}_{row}_s*.json")):
-        match = re.fullmatch(rf"bench_generation_{re.escape(dataset)}_{re.escape(row)}_s(\d+)\.json", os.path.basename(path))
-        if match:
-            with open(path) as fh:
-                out[int(match.group(1))] = json.load(fh)
+    for path in glob.glob(os.path.join(RB.RESULTS, f"bench_generation_{dataset}_{row}_s*.json")):
+        with open(path) as fh:
+            result = json.load(fh)
+        if result["method"] == row:
+            out[int(result["seed"])] = result
     return out
 
 
@@ -78,18 +81,21 @@ def compare(datasets, rows) -> list[dict]:
     return out
 
 
+def _spread(row: dict) -> str:
+    return "-" if row["spread_over_floor"] is None else f"{row['spread_over_floor']:.2f}"
+
+
 def table(comparisons) -> str:
     lines = []
     for c in comparisons:
-        a, b = c["rows"][:2]
+        a, b = c["rows"]
         lines += [f"**{c['dataset']}** (`{a}` against `{b}`; seeds {', '.join(map(str, c['seeds']))}):", "",
                   f"| seed | `{a}`: W1 / floor, MMD - Gaussian's, spread | `{b}`: the same | Gaussian W1 / floor |",
                   "|---|---|---|---|"]
         for s in c["seeds"]:
             x, y = c["per_seed"][s][a], c["per_seed"][s][b]
-            spread = lambda r: "-" if r["spread_over_floor"] is None else f"{r['spread_over_floor']:.2f}"
-            lines.append(f"| {s} | {x['W1_over_floor']:.3f}x, {x['MMD_minus_gaussian']:+.4f}, {spread(x)} | "
-                         f"{y['W1_over_floor']:.3f}x, {y['MMD_minus_gaussian']:+.4f}, {spread(y)} | {x['gaussian_W1_over_floor']:.3f}x |")
+            lines.append(f"| {s} | {x['W1_over_floor']:.3f}x, {x['MMD_minus_gaussian']:+.4f}, {_spread(x)} | "
+                         f"{y['W1_over_floor']:.3f}x, {y['MMD_minus_gaussian']:+.4f}, {_spread(y)} | {x['gaussian_W1_over_floor']:.3f}x |")
         ma, mb = c["mean"][a], c["mean"][b]
         lines += [f"| mean | **{ma['W1_over_floor']:.3f}x, {ma['MMD_minus_gaussian']:+.4f}** | "
                   f"{mb['W1_over_floor']:.3f}x, {mb['MMD_minus_gaussian']:+.4f} | {ma['gaussian_W1_over_floor']:.3f}x |", ""]
@@ -104,14 +110,14 @@ def main():
     args = p.parse_args()
     comparisons = compare(args.dataset, args.rows)
     if not comparisons:
-        raise SystemExit(f"no seed has both rows {args.rows} in {RESULTS}")
+        raise SystemExit(f"no seed has both rows {args.rows} in {RB.RESULTS}")
     text = table(comparisons)
     print(text)
     if args.name:
-        path = os.path.join(RESULTS, f"{args.name}.json")
-        with open(path + ".tmp", "w") as fh:
+        from pysave.io import atomic_output
+
+        with atomic_output(os.path.join(RB.RESULTS, f"{args.name}.json")) as tmp, open(tmp, "w") as fh:
             json.dump({"rows": args.rows, "comparisons": comparisons, "provenance": run_provenance()}, fh, indent=1)
-        os.replace(path + ".tmp", path)
         write_block(f"{args.name}-table", text)
 
 
