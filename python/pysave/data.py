@@ -438,7 +438,7 @@ _INVERTER: LogMeanInverter | None = None
 # cells are chunked. Its float64 temporaries (rows x genes x 8 bytes) stay in the CPU's cache.
 # Changing it changes every sampled value.
 COUNT_STREAM_ROWS = 256
-# Threads drawing runs at once (at most the CPUs this process may use).
+# Threads drawing runs at once (at most the CPUs this process may use, and torch's thread count).
 SAMPLE_WORKERS = 8
 
 
@@ -449,6 +449,15 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # macOS and Windows have no affinity call
         return os.cpu_count() or 1
+
+
+def draw_workers(n_runs: int) -> int:
+    """Threads for one call's count draws: at most ``SAMPLE_WORKERS``, the CPUs this process may
+    use, and torch's intra-op thread count, so ``torch.set_num_threads`` (or ``OMP_NUM_THREADS``)
+    bounds the draws as it bounds the networks on a shared node. The values do not depend on it."""
+    import torch  # here, not at the top: ``pysave --help`` must not import torch
+
+    return max(1, min(SAMPLE_WORKERS, usable_cpus(), torch.get_num_threads(), n_runs))
 
 
 class CountStreams:
@@ -515,7 +524,7 @@ def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd
         out[rows] = draw_counts(rates_of(rows), count_rng, theta, gamma_rng)
 
     runs = streams.take(len(out))
-    workers = max(1, min(SAMPLE_WORKERS, usable_cpus(), len(runs)))
+    workers = draw_workers(len(runs))
     if workers == 1:
         for run in runs:
             draw(run)

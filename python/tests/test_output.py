@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 import pysave
@@ -1034,6 +1035,7 @@ def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(mo
 
     monkeypatch.setattr(D, "COUNT_STREAM_ROWS", 64)
     monkeypatch.setattr(D, "usable_cpus", lambda: 8)  # up to 8 threads, on a machine of any size
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     rng = np.random.default_rng(0)
     lognorm = (np.abs(rng.standard_normal((700, 120))) * (rng.random((700, 120)) < 0.4)).astype(np.float32)
     lib_mean, lib_sd = np.log(rng.uniform(500, 20_000, 700)), np.full(700, 0.3)
@@ -1068,3 +1070,31 @@ def test_count_draw_threads_follow_the_process_cpus(monkeypatch):
 
     monkeypatch.setattr(D.os, "sched_getaffinity", no_affinity, raising=False)
     assert D.usable_cpus() == 128
+
+
+def test_count_draw_threads_follow_torch_threads(monkeypatch):
+    """torch.set_num_threads bounds the draw threads too (a user sharing a node sets it once),
+    and the counts are the same whatever the bound."""
+    monkeypatch.setattr(D, "usable_cpus", lambda: 16)
+    before = torch.get_num_threads()
+    seen = []
+    real_pool = D.ThreadPoolExecutor
+
+    def pool(workers):
+        seen.append(workers)
+        return real_pool(workers)
+
+    monkeypatch.setattr(D, "ThreadPoolExecutor", pool)
+    rng = np.random.default_rng(0)
+    lognorm = np.abs(rng.standard_normal((4 * D.COUNT_STREAM_ROWS, 30))).astype(np.float32)
+    lib_mean, lib_sd = np.full(len(lognorm), 8.0), np.full(len(lognorm), 0.2)
+    draws = {}
+    try:
+        for threads in (1, 3, 12):
+            torch.set_num_threads(threads)
+            assert D.draw_workers(100) == min(threads, D.SAMPLE_WORKERS)
+            draws[threads] = D.sample_counts(lognorm, lib_mean, lib_sd, np.random.default_rng(1), D.CountStreams(5))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [3, 4]  # one thread draws without a pool; 12 threads meet the call's 4 runs
+    assert np.array_equal(draws[1], draws[3]) and np.array_equal(draws[1], draws[12])
