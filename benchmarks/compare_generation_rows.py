@@ -7,7 +7,8 @@ no model is trained)
 For each dataset, the seeds both rows were run on: W1 / floor, MMD minus the same split's
 per-group Gaussian's (each row file scores the Gaussian on its own split, so the difference is
 paired), the generated spread over the floor's, and the training and sampling rates; then the
-mean over those seeds. A row can be named per dataset: ``pysave_spread,baron_human=pysave_product_spread``.
+mean over those seeds; and, pooled over every (dataset, seed) pair, the first row minus the
+second with its standard error and paired tests. A row can be named per dataset: ``pysave_spread,baron_human=pysave_product_spread``.
 Reads and writes the harness's results folder (results/, or $PYSAVE_BENCH_RESULTS): <name>.json,
 and prints a markdown table.
 """
@@ -81,6 +82,36 @@ def compare(datasets, rows) -> list[dict]:
     return out
 
 
+def pooled(comparisons) -> dict | None:
+    """The first row minus the second over every (dataset, seed) pair of ``comparisons``: mean
+    difference, its standard error, on how many pairs the first is higher (worse), and the paired
+    t-test's and Wilcoxon signed-rank test's two-sided p (scipy). None with fewer than 3 pairs."""
+    from scipy import stats
+
+    diffs = {k: [] for k in ("W1_over_floor", "MMD_minus_gaussian")}
+    for c in comparisons:
+        a, b = c["rows"]
+        for s in c["seeds"]:
+            for k in diffs:
+                diffs[k].append(c["per_seed"][s][a][k] - c["per_seed"][s][b][k])
+    n = len(diffs["MMD_minus_gaussian"])
+    if n < 3:
+        return None
+    return {"pairs": n, **{k: {"mean": float(np.mean(d)), "se": float(np.std(d, ddof=1) / np.sqrt(n)),
+                              "first_higher": int(np.sum(np.asarray(d) > 0)),
+                              "t_test_p": float(stats.ttest_1samp(d, 0.0).pvalue),
+                              "wilcoxon_p": float(stats.wilcoxon(d).pvalue)} for k, d in diffs.items()}}
+
+
+def pooled_line(comparisons, pool: dict) -> str:
+    names = [list(dict.fromkeys(c["rows"][i] for c in comparisons)) for i in (0, 1)]  # in the datasets' order
+    parts = [f"{label} {pool[k]['mean']:+.4f} (SE {pool[k]['se']:.4f}; higher on {pool[k]['first_higher']} of {pool['pairs']}; "
+             f"paired t-test p = {pool[k]['t_test_p']:.3f}, Wilcoxon p = {pool[k]['wilcoxon_p']:.3f})"
+             for label, k in (("W1 / floor", "W1_over_floor"), ("MMD minus the Gaussian's", "MMD_minus_gaussian"))]
+    return (f"**Over all {pool['pairs']} (dataset, seed) pairs**, {' / '.join(f'`{n}`' for n in names[0])} minus "
+            f"{' / '.join(f'`{n}`' for n in names[1])}: " + "; ".join(parts) + ".")
+
+
 def _spread(row: dict) -> str:
     return "-" if row["spread_over_floor"] is None else f"{row['spread_over_floor']:.2f}"
 
@@ -111,13 +142,15 @@ def main():
     comparisons = compare(args.dataset, args.rows)
     if not comparisons:
         raise SystemExit(f"no seed has both rows {args.rows} in {RB.RESULTS}")
-    text = table(comparisons)
+    pool = pooled(comparisons)
+    text = table(comparisons) + ("" if pool is None else "\n\n" + pooled_line(comparisons, pool))
     print(text)
     if args.name:
         from pysave.io import atomic_output
 
         with atomic_output(os.path.join(RB.RESULTS, f"{args.name}.json")) as tmp, open(tmp, "w") as fh:
-            json.dump({"rows": args.rows, "comparisons": comparisons, "provenance": run_provenance()}, fh, indent=1)
+            json.dump({"rows": args.rows, "comparisons": comparisons, "pooled": pool, "provenance": run_provenance()},
+                      fh, indent=1)
         write_block(f"{args.name}-table", text)
 
 
