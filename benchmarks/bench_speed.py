@@ -161,15 +161,18 @@ def run_training(precision: str, torch_compile: bool, epochs: int, dataset: str 
             "warmup_epoch_seconds": warm["seconds"], "vae_train_cells_per_s": measured["cells_per_second"]}
 
 
-def training_outputs(dataset: str, threads: int) -> tuple[str, str]:
-    """The results file and README block of a `--training` comparison (suffixed unless 2 threads)."""
-    data, suffix = TRAINING_DATA[dataset], ("" if threads == THREADS else f"_{threads}thread")
+def training_outputs(dataset: str, threads: int, label: str = "") -> tuple[str, str]:
+    """The results file and README block of a `--training` comparison (suffixed unless 2 threads,
+    and by ``label``: another machine's run then sits beside the stored one)."""
+    data = TRAINING_DATA[dataset]
+    suffix = ("" if threads == THREADS else f"_{threads}thread") + (f"_{label}" if label else "")
     return data["results"].replace(".json", suffix + ".json"), data["table"] + suffix
 
 
-def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pancreas", threads: int = THREADS) -> None:
+def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pancreas", threads: int = THREADS,
+                  label: str = "") -> None:
     data = TRAINING_DATA[dataset]
-    results_name, table = training_outputs(dataset, threads)
+    results_name, table = training_outputs(dataset, threads, label)
     provenance = run_provenance()  # before the runs: the commit of the code they load
     rounds: list[dict] = []
     for r in range(TRAINING_ROUNDS):
@@ -266,6 +269,8 @@ def main() -> None:
     parser.add_argument("--training", action="store_true",
                         help="only VAE training: fp32, bf16 and bf16 with torch.compile, against scVI -> results/speed_training*.json")
     parser.add_argument("--training-table", action="store_true", help="rewrite the --training table from its results file")
+    parser.add_argument("--label", default="", help="with --training / --training-table: suffix of the results file and "
+                        "README block (e.g. a machine, amd), so a run elsewhere does not replace the stored one")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--one-training", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -281,10 +286,10 @@ def main() -> None:
     threads = args.threads if args.training else THREADS
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if args.training:
-        training_main(args.epochs, args.peers_python, env, args.dataset, threads)
+        training_main(args.epochs, args.peers_python, env, args.dataset, threads, args.label)
         return
     if args.training_table:  # rewrite the table from the stored results
-        results_name, table = training_outputs(args.dataset, args.threads)
+        results_name, table = training_outputs(args.dataset, args.threads, args.label)
         stored = json.load(open(os.path.join(HERE, "results", results_name)))
         write_training_table(stored["runs"], stored["meta"], table)
         return
