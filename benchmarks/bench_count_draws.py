@@ -6,7 +6,8 @@
 (``../shared/data``), each cell's mean being a real cell's log1p(CP10k) profile, rates by the
 log-mean inversion (the default decoder's) and, second, with the negative binomial's Gamma part
 (theta 2 for every gene). Best of ``--repeats`` per thread count, from 1 to the CPU count
-(``data.SAMPLE_WORKERS``; torch is not involved). It also runs on code from before the count
+(``data.SAMPLE_WORKERS``, and torch's thread count with it: since 2026-12-07, second session, the
+draws use no more threads than torch does; no network runs). It also runs on code from before the count
 draws had one stream per run of cells (2026-12-07), whose ``sample_counts`` took the streams
 themselves, so the same script times both. Writes results/count_draws_<label>.json
 (benchmarks/README.md, "Count draws on several threads").
@@ -47,13 +48,17 @@ def draw(lognorm, log_lib, theta, rates: str):
 
 
 def seconds_by_threads(lognorm, log_lib, theta, threads, repeats: int) -> dict[int, list[float]]:
-    """{threads: the seconds of each of ``repeats`` calls} with ``data.SAMPLE_WORKERS`` set to each
-    of ``threads`` (restored after); the log-mean table is built before the timing."""
+    """{threads: the seconds of each of ``repeats`` calls} with ``data.SAMPLE_WORKERS`` and torch's
+    thread count (which bounds the draws) set to each of ``threads`` (both restored after); the
+    log-mean table is built before the timing."""
+    import torch
+
     draw(lognorm[:256], log_lib[:256], theta, "log_mean")
-    default, seconds = D.SAMPLE_WORKERS, {}
+    default, torch_threads, seconds = D.SAMPLE_WORKERS, torch.get_num_threads(), {}
     try:
         for workers in threads:
             D.SAMPLE_WORKERS = workers
+            torch.set_num_threads(workers)
             seconds[workers] = []
             for _ in range(repeats):
                 start = time.perf_counter()
@@ -61,6 +66,7 @@ def seconds_by_threads(lognorm, log_lib, theta, threads, repeats: int) -> dict[i
                 seconds[workers].append(time.perf_counter() - start)
     finally:
         D.SAMPLE_WORKERS = default
+        torch.set_num_threads(torch_threads)
     return seconds
 
 
