@@ -53,20 +53,22 @@ def seconds_by_threads(lognorm, log_lib, theta, threads, repeats: int) -> dict[i
     log-mean table is built before the timing."""
     import torch
 
+    from pysave.metrics import torch_threads_kept
+
     draw(lognorm[:256], log_lib[:256], theta, "log_mean")
-    default, torch_threads, seconds = D.SAMPLE_WORKERS, torch.get_num_threads(), {}
+    default, seconds = D.SAMPLE_WORKERS, {}
     try:
-        for workers in threads:
-            D.SAMPLE_WORKERS = workers
-            torch.set_num_threads(workers)
-            seconds[workers] = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                draw(lognorm, log_lib, theta, "log_mean")
-                seconds[workers].append(time.perf_counter() - start)
+        with torch_threads_kept():
+            for workers in threads:
+                D.SAMPLE_WORKERS = workers
+                torch.set_num_threads(workers)
+                seconds[workers] = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    draw(lognorm, log_lib, theta, "log_mean")
+                    seconds[workers].append(time.perf_counter() - start)
     finally:
         D.SAMPLE_WORKERS = default
-        torch.set_num_threads(torch_threads)
     return seconds
 
 

@@ -14,6 +14,7 @@ import pysave.shift
 from pysave import data as D
 from pysave.cli import main
 from pysave.errors import PySaveError
+from pysave.metrics import torch_threads_kept
 from support import TINY, TINY_TRAIN
 
 
@@ -1076,7 +1077,6 @@ def test_count_draw_threads_follow_torch_threads(monkeypatch):
     """torch.set_num_threads bounds the draw threads too (a user sharing a node sets it once),
     and the counts are the same whatever the bound."""
     monkeypatch.setattr(D, "usable_cpus", lambda: 16)
-    before = torch.get_num_threads()
     seen = []
     real_pool = D.ThreadPoolExecutor
 
@@ -1089,12 +1089,10 @@ def test_count_draw_threads_follow_torch_threads(monkeypatch):
     lognorm = np.abs(rng.standard_normal((4 * D.COUNT_STREAM_ROWS, 30))).astype(np.float32)
     lib_mean, lib_sd = np.full(len(lognorm), 8.0), np.full(len(lognorm), 0.2)
     draws = {}
-    try:
+    with torch_threads_kept():
         for threads in (1, 3, 12):
             torch.set_num_threads(threads)
             assert D.draw_workers(100) == min(threads, D.SAMPLE_WORKERS)
             draws[threads] = D.sample_counts(lognorm, lib_mean, lib_sd, np.random.default_rng(1), D.CountStreams(5))
-    finally:
-        torch.set_num_threads(before)
     assert seen == [3, 4]  # one thread draws without a pool; 12 threads meet the call's 4 runs
     assert np.array_equal(draws[1], draws[3]) and np.array_equal(draws[1], draws[12])
