@@ -194,8 +194,11 @@ def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pan
 
 
 def on_cpu(meta: dict) -> str:
-    """The " of <CPU>" of a table's header; results written before the CPU was recorded have none."""
-    return f" of {meta['cpu']}" if meta.get("cpu") else ""
+    """The " of <CPU>" of a table's header, described from the recorded /proc/cpuinfo fields where the
+    results have them; results written before the CPU was recorded have none."""
+    cpu = meta.get("provenance", {}).get("cpu")
+    description = cpu_description(cpu) if cpu else meta.get("cpu")
+    return f" of {description}" if description else ""
 
 
 def write_training_table(rounds: list[dict], meta: dict, block: str = "speed-training-table") -> None:
@@ -269,8 +272,8 @@ def main() -> None:
     parser.add_argument("--training", action="store_true",
                         help="only VAE training: fp32, bf16 and bf16 with torch.compile, against scVI -> results/speed_training*.json")
     parser.add_argument("--training-table", action="store_true", help="rewrite the --training table from its results file")
-    parser.add_argument("--label", default="", help="with --training / --training-table: suffix of the results file and "
-                        "README block (e.g. a machine, amd), so a run elsewhere does not replace the stored one")
+    parser.add_argument("--label", default="", help="suffix of the results file and README block (e.g. a machine, amd), "
+                        "so a run elsewhere does not replace the stored one")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--one-training", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -313,11 +316,12 @@ def main() -> None:
     for r in results:
         if "flops_per_cell" in r:
             r["ceiling_cells_per_s"] = {p: ceilings(r["flops_per_cell"], g) for p, g in meta["gemm_gflops"].items()}
-    write_results("speed.json", {"meta": meta, "results": results})
-    write_table(results, meta)
+    suffix = f"_{args.label}" if args.label else ""
+    write_results(f"speed{suffix}.json", {"meta": meta, "results": results})
+    write_table(results, meta, "speed-table" + suffix)
 
 
-def write_table(results: list[dict], meta: dict) -> None:
+def write_table(results: list[dict], meta: dict, block: str = "speed-table") -> None:
     scvi = next((r for r in results if r["config"] == "scvi"), None)
     sampling = [sampling_key(*row) for row in SAMPLING]
     lines = ["| config | VAE train cells/s | vs scVI | flow train cells/s | "
@@ -344,7 +348,7 @@ def write_table(results: list[dict], meta: dict) -> None:
                          + " | " + " | ".join(f"{c['32'][k]:.0f} / {c['bf16'][k]:.0f}"
                                               for k in ("vae_train", "sampling_euler50_w1", "sampling_midpoint10_w2")) + " |")
     table = "\n".join(lines)
-    write_block("speed-table", f"Measured {meta['date']} on {meta['cpu_count']} CPU cores{on_cpu(meta)} ({meta['threads']} threads), "
+    write_block(block, f"Measured {meta['date']} on {meta['cpu_count']} CPU cores{on_cpu(meta)} ({meta['threads']} threads), "
                                f"{meta['data']}:\n\n{table}")
     print(table)
 

@@ -42,11 +42,13 @@ def cpu_info() -> dict:
 
 
 def cpu_description(cpu: dict | None = None) -> str:
-    """The CPU's model name and its native bf16 units, as the speed tables name it."""
+    """The CPU's model name, family and model, and its native bf16 units, as the speed tables name
+    it. The family tells apart hosts that share a name: "AMD EPYC" was family 25 (Zen 4) and 26 (Zen 5) here."""
     cpu = cpu_info() if cpu is None else cpu
     flags = set(cpu.get("vector_flags", "").split())
-    bf16 = [name for flag, name in BF16_UNITS if flag in flags]
-    return cpu.get("model name", "") + (f" ({', '.join(bf16)})" if bf16 else "")
+    details = [f"family {cpu['cpu family']} model {cpu['model']}"] if "cpu family" in cpu and "model" in cpu else []
+    details += [name for flag, name in BF16_UNITS if flag in flags]
+    return cpu.get("model name", "") + (f" ({', '.join(details)})" if details else "")
 
 
 def git(*cmd) -> str:
