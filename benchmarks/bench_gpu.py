@@ -355,8 +355,9 @@ def sampling_speed(rec: Recorder) -> None:
         from bench_count_draws import real_means, seconds_by_threads
 
         lognorm, log_lib = real_means(4096)
-        timed = seconds_by_threads(lognorm, log_lib, None, [1, 2, 4, 8], 3)
-        return {"cpu_count": os.cpu_count(), **{f"threads_{k}_cells_per_s": len(lognorm) / min(v) for k, v in timed.items()}}
+        timed, peak_mb = seconds_by_threads(lognorm, log_lib, None, [1, 2, 4, 8], 3)
+        return {"cpu_count": os.cpu_count(), **{f"threads_{k}_cells_per_s": len(lognorm) / min(v) for k, v in timed.items()},
+                **{f"threads_{k}_peak_traced_mb": mb for k, mb in peak_mb.items()}}
 
     rec.step("sampling", "count_draws_cpu", count_draws)
 

@@ -435,11 +435,15 @@ _INVERTER: LogMeanInverter | None = None
 # Cells per run of the count draws. Each run of COUNT_STREAM_ROWS consecutive cells of a call has
 # its own random streams, keyed by the call's seed and the run's index, so runs are drawn on
 # several threads at once and the values depend neither on the number of threads nor on how the
-# cells are chunked. Its float64 temporaries (rows x genes x 8 bytes) stay in the CPU's cache.
-# Changing it changes every sampled value.
+# cells are chunked. Changing it changes every sampled value.
 COUNT_STREAM_ROWS = 256
 # Threads drawing runs at once (at most the CPUs this process may use, and torch's thread count).
 SAMPLE_WORKERS = 8
+# A thread draws its run in blocks of rows holding at most this many values, so that its float64
+# temporaries stay ~2 MB each however many genes there are (whole runs at 30,000 genes held ~170 MB
+# per thread; benchmarks/README.md, "Count draws on several threads"). Each block goes on with its
+# run's streams, so the values do not depend on it.
+DRAW_BLOCK_VALUES = 2 ** 18
 
 
 def usable_cpus() -> int:
@@ -518,10 +522,13 @@ def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd
         return expr / total * lib[rows, None]
 
     out = np.empty(np.shape(lognorm_mean), dtype=np.float32)
+    block = max(1, DRAW_BLOCK_VALUES // max(1, out.shape[1]))  # rows a thread draws at once
 
     def draw(run: tuple) -> None:
         rows, count_rng, gamma_rng = run
-        out[rows] = draw_counts(rates_of(rows), count_rng, theta, gamma_rng)
+        for first in range(rows.start, rows.stop, block):
+            part = slice(first, min(first + block, rows.stop))
+            out[part] = draw_counts(rates_of(part), count_rng, theta, gamma_rng)
 
     runs = streams.take(len(out))
     workers = draw_workers(len(runs))

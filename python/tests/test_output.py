@@ -1016,7 +1016,8 @@ def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(mo
     """sample_counts draws each run of COUNT_STREAM_ROWS cells from its own streams, keyed by
     (seed, 102 or 103, run), on several threads: the values must be those of drawing the runs one
     after the other in a single call, in both rate modes and with the NB's Gamma, whatever the
-    number of threads and however the cells are cut into consecutive calls."""
+    number of threads, however the cells are cut into consecutive calls and however a thread cuts
+    its run into blocks of rows (DRAW_BLOCK_VALUES, which bounds the draws' memory at many genes)."""
 
     def reference(lognorm, lib_mean, lib_sd, seed, theta=None, rates="fraction"):  # runs in order, one thread
         lib = np.exp(lib_mean + lib_sd * np.random.default_rng(1).standard_normal(len(lognorm)))
@@ -1044,13 +1045,16 @@ def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(mo
     for rates in ("fraction", "log_mean"):
         for th in (None, theta):
             expected = reference(lognorm, lib_mean, lib_sd, 9, th, rates)
-            for chunk, workers in ((700, 1), (700, 4), (1, 2), (63, 3), (64, 2), (100, 1), (300, 8)):
+            for chunk, workers, block_values in ((700, 1, 2 ** 20), (700, 4, 2 ** 20), (1, 2, 2 ** 20), (63, 3, 2 ** 20),
+                                                 (64, 2, 2 ** 20), (100, 1, 2 ** 20), (300, 8, 2 ** 20),
+                                                 (700, 1, 5 * 120), (700, 3, 1), (63, 2, 7 * 120)):
                 monkeypatch.setattr(D, "SAMPLE_WORKERS", workers)
+                monkeypatch.setattr(D, "DRAW_BLOCK_VALUES", block_values)  # whole runs; 5 rows; 1 row; 7 rows
                 lib_rng, streams = np.random.default_rng(1), D.CountStreams(9)
                 got = np.concatenate([D.sample_counts(lognorm[s:s + chunk], lib_mean[s:s + chunk], lib_sd[s:s + chunk],
                                                       lib_rng, streams, th, rates=rates)
                                       for s in range(0, 700, chunk)])
-                assert np.array_equal(got, expected), (rates, th is not None, chunk, workers)
+                assert np.array_equal(got, expected), (rates, th is not None, chunk, workers, block_values)
     # Another seed gives other counts; so does the next run of the same seed (the runs' streams differ).
     monkeypatch.setattr(D, "SAMPLE_WORKERS", 1)
     same = np.tile(lognorm[:1], (128, 1))
