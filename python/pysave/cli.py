@@ -219,7 +219,8 @@ def train(data, conditions, batch_key, layer, out, max_epochs, flow_epochs, batc
 @click.option("--solver", type=click.Choice(["euler", "midpoint", "rk4", "dopri5"]), default="midpoint", show_default=True,
               help="euler, midpoint or rk4 take --steps fixed steps; dopri5 is adaptive and ignores --steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--chunk-size", type=int, default=4096, show_default=True, help="Cells generated and written at a time.")
+@click.option("--chunk-size", type=int, default=4096, show_default=True,
+              help="Cells generated and written at a time, at most (fewer above 4,096 genes: 2^24 values a chunk, to bound memory).")
 @click.option("--output-kind", type=click.Choice(["sample", "mean"]), default=None,
               help="sample (default): counts drawn around the decoder mean (zeros and noise like real cells), as "
                    "log1p(CP10k); mean: the decoder mean itself. Models saved by older pysave versions can only give mean.")

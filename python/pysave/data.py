@@ -22,7 +22,16 @@ from .errors import PySaveError
 REGISTRY_KEY = "_pysave"
 TARGET_SUM = 1e4
 CHUNK_ROWS = 4096
+# Dense (cells x genes) blocks made from the data hold at most this many values: CHUNK_ROWS cells
+# up to 4,096 genes, fewer at atlas width (559 cells at 30,000 genes), so that a block's float64
+# copies stay ~130 MB each, where 4,096 cells of 30,000 genes took ~1 GB each.
+DENSE_BLOCK_VALUES = 2 ** 24
 MASK = "[MASK]"
+
+
+def dense_block_rows(n_genes: int, rows: int = CHUNK_ROWS) -> int:
+    """Rows of a dense block of ``n_genes`` columns: at most ``rows`` and ``DENSE_BLOCK_VALUES`` values."""
+    return max(1, min(int(rows), DENSE_BLOCK_VALUES // max(1, int(n_genes))))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -228,6 +237,7 @@ def normalize_log_profiles(X: np.ndarray, chunk: int = CHUNK_ROWS) -> np.ndarray
     1e4 (scanpy's normalize_total, then log1p), chunk by chunk, by ``log_normalize`` as the input
     was. A decoder's mean is E[log1p] per gene, whose profile does not sum to 1e4 as the input's
     did; rows that are all zero stay zero."""
+    chunk = dense_block_rows(X.shape[1], chunk)
     for start in range(0, X.shape[0], chunk):
         block = np.expm1(np.clip(X[start:start + chunk], 0, None, dtype=np.float64))
         total = block.sum(1)

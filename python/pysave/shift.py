@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.spatial.distance import cdist, pdist
 
-from .data import distinct_rows
+from .data import dense_block_rows, distinct_rows
 from .errors import PySaveError
 
 # A stratum (one value of each unchanged condition) enters a shift only with this many cells on
@@ -152,8 +152,10 @@ def kept_shift_cells(mu: torch.Tensor, positions: np.ndarray | None, codes: np.n
 
 
 def source_positions(stats: dict, source, scalers, batch: int) -> np.ndarray:
-    """Every cell of a prepared source in the expression PCs, read ``batch`` rows at a time."""
+    """Every cell of a prepared source in the expression PCs, read ``batch`` rows at a time (fewer
+    at many genes: ``data.dense_block_rows``)."""
     n = source.n_cells
+    batch = dense_block_rows(len(stats["pc_center"]), batch)
     return np.concatenate([expression_positions(stats, log_normalized_rows(source, scalers, s, min(s + batch, n)))
                            for s in range(0, n, batch)] or [np.zeros((0, len(stats["pc_components"])), np.float32)])
 

@@ -1063,6 +1063,43 @@ def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(mo
     assert not np.array_equal(one, other) and not np.array_equal(one[:64], one[64:])
 
 
+def test_dense_blocks_are_bounded_by_values_and_change_nothing(trained, monkeypatch):
+    """At atlas width a block of 4,096 cells held ~1 GB per dense float64 copy (30,000 genes), so
+    generation's chunks, the expression-PC positions and the calibration's sums now take at most
+    DENSE_BLOCK_VALUES values at a time. Bounded at 3 cells' values: the same cells, positions and
+    offsets as from whole blocks, and no chunk of more than 3 cells reaches the flow."""
+    import pysave.model as M
+
+    model = trained["model"]
+    table = pd.DataFrame({"cell_type": ["B", "NK", "T_CD4"], "batch": ["10x_5prime", None, "10x_3prime_v1"], "n_cells": [4, 3, 4]})
+    data = model._prepare(None)
+    mu, _ = model._encode(data)
+    n_combinations = len(model.condition_latents["codes"])
+
+    def everything():
+        _, positions = pysave.shift.expression_pcs(data, model.scalers, 0)
+        offsets = model._combination_offsets(data, mu, n_combinations, 0)
+        return model.generate_like(table, seed=4, output="sample").X, positions, offsets
+
+    whole = everything()
+    assert D.dense_block_rows(len(model.genes)) == D.CHUNK_ROWS  # 300 genes: whole blocks of 4,096 cells
+    rows, solve = {"flow": [], "positions": [], "calibration": []}, M.sample_latents
+    place, real = pysave.shift.expression_positions, M.log_normalized_rows
+    monkeypatch.setattr(M, "sample_latents", lambda flow, codes, *a, **k: rows["flow"].append(len(codes)) or solve(flow, codes, *a, **k))
+    monkeypatch.setattr(pysave.shift, "expression_positions", lambda stats, x: rows["positions"].append(len(x)) or place(stats, x))
+    monkeypatch.setattr(M, "log_normalized_rows", lambda src, sc, a, b: rows["calibration"].append(b - a) or real(src, sc, a, b))
+    monkeypatch.setattr(D, "DENSE_BLOCK_VALUES", 3 * len(model.genes))
+    assert D.dense_block_rows(len(model.genes)) == 3 and D.dense_block_rows(len(model.genes), 2) == 2
+    bounded = everything()
+    assert max(rows["flow"]) == 3 and sum(rows["flow"]) == 11
+    assert max(rows["positions"]) == 3 and sum(rows["positions"]) == data.n_cells
+    assert max(rows["calibration"]) == 3 and sum(rows["calibration"]) == int(model.condition_latents["offset_cells"].sum())
+    assert np.array_equal(bounded[0], whole[0])
+    np.testing.assert_allclose(bounded[1], whole[1], rtol=0, atol=1e-5)
+    for key in ("offset_scores", "offset_basis", "offset_cells"):
+        np.testing.assert_allclose(bounded[2][key], whole[2][key], rtol=0, atol=1e-5)
+
+
 def test_count_draw_threads_follow_the_process_cpus(monkeypatch):
     """The draw threads are capped by the CPUs the process may use (a SLURM or taskset
     allocation on a large node), not by the machine's count."""
