@@ -984,9 +984,14 @@ class SAVE:
         # so the same seed gives the same cells whatever the batch size (CUDA's would not).
         generator = torch.Generator().manual_seed(int(seed))
         finish = self._output_sampler(output, seed)
-        # Each chunk holds several dense (cells x genes) copies: at 30,000 genes 4,096 cells peaked
-        # at 2.9 GB where 559 (2^24 values) took 1.2 GB, as fast; the cells do not depend on it.
-        batch_size = D.dense_block_rows(len(self.genes), batch_size)
+        # Each chunk holds several dense (cells x genes) copies: at 30,000 genes chunks of 4,096 cells
+        # peaked at 2.9 GB, of 512 at 1.2 GB, as fast. A bounded chunk is whole decoder blocks
+        # (CPU_DECODE_ROWS), so the decoder sees the rows it would in chunks of batch_size: over other
+        # rows it rounds means differently, and rare counts on a rounding edge change
+        # (docs/reproducibility.md).
+        bounded = D.dense_block_rows(len(self.genes), batch_size)
+        if bounded < batch_size:
+            batch_size = max(CPU_DECODE_ROWS, bounded - bounded % CPU_DECODE_ROWS)
 
         def decode(z: torch.Tensor, codes: np.ndarray) -> np.ndarray:
             decoded = self._decode(z, codes, precision=precision)
@@ -1246,7 +1251,8 @@ class SAVE:
         noise like real ones; the default) or ``"mean"`` (the decoder mean); recorded in
         ``uns["pysave"]["output"]``. ``batch_size``: cells generated at a time, at most (fewer
         above 4,096 genes, ``data.DENSE_BLOCK_VALUES`` values a chunk, so memory stays bounded at
-        atlas width). The same seed gives the same cells, whatever ``batch_size``,
+        atlas width). The same seed gives the same cells, whatever ``batch_size`` (but for a rare
+        sampled count at many genes, docs/reproducibility.md),
         on the CPU and on a GPU in fp32 (what ``"auto"`` chooses); in bf16 on a GPU the decoder
         rounds by batch size, so about a tenth of the sampled values change with it
         (docs/reproducibility.md).

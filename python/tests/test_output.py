@@ -1066,8 +1066,9 @@ def test_count_sampling_gives_the_same_values_whatever_the_chunks_and_threads(mo
 def test_dense_blocks_are_bounded_by_values_and_change_nothing(trained, monkeypatch):
     """At atlas width a block of 4,096 cells held ~1 GB per dense float64 copy (30,000 genes), so
     generation's chunks, the expression-PC positions and the calibration's sums now take at most
-    DENSE_BLOCK_VALUES values at a time. Bounded at 3 cells' values: the same cells, positions and
-    offsets as from whole blocks, and no chunk of more than 3 cells reaches the flow."""
+    DENSE_BLOCK_VALUES values at a time. Bounded at 3 cells' values, with decoder blocks of 2: the
+    same cells, positions and offsets as from whole blocks; generation's chunks are whole decoder
+    blocks (2 cells), the positions' and the calibration's blocks 3 cells."""
     import pysave.model as M
 
     model = trained["model"]
@@ -1089,9 +1090,10 @@ def test_dense_blocks_are_bounded_by_values_and_change_nothing(trained, monkeypa
     monkeypatch.setattr(pysave.shift, "expression_positions", lambda stats, x: rows["positions"].append(len(x)) or place(stats, x))
     monkeypatch.setattr(M, "log_normalized_rows", lambda src, sc, a, b: rows["calibration"].append(b - a) or real(src, sc, a, b))
     monkeypatch.setattr(D, "DENSE_BLOCK_VALUES", 3 * len(model.genes))
+    monkeypatch.setattr(M, "CPU_DECODE_ROWS", 2)
     assert D.dense_block_rows(len(model.genes)) == 3 and D.dense_block_rows(len(model.genes), 2) == 2
     bounded = everything()
-    assert max(rows["flow"]) == 3 and sum(rows["flow"]) == 11
+    assert max(rows["flow"]) == 2 and sum(rows["flow"]) == 11
     assert max(rows["positions"]) == 3 and sum(rows["positions"]) == data.n_cells
     assert max(rows["calibration"]) == 3 and sum(rows["calibration"]) == int(model.condition_latents["offset_cells"].sum())
     assert np.array_equal(bounded[0], whole[0])
