@@ -29,9 +29,11 @@ DENSE_BLOCK_VALUES = 2 ** 24
 MASK = "[MASK]"
 
 
-def dense_block_rows(n_genes: int, rows: int = CHUNK_ROWS) -> int:
-    """Rows of a dense block of ``n_genes`` columns: at most ``rows`` and ``DENSE_BLOCK_VALUES`` values."""
-    return max(1, min(int(rows), DENSE_BLOCK_VALUES // max(1, int(n_genes))))
+def dense_block_rows(n_genes: int, rows: int = CHUNK_ROWS, values: int | None = None) -> int:
+    """Rows of a dense block of ``n_genes`` columns: at most ``rows`` and ``values`` values
+    (``DENSE_BLOCK_VALUES`` unless given)."""
+    values = DENSE_BLOCK_VALUES if values is None else values
+    return max(1, min(int(rows), values // max(1, int(n_genes))))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -532,7 +534,7 @@ def sample_counts(lognorm_mean: np.ndarray, log_lib_mean: np.ndarray, log_lib_sd
         return expr / total * lib[rows, None]
 
     out = np.empty(np.shape(lognorm_mean), dtype=np.float32)
-    block = max(1, DRAW_BLOCK_VALUES // max(1, out.shape[1]))  # rows a thread draws at once
+    block = dense_block_rows(out.shape[1], COUNT_STREAM_ROWS, DRAW_BLOCK_VALUES)  # rows a thread draws at once
 
     def draw(run: tuple) -> None:
         rows, count_rng, gamma_rng = run
