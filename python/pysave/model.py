@@ -731,6 +731,17 @@ class SAVE:
                                    lambda a, b: self._decode(latents[a:b], codes[a:b]), groups, n_combinations, seed,
                                    batch=D.dense_block_rows(len(self.genes)))
 
+    def _chunk_rows(self, rows: int) -> int:
+        """Cells per chunk of generated or transferred output: ``rows``, fewer at many genes.
+
+        Each chunk holds several dense (cells x genes) copies: at 30,000 genes generation's chunks of
+        4,096 cells peaked at 2.9 GB, of 512 at 1.2 GB, as fast. A bounded chunk is whole decoder
+        blocks (CPU_DECODE_ROWS), so the decoder sees the rows it would in chunks of ``rows``: over
+        other rows it rounds means differently, and rare counts on a rounding edge change
+        (docs/reproducibility.md)."""
+        bounded = D.dense_block_rows(len(self.genes), rows)
+        return rows if bounded >= rows else max(CPU_DECODE_ROWS, bounded - bounded % CPU_DECODE_ROWS)
+
     @torch.no_grad()
     def _decode(self, z: torch.Tensor, codes: np.ndarray, batch_size: int = 4096, precision: str = "32") -> np.ndarray:
         """Latents -> log-normalized expression (log1p of counts per 10,000)."""
@@ -984,14 +995,7 @@ class SAVE:
         # so the same seed gives the same cells whatever the batch size (CUDA's would not).
         generator = torch.Generator().manual_seed(int(seed))
         finish = self._output_sampler(output, seed)
-        # Each chunk holds several dense (cells x genes) copies: at 30,000 genes chunks of 4,096 cells
-        # peaked at 2.9 GB, of 512 at 1.2 GB, as fast. A bounded chunk is whole decoder blocks
-        # (CPU_DECODE_ROWS), so the decoder sees the rows it would in chunks of batch_size: over other
-        # rows it rounds means differently, and rare counts on a rounding edge change
-        # (docs/reproducibility.md).
-        bounded = D.dense_block_rows(len(self.genes), batch_size)
-        if bounded < batch_size:
-            batch_size = max(CPU_DECODE_ROWS, bounded - bounded % CPU_DECODE_ROWS)
+        batch_size = self._chunk_rows(batch_size)
 
         def decode(z: torch.Tensor, codes: np.ndarray) -> np.ndarray:
             decoded = self._decode(z, codes, precision=precision)
@@ -1605,8 +1609,9 @@ class SAVE:
         prep, z, codes, precision = plan["prep"], plan["z"], plan["codes"], plan["precision"]
         plus_change = plan["output"] == INPUT_PLUS_CHANGE
         sampler = None if plus_change else self._output_sampler(plan["output"], plan["seed"])
-        for start in range(0, len(codes), loader.DEFAULT_CHUNK_SIZE):
-            stop = min(start + loader.DEFAULT_CHUNK_SIZE, len(codes))
+        chunk = self._chunk_rows(loader.DEFAULT_CHUNK_SIZE)
+        for start in range(0, len(codes), chunk):
+            stop = min(start + chunk, len(codes))
             x = self._decode(z[start:stop], codes[start:stop], precision=precision)
             if plus_change:
                 x = self._input_plus_change(x, plan["mu"], prep, precision, start, stop)

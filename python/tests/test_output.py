@@ -1077,29 +1077,38 @@ def test_dense_blocks_are_bounded_by_values_and_change_nothing(trained, monkeypa
     mu, _ = model._encode(data)
     n_combinations = len(model.condition_latents["codes"])
 
+    cells = trained["adata"][:9].copy()
+
     def everything():
         _, positions = pysave.shift.expression_pcs(data, model.scalers, 0)
         offsets = model._combination_offsets(data, mu, n_combinations, 0)
-        return model.generate_like(table, seed=4, output="sample").X, positions, offsets
+        moved = [model.transfer(cells, {"batch": "10x_5prime"}, via="shift", output=kind, seed=2).X
+                 for kind in ("sample", "input_plus_change")]
+        return model.generate_like(table, seed=4, output="sample").X, positions, offsets, moved
 
     whole = everything()
     assert D.dense_block_rows(len(model.genes)) == D.CHUNK_ROWS  # 300 genes: whole blocks of 4,096 cells
     rows, solve = {"flow": [], "positions": [], "calibration": []}, M.sample_latents
-    place, real = pysave.shift.expression_positions, M.log_normalized_rows
+    place, real, plus_change = pysave.shift.expression_positions, M.log_normalized_rows, M.SAVE._input_plus_change
     monkeypatch.setattr(M, "sample_latents", lambda flow, codes, *a, **k: rows["flow"].append(len(codes)) or solve(flow, codes, *a, **k))
     monkeypatch.setattr(pysave.shift, "expression_positions", lambda stats, x: rows["positions"].append(len(x)) or place(stats, x))
     monkeypatch.setattr(M, "log_normalized_rows", lambda src, sc, a, b: rows["calibration"].append(b - a) or real(src, sc, a, b))
+    monkeypatch.setattr(M.SAVE, "_input_plus_change", lambda self, decoded, *a: rows.setdefault("transfer", []).append(len(decoded))
+                        or plus_change(self, decoded, *a))
     monkeypatch.setattr(D, "DENSE_BLOCK_VALUES", 3 * len(model.genes))
     monkeypatch.setattr(M, "CPU_DECODE_ROWS", 2)
     assert D.dense_block_rows(len(model.genes)) == 3 and D.dense_block_rows(len(model.genes), 2) == 2
     bounded = everything()
     assert max(rows["flow"]) == 2 and sum(rows["flow"]) == 11
-    assert max(rows["positions"]) == 3 and sum(rows["positions"]) == data.n_cells
+    assert max(rows["positions"]) == 3 and sum(rows["positions"]) == data.n_cells + 2 * cells.n_obs  # training's, and transfer's
     assert max(rows["calibration"]) == 3 and sum(rows["calibration"]) == int(model.condition_latents["offset_cells"].sum())
     assert np.array_equal(bounded[0], whole[0])
     np.testing.assert_allclose(bounded[1], whole[1], rtol=0, atol=1e-5)
     for key in ("offset_scores", "offset_basis", "offset_cells"):
         np.testing.assert_allclose(bounded[2][key], whole[2][key], rtol=0, atol=1e-5)
+    assert rows["transfer"] == [2, 2, 2, 2, 1]  # transfer's chunks too: whole decoder blocks
+    assert np.array_equal(bounded[3][0], whole[3][0])  # sampled: the same counts
+    np.testing.assert_allclose(bounded[3][1], whole[3][1], rtol=0, atol=1e-5)  # decoded in blocks of 2, not 9: last bits
 
 
 def test_count_draw_threads_follow_the_process_cpus(monkeypatch):
