@@ -1,4 +1,6 @@
 """The training loop's early stopping, and the patience and lr warm-up each stage of SAVE.train gets."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,37 @@ def test_fit_can_keep_the_last_epoch_and_still_record_the_best():
     assert float(module.w.detach()) > 3.0  # 40 steps of 0.1 from 0, not the best epoch's ~1.0
     with pytest.raises(ValueError, match="keep must be"):
         _fit(patience=None, keep="first")
+
+
+def test_fit_gives_freed_memory_back_to_the_system(monkeypatch):
+    """fit ends with release_freed_memory (also when training fails), and that trims glibc's heap:
+    pages of freed blocks between live ones, which glibc would keep, leave the process."""
+    import pysave.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append(1) or True)
+    _fit(patience=None, epochs=3)
+    assert calls == [1]
+    with pytest.raises(ValueError, match="keep must be"):
+        _fit(patience=None, keep="first")
+    assert calls == [1, 1]
+    monkeypatch.undo()
+    if not sys.platform.startswith("linux"):  # no glibc: nothing to trim, and it says so
+        assert not train_module.release_freed_memory()
+        return
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+
+    # 64 KB blocks come from glibc's heap (under its mmap threshold); freeing every other one
+    # leaves holes that free() cannot return, only a trim can.
+    blocks = [np.ones(8192) for _ in range(4000)]  # ~256 MB
+    del blocks[::2]
+    before = rss_mb()
+    assert train_module.release_freed_memory()
+    assert before - rss_mb() > 64  # ~128 MB of holes
+    del blocks
 
 
 def _spy_on_fit(monkeypatch, run_epochs=None) -> dict:
