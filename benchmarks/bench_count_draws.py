@@ -26,6 +26,7 @@ import anndata as ad
 import numpy as np
 
 import pysave.data as D
+from pysave.io import atomic_output
 from provenance import run_provenance
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -103,9 +104,8 @@ def main() -> None:
                   f"peak {row['peak_traced_mb']:,.0f} MB (output {result['output_mb']:,.0f} MB)", flush=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", f"count_draws_{args.label}.json")
-    with open(path + ".tmp", "w") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:  # a stopped run leaves the earlier file as it was
         json.dump(result, fh, indent=1)
-    os.replace(path + ".tmp", path)  # a stopped run leaves the earlier file as it was
     print("wrote", path)
 
 
