@@ -86,7 +86,9 @@ def groups(adata, keys) -> np.ndarray:
 def gaussian_baseline(train, test, keys, seed, size="test"):
     """Per-group distances to the test cells of a Gaussian fitted, in the test cells' PC space,
     to the training cells of each group; ``size``: as many points as the group's test cells
-    ("test", the protocol) or as its training cells ("train", the floor's size)."""
+    ("test", the protocol) or as its training cells ("train", the floor's size). One random stream
+    over the groups, one draw each, as every stored row drew it; ``pysave evaluate``'s own
+    ``gaussian_*`` columns fit the same Gaussian but draw each group from its own stream, 3 times."""
     from pysave import metrics as M
 
     space = M.fit_reference_space(test, seed=seed)
@@ -99,8 +101,7 @@ def gaussian_baseline(train, test, keys, seed, size="test"):
         if len(zt) < 2:
             continue
         n = int((g_test == g).sum()) if size == "test" else len(zt)
-        cov = np.cov(zt.T) + 1e-6 * np.eye(zt.shape[1])
-        z_gauss.append(rng.multivariate_normal(zt.mean(0), cov, size=n))
+        z_gauss.append(M.gaussian_like(zt, n, rng))
         g_gauss += [g] * n
     return M.pc_space_distances(z_test, g_test, np.vstack(z_gauss), np.array(g_gauss), seed)
 

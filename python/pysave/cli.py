@@ -530,7 +530,7 @@ def demo(out, epochs, flow_epochs, seed, device, overwrite):
                    "(no GENERATED); perturbation: predicted stimulated cells (GENERATED) vs REAL, per cell type.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for metrics.tsv, summary.json and the plots.")
 @click.option("--group", "groups", multiple=True, help="[generation] obs column(s) defining the groups (repeat for a combination).")
-@click.option("--floor", "floor", type=click.Path(), default=None, help="[generation] Other real cells (e.g. the training cells) for the noise floor (floor_*), also drawn at each group's generated size (floor_sized_*).")
+@click.option("--floor", "floor", type=click.Path(), default=None, help="[generation] Other real cells (e.g. the training cells) for the noise floor (floor_*), also drawn at each group's generated size (floor_sized_*), and for the per-group Gaussian baseline fitted to them (gaussian_*).")
 @click.option("--counts-layer", default=None, help="[generation] Layer of REAL holding raw counts (default X).")
 @click.option("--n-hvg", type=int, default=2000, show_default=True, help="[generation]")
 @click.option("--n-pcs", type=int, default=30, show_default=True, help="[generation]")

@@ -24,7 +24,8 @@ def evaluate(real, generated=None, task: str = "generation", out: str | None = N
     - ``task="generation"``: ``generated`` cells against ``real`` held-out cells, per group of the
       ``groups`` obs columns (W1/W2, MMD, per-gene-mean R^2/PCC); ``floor``: other real cells of
       the same groups (e.g. the training cells) for the real-vs-real noise floor (``floor_*``), also
-      drawn at each group's generated size (``floor_sized_*``).
+      drawn at each group's generated size (``floor_sized_*``), and the per-group Gaussian fitted
+      to them (``gaussian_*``), the trivial baseline.
     - ``task="batch"``: scIB Bio / Batch / Total of the ``embeddings`` (obsm keys) of ``real``,
       and of a 50-PC PCA of each of ``layer_embeddings``; needs ``pip install pysave[eval]``.
     - ``task="perturbation"``: predicted stimulated cells (``generated``) against ``real`` (which

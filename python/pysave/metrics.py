@@ -57,6 +57,9 @@ MIN_SPREAD_CELLS = 10
 # Draws of the size-matched floor (floor_sized_*) per group, averaged: on pbmc_3tech's small groups
 # one draw's mean W1 moved by up to 0.55 (4%) between draws.
 FLOOR_SIZED_DRAWS = 3
+# Keys the per-group Gaussian's draws apart from the size-matched floor's (both are seeded per group,
+# so a group's numbers do not depend on which other groups are scored).
+GAUSSIAN_STREAM = 7
 
 
 # ----------------------------------------------------------------------------- expression
@@ -237,7 +240,9 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
     pysave output, or counts). ``floor``: other real cells of the same groups, disjoint from
     ``real`` (e.g. the training cells): scored the same way, they give the noise floor
     (``floor_*``), and drawn at each group's generated size, the size-matched floor
-    (``floor_sized_*``, :func:`floor_cells_like`).
+    (``floor_sized_*``, :func:`floor_cells_like`); and a Gaussian fitted to each group's floor
+    cells in the PC space, drawn at the generated size (``gaussian_*``, :func:`gaussian_like`):
+    the trivial baseline, which on small groups lands close to the floor.
     Returns ``{"per_group": DataFrame, "mean": dict, "protocol": dict}``.
     """
     keys = [group_keys] if isinstance(group_keys, str) else list(group_keys)
@@ -281,6 +286,10 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
                 draws = [_distances(z_real[r], z_floor[floor_cells_like(f, int(g.sum()), np.random.default_rng([seed, index, d]))], seed)
                          for d in range(FLOOR_SIZED_DRAWS)]
                 row.update({f"floor_sized_{k}": float(np.mean([d[k] for d in draws])) for k in draws[0]})
+                # The trivial baseline a generator must beat: a Gaussian of the floor cells, at the generated size.
+                draws = [_distances(z_real[r], gaussian_like(z_floor[f], int(g.sum()), np.random.default_rng([seed, index, GAUSSIAN_STREAM, d])),
+                                    seed) for d in range(FLOOR_SIZED_DRAWS)]
+                row.update({f"gaussian_{k}": float(np.mean([d[k] for d in draws])) for k in draws[0]})
         rows.append(row)
     if not rows:
         raise PySaveError(f"no group of {keys} has at least 2 real and 2 generated cells; check the group key and the generated conditions.")
@@ -296,6 +305,9 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
                 "floor_sized": f"floor cells drawn at each group's generated size (with replacement only where the floor has "
                                f"fewer), mean of {FLOOR_SIZED_DRAWS} draws: what reproducing the floor cells would score at "
                                "that size; the floor itself uses all of them, and W1 falls with the number of cells",
+                "gaussian": f"a Gaussian (mean and covariance) fitted to each group's floor cells in the PC space, drawn at the "
+                            f"group's generated size, mean of {FLOOR_SIZED_DRAWS} draws: the trivial baseline a generator should "
+                            "reach (on small groups it lands close to the floor)",
                 "n_genes_shared": len(shared), "n_genes_real": int(real.n_vars), "generated_renormalized": bool(renormalized),
                 "seed": seed, "groups_scored": int(len(table))}
     return {"per_group": table, "mean": numeric.mean().to_dict(), "protocol": protocol}
@@ -310,6 +322,14 @@ def floor_cells_like(rows: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     floor's W1 (benchmarks/README.md, "What a perfect generator scores"). Drawn without
     replacement where the floor has ``n`` cells or more."""
     return rng.choice(rows, n, replace=len(rows) < n)
+
+
+def gaussian_like(z: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points of a Gaussian fitted to the points ``z`` (cells x PCs): their mean and covariance,
+    with 1e-6 on the diagonal so that groups of fewer cells than PCs can be drawn from. The
+    per-group Gaussian baseline (``gaussian_*`` of :func:`generation_fidelity`, and the benchmarks')."""
+    cov = np.cov(z.T) + 1e-6 * np.eye(z.shape[1])
+    return rng.multivariate_normal(z.mean(0), cov, size=n)
 
 
 def shared_genes(datasets, names=None) -> list[str]:

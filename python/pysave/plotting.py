@@ -79,7 +79,8 @@ METRIC_TITLES = {"spread": "spread (generated / real variance)"}
 def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2", "spread")) -> None:
     """One panel per metric: a bar per group, with the noise floor as a black tick where known
     (for the spread too: two sets of real cells are not 1.0 apart in a PC space fitted on one),
-    and the floor at the generated set's size as a grey one."""
+    the floor at the generated set's size as a grey one, and the per-group Gaussian baseline as a
+    blue diamond."""
     plt = _figure()
     metrics = [m for m in metrics if m in table.columns]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), max(3, 0.3 * len(table) + 1.5)), squeeze=False)
@@ -92,11 +93,14 @@ def metric_bars(table, path: str, metrics=("W1", "MMD", "mean_r2", "spread")) ->
         if f"floor_sized_{metric}" in table.columns:  # W1 falls with the number of cells: the floor at the generated size
             ax.scatter(table[f"floor_sized_{metric}"].to_numpy(), y, marker="|", s=200, color="grey",
                        label="noise floor at the generated size")
+        if f"gaussian_{metric}" in table.columns:  # the trivial baseline: a per-group Gaussian of the floor cells
+            ax.scatter(table[f"gaussian_{metric}"].to_numpy(), y, marker="d", s=30, color="#1f77b4",
+                       label="per-group Gaussian (baseline)")
         ax.set_yticks(y, [str(g) for g in table.index], fontsize=7)
         ax.set_title(METRIC_TITLES.get(metric, metric))
         ax.invert_yaxis()
     # above the panels (saved with bbox_inches="tight"), where it hides no bar
-    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=3, bbox_to_anchor=(0.5, 1.0))
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -114,6 +114,36 @@ def test_size_matched_floor_draws_the_generated_size(pbmc_full):
     assert len(M.floor_cells_like(np.arange(3), 7, rng)) == 7  # fewer: drawn with replacement
 
 
+def test_gaussian_baseline_is_fitted_to_each_groups_floor_cells(pbmc_full):
+    """gaussian_*: a Gaussian of each group's floor cells in the PC space, drawn at the generated
+    size. It keeps the floor cells' spread, lands near the floor on real data, moves away when the
+    floor's groups are wrong, and each group's draws come from its own stream."""
+    test, train = _split(pbmc_full)
+    result = M.generation_fidelity(test, train, "cell_type", floor=train, n_hvg=500)
+    table = result["per_group"]
+    assert {"gaussian_W1", "gaussian_W2", "gaussian_MMD", "gaussian_spread"} <= set(table.columns) and "gaussian" in result["protocol"]
+    assert table["gaussian_W1"].notna().all()
+    big = table[table["n_floor"] >= 50]
+    assert len(big) >= 3
+    np.testing.assert_allclose(big["gaussian_spread"], big["floor_sized_spread"], rtol=0.25)  # the floor's covariance
+    assert (table["gaussian_W1"] < 1.3 * table["floor_W1"]).all()
+    # A floor with its groups scrambled: each Gaussian mixes cell types, far from the real group.
+    scrambled = train.copy()
+    scrambled.obs["cell_type"] = scrambled.obs["cell_type"].to_numpy()[np.random.default_rng(1).permutation(train.n_obs)]
+    wrong = M.generation_fidelity(test, train, "cell_type", floor=scrambled, n_hvg=500)
+    assert wrong["mean"]["gaussian_W1"] > 1.2 * result["mean"]["gaussian_W1"]
+    # Same seed, same numbers; a group's numbers do not depend on the other groups generated.
+    kept = train.obs["cell_type"] != table.index[0]
+    fewer = M.generation_fidelity(test, train[kept.to_numpy()].copy(), "cell_type", floor=train, n_hvg=500)["per_group"]
+    pd.testing.assert_series_equal(fewer["gaussian_MMD"], table["gaussian_MMD"].drop(table.index[0]))
+    # The draw itself: the points' mean and covariance; fewer points than dimensions still draw.
+    z = np.random.default_rng(2).normal(size=(200, 3)) @ np.array([[2.0, 0, 0], [0.5, 1, 0], [0, 0, 0.1]]) + 5
+    drawn = M.gaussian_like(z, 100_000, np.random.default_rng(3))
+    np.testing.assert_allclose(drawn.mean(0), z.mean(0), atol=0.02)
+    np.testing.assert_allclose(np.cov(drawn.T), np.cov(z.T), atol=0.03)
+    assert M.gaussian_like(z[:2], 5, np.random.default_rng(0)).shape == (5, 3)
+
+
 def test_spread_shows_under_dispersed_output(pbmc_full):
     """Cells pulled halfway to their group's mean (in log1p(CP10k), where the PC projection is
     linear) have a quarter of the real spread; the real cells scored as generated have all of it.

@@ -8,8 +8,9 @@
 #'   space: below `floor_spread`, under-dispersed output, which W1 rewards), and with `floor`
 #'   (other real cells of the same groups, e.g. the training cells) the real-vs-real noise floor
 #'   of each metric (`floor_*`), and the same with the floor cells drawn at each group's generated
-#'   size (`floor_sized_*`: W1 falls with the number of cells, so read W1 against it). Sets with
-#'   different genes are compared on the genes they share.
+#'   size (`floor_sized_*`: W1 falls with the number of cells, so read W1 against it), and the
+#'   trivial baseline: a Gaussian fitted to each group's floor cells in the PC space, drawn at
+#'   the generated size (`gaussian_*`). Sets with different genes are compared on the genes they share.
 #' - `task = "perturbation"`: predicted stimulated cells (`generated`) against `real`, which holds
 #'   both control and stimulated cells: R^2 / PCC of per-gene means over all genes and the top
 #'   `n_degs` DEGs, per value of `cell_type_key`, next to the control cells and the noise floor.

@@ -38,6 +38,21 @@ test_that("EvaluateSAVE scores generated cells per group, the same from objects 
   expect_error(EvaluateSAVE(real, gen, groups = "cell_type", out_dir = out), "already exists")
 })
 
+test_that("EvaluateSAVE with floor cells adds the noise floor and the per-group Gaussian baseline", {
+  fit <- sampling_fit()
+  real <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
+  real <- real[, real$cell_type %in% c("B", "T_CD4")]
+  half <- seq_len(ncol(real)) %% 2 == 0
+  gen <- GenerateCells(fit, n = 20, conditions = data.frame(cell_type = c("B", "T_CD4")), seed = 1)
+  scores <- EvaluateSAVE(real[, half], gen, groups = "cell_type", floor = real[, !half], n_hvg = 30L, umap = FALSE)
+  expect_true(all(c("floor_W1", "floor_sized_W1", "gaussian_W1", "gaussian_MMD", "gaussian_spread") %in% names(scores)))
+  expect_true(all(is.finite(scores$gaussian_W1) & scores$gaussian_W1 > 0))
+  expect_match(attr(scores, "summary")$protocol$gaussian, "Gaussian")
+  expect_true(is.finite(attr(scores, "summary")$mean$gaussian_W1))
+  again <- EvaluateSAVE(real[, half], gen, groups = "cell_type", floor = real[, !half], n_hvg = 30L, umap = FALSE)
+  expect_identical(again$gaussian_MMD, scores$gaussian_MMD)  # seeded
+})
+
 test_that("EvaluateSAVE reads a summary whose mean spread was not computed (every group under 10 cells)", {
   fit <- sampling_fit()
   real <- ReadH5AD(shared_file("fixtures", "pbmc_tiny.h5ad"))
