@@ -58,7 +58,7 @@ MIN_SPREAD_CELLS = 10
 # one draw's mean W1 moved by up to 0.55 (4%) between draws.
 FLOOR_SIZED_DRAWS = 3
 # Keys the per-group Gaussian's draws apart from the size-matched floor's (both are seeded per group,
-# so a group's numbers do not depend on which other groups are scored).
+# so a group's numbers do not depend on which other groups were generated).
 GAUSSIAN_STREAM = 7
 
 
@@ -286,7 +286,7 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
                 draws = [_distances(z_real[r], z_floor[floor_cells_like(f, int(g.sum()), np.random.default_rng([seed, index, d]))], seed)
                          for d in range(FLOOR_SIZED_DRAWS)]
                 row.update({f"floor_sized_{k}": float(np.mean([d[k] for d in draws])) for k in draws[0]})
-                # The trivial baseline a generator must beat: a Gaussian of the floor cells, at the generated size.
+                # The trivial baseline a generator should reach: a Gaussian of the floor cells, at the generated size.
                 draws = [_distances(z_real[r], gaussian_like(z_floor[f], int(g.sum()), np.random.default_rng([seed, index, GAUSSIAN_STREAM, d])),
                                     seed) for d in range(FLOOR_SIZED_DRAWS)]
                 row.update({f"gaussian_{k}": float(np.mean([d[k] for d in draws])) for k in draws[0]})

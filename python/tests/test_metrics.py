@@ -132,7 +132,7 @@ def test_gaussian_baseline_is_fitted_to_each_groups_floor_cells(pbmc_full):
     scrambled.obs["cell_type"] = scrambled.obs["cell_type"].to_numpy()[np.random.default_rng(1).permutation(train.n_obs)]
     wrong = M.generation_fidelity(test, train, "cell_type", floor=scrambled, n_hvg=500)
     assert wrong["mean"]["gaussian_W1"] > 1.2 * result["mean"]["gaussian_W1"]
-    # Same seed, same numbers; a group's numbers do not depend on the other groups generated.
+    # Seeded per group: a group's numbers do not depend on which other groups were generated.
     kept = train.obs["cell_type"] != table.index[0]
     fewer = M.generation_fidelity(test, train[kept.to_numpy()].copy(), "cell_type", floor=train, n_hvg=500)["per_group"]
     pd.testing.assert_series_equal(fewer["gaussian_MMD"], table["gaussian_MMD"].drop(table.index[0]))
