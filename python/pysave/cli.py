@@ -522,6 +522,11 @@ def demo(out, epochs, flow_epochs, seed, device, overwrite):
     run_demo(out, epochs=epochs, flow_epochs=flow_epochs, seed=seed, device=device, overwrite=overwrite, log=_log)
 
 
+# The columns `pysave evaluate` prints for generation (metrics.tsv and summary.json hold all of them).
+GENERATION_SHOWN = ("n_real", "n_generated", "W1", "floor_W1", "floor_sized_W1", "gaussian_W1", "MMD", "floor_MMD",
+                    "gaussian_MMD", "spread", "floor_spread", "mean_r2")
+
+
 @main.command()
 @click.argument("real", type=click.Path())
 @click.argument("generated", type=click.Path(), required=False)
@@ -577,9 +582,13 @@ def evaluate(real, generated, task, out, groups, floor, counts_layer, n_hvg, n_p
         sources={"real": os.path.abspath(real), "generated": os.path.abspath(generated) if generated else None,
                  "floor": os.path.abspath(floor) if floor else None})
     if not quiet:
-        click.echo(table.round(4).to_string())
-        click.echo("mean: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.get("mean", {}).items()))
-        click.echo(f"wrote metrics.tsv, summary.json, {', '.join(files)} to {out}")
+        # Generation's table has 20-odd columns, too wide for a terminal: the ones to read first
+        # (each metric beside its floor and the Gaussian baseline); metrics.tsv holds every column.
+        shown = [c for c in GENERATION_SHOWN if c in table.columns] if task == "generation" else list(table.columns)
+        click.echo(table[shown].round(4).to_string())
+        mean = summary.get("mean", {})
+        click.echo("mean: " + ", ".join(f"{k}={mean[k]:.4g}" for k in shown if k in mean))
+        click.echo(f"wrote metrics.tsv (every column), summary.json, {', '.join(files)} to {out}")
 
 
 if __name__ == "__main__":  # python -m pysave.cli

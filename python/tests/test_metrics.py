@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import pysave
 from pysave import metrics as M
-from pysave.cli import main
+from pysave.cli import GENERATION_SHOWN, main
 from pysave.errors import PySaveError, PySaveWarning
 
 
@@ -237,7 +237,11 @@ def test_evaluate_command(trained, tmp_path, pbmc_full):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "eval" / "metrics.tsv", sep="\t", index_col=0)
-    assert {"W1", "W2", "MMD", "mean_r2", "floor_W1"} <= set(table.columns)
+    assert {"W1", "W2", "MMD", "mean_r2", "floor_W1", "gaussian_W1"} <= set(table.columns)
+    # The terminal gets the columns to read first, each metric beside its floor and the Gaussian; the file has them all.
+    header = next(line for line in result.output.splitlines() if "n_real" in line).split()
+    assert header == [c for c in GENERATION_SHOWN if c in table.columns] and "W2" not in header
+    assert "gaussian_MMD=" in result.output and "mean_r2_score" not in result.output and "every column" in result.output
     assert (tmp_path / "eval" / "umap.png").exists() and (tmp_path / "eval" / "metrics.png").exists()
     import json
 
