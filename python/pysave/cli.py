@@ -587,7 +587,8 @@ def evaluate(real, generated, task, out, groups, floor, counts_layer, n_hvg, n_p
         shown = [c for c in GENERATION_SHOWN if c in table.columns] if task == "generation" else list(table.columns)
         click.echo(table[shown].round(4).to_string())
         mean = summary.get("mean", {})
-        click.echo("mean: " + ", ".join(f"{k}={mean[k]:.4g}" for k in shown if k in mean))
+        keys = [k for k in shown if k in mean] if task == "generation" else list(mean)  # batch: Total[embedding]
+        click.echo("mean: " + ", ".join(f"{k}={mean[k]:.4g}" for k in keys))
         click.echo(f"wrote metrics.tsv (every column), summary.json, {', '.join(files)} to {out}")
 
 

@@ -189,6 +189,7 @@ def test_evaluate_batch_command(pbmc_full, tmp_path):
     summary = json.load(open(tmp_path / "e" / "summary.json"))
     assert summary["task"] == "batch" and summary["protocol"]["name"] == "batch_correction_scib"
     assert (tmp_path / "e" / "scores.png").exists()
+    assert "Total[X_ideal]=" in result.output and "Batch correction" in result.output  # the whole table and its means
 
 
 def test_evaluate_perturbation_command(kang, tmp_path):
