@@ -584,10 +584,13 @@ def evaluate(real, generated, task, out, groups, floor, counts_layer, n_hvg, n_p
     if not quiet:
         # Generation's table has 20-odd columns, too wide for a terminal: the ones to read first
         # (each metric beside its floor and the Gaussian baseline); metrics.tsv holds every column.
-        shown = [c for c in GENERATION_SHOWN if c in table.columns] if task == "generation" else list(table.columns)
-        click.echo(table[shown].round(4).to_string())
         mean = summary.get("mean", {})
-        keys = [k for k in shown if k in mean] if task == "generation" else list(mean)  # batch: Total[embedding]
+        if task == "generation":
+            shown = [c for c in GENERATION_SHOWN if c in table.columns]
+            keys = [k for k in shown if k in mean]
+        else:  # every column, every mean (batch's are Total[embedding], no table column)
+            shown, keys = list(table.columns), list(mean)
+        click.echo(table[shown].round(4).to_string())
         click.echo("mean: " + ", ".join(f"{k}={mean[k]:.4g}" for k in keys))
         click.echo(f"wrote metrics.tsv (every column), summary.json, {', '.join(files)} to {out}")
 

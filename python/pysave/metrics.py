@@ -212,6 +212,12 @@ def _distances(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
             "spread": spread_ratio(x, y)}
 
 
+def _mean_over_draws(real: np.ndarray, draw, seed: int) -> dict:
+    """``_distances`` of ``real`` to ``draw(d)`` for d in 0..FLOOR_SIZED_DRAWS-1, averaged."""
+    draws = [_distances(real, draw(d), seed) for d in range(FLOOR_SIZED_DRAWS)]
+    return {k: float(np.mean([x[k] for x in draws])) for k in draws[0]}
+
+
 def spread_ratio(real: np.ndarray, other: np.ndarray, min_cells: int = MIN_SPREAD_CELLS) -> float:
     """Total variance of ``other`` over that of ``real`` (both cells x PCs); NaN when either side
     has fewer than ``min_cells`` cells. Below the noise floor's ratio, ``other`` is under-dispersed;
@@ -283,13 +289,13 @@ def generation_fidelity(real, generated, group_keys, floor=None, n_hvg: int = 20
                 row["n_floor"] = len(f)
                 row.update({f"floor_{k}": v for k, v in _distances(z_real[r], z_floor[f], seed).items()})
                 row["floor_mean_r2"] = mean_agreement(x_real[r], x_floor[f])["r2"]
-                draws = [_distances(z_real[r], z_floor[floor_cells_like(f, int(g.sum()), np.random.default_rng([seed, index, d]))], seed)
-                         for d in range(FLOOR_SIZED_DRAWS)]
-                row.update({f"floor_sized_{k}": float(np.mean([d[k] for d in draws])) for k in draws[0]})
+                n = int(g.sum())
+                sized = _mean_over_draws(z_real[r], lambda d: z_floor[floor_cells_like(f, n, np.random.default_rng([seed, index, d]))], seed)
+                row.update({f"floor_sized_{k}": v for k, v in sized.items()})
                 # The trivial baseline a generator should reach: a Gaussian of the floor cells, at the generated size.
-                draws = [_distances(z_real[r], gaussian_like(z_floor[f], int(g.sum()), np.random.default_rng([seed, index, GAUSSIAN_STREAM, d])),
-                                    seed) for d in range(FLOOR_SIZED_DRAWS)]
-                row.update({f"gaussian_{k}": float(np.mean([d[k] for d in draws])) for k in draws[0]})
+                gauss = _mean_over_draws(z_real[r], lambda d: gaussian_like(z_floor[f], n, np.random.default_rng([seed, index, GAUSSIAN_STREAM, d])),
+                                         seed)
+                row.update({f"gaussian_{k}": v for k, v in gauss.items()})
         rows.append(row)
     if not rows:
         raise PySaveError(f"no group of {keys} has at least 2 real and 2 generated cells; check the group key and the generated conditions.")
