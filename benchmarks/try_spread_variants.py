@@ -2,6 +2,7 @@
 diagnostic, not a test).
 
     .venv/bin/python benchmarks/try_spread_variants.py --dataset pbmc_3tech --seed 4 --model-dir DIR [--epochs 60]
+        [--params '{"n_blocks": 1, "latent_token_size": 128, "hidden_size": 512}' --tag _noattn]
     .venv/bin/python benchmarks/try_spread_variants.py --table      # the results so far, as markdown
 
 The product's spread calibration (30 PCs, factors capped at 2, pilots of 256 cells) was chosen on
@@ -17,8 +18,9 @@ used to choose) and generates the test cells' combinations at the product's defa
   the pilot's sampled cells are wider than the training cells are narrowed too (the product
   only widens).
 Each variant starts without kept pilots, and its first call is timed (pilots included).
-Writes results/spread_variants_<dataset>_s<seed>.json (benchmarks/README.md, "Spread calibration
-on splits not used to choose it").
+``--params`` changes the network over the fast one (JSON, as ``run_benchmarks.py --params``), and
+``--tag`` names such results. Writes results/spread_variants_<dataset>_s<seed><tag>.json
+(benchmarks/README.md, "Spread calibration on splits not used to choose it").
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def variants(model_module):
             ("narrow 0.5, cap 1.5", [(model_module, "spread_factors", capped(1.5, 0.5))])]
 
 
-def run(dataset, seed, epochs, model_dir) -> dict:
+def run(dataset, seed, epochs, model_dir, params=None, tag="") -> dict:
     from contextlib import ExitStack
     from unittest import mock
 
@@ -60,8 +62,8 @@ def run(dataset, seed, epochs, model_dir) -> dict:
 
     torch.set_num_threads(1)
     train, test, keys, batch_key = eval_generation.split(dataset, seed)
-    model, train_seconds = eval_generation.trained_model(dataset, seed, epochs, eval_generation.FAST, train, keys, batch_key,
-                                                         model_dir)
+    model, train_seconds = eval_generation.trained_model(dataset, seed, epochs, {**eval_generation.FAST, **(params or {})},
+                                                         train, keys, batch_key, model_dir)
     sets, seconds = {}, {}
     for name, patches in variants(model_module):
         model._spread_pilots = {}  # every variant draws its own pilots
@@ -74,13 +76,13 @@ def run(dataset, seed, epochs, model_dir) -> dict:
         print(f"{dataset} s{seed} {name}: {seconds[name]:.1f} s", flush=True)
     return eval_generation.scored_result(model_dir, dataset, seed, train[:, model.genes].copy(), test[:, model.genes].copy(),
                                          keys, sets, epochs=epochs, train_seconds=train_seconds, sampling=SAMPLING,
-                                         first_call_seconds=seconds, cells=int(test.n_obs),
+                                         first_call_seconds=seconds, cells=int(test.n_obs), params=params or {}, tag=tag,
                                          split_used_to_choose_the_defaults=seed < 4)
 
 
 def table() -> str:
-    """A markdown table over results/spread_variants_*.json: per dataset and kind of split (the
-    seeds used to choose the defaults, or not), each variant's mean W1 / floor and MMD minus the
+    """A markdown table over results/spread_variants_*.json: per dataset, network (``tag``) and kind
+    of split (the seeds used to choose the defaults, or not), each variant's mean W1 / floor and MMD minus the
     Gaussian's MMD over the seeds, and on how many seeds that MMD is under the Gaussian's."""
     import glob
 
@@ -89,9 +91,10 @@ def table() -> str:
     results = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(HERE, "results", "spread_variants_*.json")))]
     names = [name for name, _ in variants(type("m", (), {"spread_factors": None, "SAVE": None}))]
     lines = ["| set | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for dataset in sorted({r["dataset"] for r in results}):
+    for dataset, tag in sorted({(r["dataset"], r.get("tag", "")) for r in results}):
         for chosen in (True, False):
-            rs = [r for r in results if r["dataset"] == dataset and r["split_used_to_choose_the_defaults"] == chosen]
+            rs = [r for r in results if (r["dataset"], r.get("tag", "")) == (dataset, tag)
+                  and r["split_used_to_choose_the_defaults"] == chosen]
             if not rs:
                 continue
             cells = []
@@ -100,7 +103,7 @@ def table() -> str:
                 mmd = [r[name]["MMD"] - r["gaussian"]["MMD"] for r in rs]
                 cells.append(f"{w1:.3f}x, {np.mean(mmd):+.4f} ({sum(m < 0 for m in mmd)}/{len(rs)})")
             seeds = ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
-            lines.append(f"| {dataset} | {seeds}{' (chose)' if chosen else ''} | " + " | ".join(cells) + " |")
+            lines.append(f"| {dataset}{tag} | {seeds}{' (chose)' if chosen else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -113,12 +116,14 @@ def main():
     p.add_argument("--seed", type=int, default=4)
     p.add_argument("--epochs", default="60", help='VAE epochs, or "product" (eval_generation.train_options)')
     p.add_argument("--model-dir", required=True)
+    p.add_argument("--params", default="{}", help="the network over the fast one, JSON (as run_benchmarks.py --params)")
+    p.add_argument("--tag", default="", help="suffix of the result file and of the table's set, for --params")
     args = p.parse_args()
     sys.path.insert(0, HERE)
     import eval_generation
 
-    r = run(args.dataset, args.seed, eval_generation.epochs_arg(args.epochs), args.model_dir)
-    path = os.path.join(HERE, "results", f"spread_variants_{args.dataset}_s{args.seed}.json")
+    r = run(args.dataset, args.seed, eval_generation.epochs_arg(args.epochs), args.model_dir, json.loads(args.params), args.tag)
+    path = os.path.join(HERE, "results", f"spread_variants_{args.dataset}_s{args.seed}{args.tag}.json")
     with open(path + ".tmp", "w") as fh:
         json.dump(r, fh, indent=1)
     os.replace(path + ".tmp", path)
