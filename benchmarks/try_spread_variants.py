@@ -82,8 +82,9 @@ def run(dataset, seed, epochs, model_dir, params=None, tag="") -> dict:
 
 def table() -> str:
     """A markdown table over results/spread_variants_*.json: per dataset, network (``tag``) and kind
-    of split (the seeds used to choose the defaults, or not), each variant's mean W1 / floor and MMD minus the
-    Gaussian's MMD over the seeds, and on how many seeds that MMD is under the Gaussian's."""
+    of split (the seeds used to choose the defaults, or not), each variant's mean W1 / floor and
+    MMD minus the Gaussian's MMD over the seeds, and on how many seeds that MMD is under the
+    Gaussian's."""
     import glob
 
     import numpy as np
