@@ -150,24 +150,16 @@ class Calibration:
         found = np.array([self.index.get(tuple(int(v) for v in row), -1) for row in distinct], dtype=np.int64)
         return found[np.asarray(inverse).reshape(-1)]
 
-    def apply(self, decoded: np.ndarray, codes: np.ndarray, source_codes: np.ndarray | None = None) -> np.ndarray:
+    def apply(self, decoded: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Decoder means (cells x genes, log1p(CP10k)) plus their combination's offset, clipped at
-        0, then widened by the spread factors where set, clipped again; in place.
-
-        ``source_codes`` (generation with ``shift_from``): a row whose own combination has no
-        offset takes its source combination's, so that the latent shift's change lands on the
-        calibrated source, as ``transfer(output="input_plus_change")`` adds it to real cells.
-        Such rows are not widened: the spread was measured on the source's own draw."""
+        0, then widened by the spread factors where set, clipped again; in place."""
         combination = self.combinations(codes)
-        own = combination >= 0
-        if source_codes is not None:
-            combination = np.where(own, combination, self.combinations(source_codes))
         for j in np.unique(combination[combination >= 0]):
             rows = combination == j
-            decoded[rows] = np.maximum(decoded[rows] + self.scores[j] @ self.basis, 0.0)
-            widen = rows & own
-            if int(j) in self.spread and widen.any():  # widened from the clipped means, as the pilot measured them
+            shifted = np.maximum(decoded[rows] + self.scores[j] @ self.basis, 0.0)
+            if int(j) in self.spread:  # widened from the clipped means, as the pilot measured them
                 centre, factors = self.spread[int(j)]
-                decoded[widen] += (((decoded[widen] @ self.components.T) - centre) * (factors - 1.0)) @ self.components
+                shifted += (((shifted @ self.components.T) - centre) * (factors - 1.0)) @ self.components
+            decoded[rows] = shifted
         np.maximum(decoded, 0.0, out=decoded)
         return decoded

@@ -997,9 +997,9 @@ class SAVE:
         finish = self._output_sampler(output, seed)
         batch_size = self._chunk_rows(batch_size)
 
-        def decode(z: torch.Tensor, codes: np.ndarray, source_codes: np.ndarray | None = None) -> np.ndarray:
+        def decode(z: torch.Tensor, codes: np.ndarray) -> np.ndarray:
             decoded = self._decode(z, codes, precision=precision)
-            return decoded if calibration is None else calibration.apply(decoded, codes, source_codes)
+            return decoded if calibration is None else calibration.apply(decoded, codes)
 
         self.flow.eval()
         # Compiled for the whole call, undone when the generator ends or is closed.
@@ -1017,7 +1017,7 @@ class SAVE:
                     z, _ = self._shifted(z, sampled_under, chunk, shift["changed"], shift["bandwidth"], "generate without shift_from",
                                          expression=lambda stats: expression_positions(stats, decode(z, sampled_under)),
                                          neighbours=shift["neighbours"], transport=shift["transport"])
-                yield start, finish(decode(z, chunk, None if shift is None else sampled_under), chunk), z.numpy()
+                yield start, finish(decode(z, chunk), chunk), z.numpy()
 
     def _calibration_plan(self, calibrate: bool, codes: np.ndarray) -> tuple[Calibration | None, dict]:
         """Generation's calibration (or None) and what to record of it in ``uns["pysave"]``."""
