@@ -138,7 +138,8 @@ def run_config(name: str, epochs: int, n_sample: int) -> dict:
     return result
 
 
-def run_training(precision: str, torch_compile: bool, epochs: int, dataset: str = "pancreas", threads: int = THREADS) -> dict:
+def run_training(precision: str, torch_compile: bool, epochs: int, dataset: str = "pancreas", threads: int = THREADS,
+                 params: dict | None = None) -> dict:
     import anndata as ad
     import torch
 
@@ -150,7 +151,7 @@ def run_training(precision: str, torch_compile: bool, epochs: int, dataset: str 
     pysave.SAVE.setup_anndata(adata, data["conditions"])
 
     def train(n_epochs):
-        model = pysave.SAVE(adata, verbose=False, **CONFIGS["fast"])
+        model = pysave.SAVE(adata, verbose=False, **{**CONFIGS["fast"], **(params or {})})
         model.train(max_epochs=n_epochs, flow_epochs=1, batch_size=256, validation_fraction=0.0, progress=False,
                     device="cpu", precision=precision, torch_compile=torch_compile)
         return model.training_summary["vae"]
@@ -170,7 +171,7 @@ def training_outputs(dataset: str, threads: int, label: str = "") -> tuple[str, 
 
 
 def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pancreas", threads: int = THREADS,
-                  label: str = "") -> None:
+                  label: str = "", params: dict | None = None) -> None:
     data = TRAINING_DATA[dataset]
     results_name, table = training_outputs(dataset, threads, label)
     provenance = run_provenance()  # before the runs: the commit of the code they load
@@ -178,7 +179,8 @@ def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pan
     for r in range(TRAINING_ROUNDS):
         for precision, torch_compile in TRAINING:
             out = subprocess.run([sys.executable, __file__, "--one-training", f"{precision},{int(torch_compile)}",
-                                  "--epochs", str(epochs), "--dataset", dataset, "--threads", str(threads)],
+                                  "--epochs", str(epochs), "--dataset", dataset, "--threads", str(threads),
+                                  "--params", json.dumps(params or {})],
                                  capture_output=True, text=True, env=env, check=True)
             rounds.append({"round": r, **json.loads(out.stdout.strip().splitlines()[-1])})
             print(rounds[-1], flush=True)
@@ -188,7 +190,8 @@ def training_main(epochs: int, peers_python: str, env: dict, dataset: str = "pan
             print(rounds[-1], flush=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(provenance["cpu"]), "provenance": provenance, "cpu_count": os.cpu_count(), "threads": threads,
             "data": os.path.basename(data["file"]), "conditions": data["conditions"],
-            "scvi_batch_key": data["scvi_batch_key"], "rounds": TRAINING_ROUNDS, "epochs": epochs}
+            "scvi_batch_key": data["scvi_batch_key"], "rounds": TRAINING_ROUNDS, "epochs": epochs,
+            "params": params or {}}
     write_results(results_name, {"meta": meta, "runs": rounds})
     write_training_table(rounds, meta, table)
 
@@ -204,12 +207,14 @@ def on_cpu(meta: dict) -> str:
 def write_training_table(rounds: list[dict], meta: dict, block: str = "speed-training-table") -> None:
     scvi = {r["round"]: r["vae_train_cells_per_s"] for r in rounds if r["precision"] == "scvi"}
     settings = TRAINING + ([("scvi", False)] if scvi else [])
+    network = "".join(f" {k}={v}" for k, v in meta.get("params", {}).items())
     lines = ["| VAE training | cells/s, best of rounds | each round | vs scVI: best / best | vs scVI in the same round | "
              "warm-up epoch, s (median) |", "|---|---|---|---|---|---|"]
     for precision, torch_compile in settings:
         runs = [r for r in rounds if r["precision"] == precision and r["torch_compile"] == torch_compile]
         rates = [r["vae_train_cells_per_s"] for r in runs]
-        name = "scVI (scvi-tools)" if precision == "scvi" else f"pysave fast, {precision}" + (", torch.compile" if torch_compile else "")
+        name = "scVI (scvi-tools)" if precision == "scvi" else (f"pysave fast{network}, {precision}"
+                                                                + (", torch.compile" if torch_compile else ""))
         warm = sorted(r["warmup_epoch_seconds"] for r in runs if "warmup_epoch_seconds" in r)
         paired = [r["vae_train_cells_per_s"] / scvi[r["round"]] for r in runs if r["round"] in scvi]
         lines.append(f"| {name} | {max(rates):.0f} | {', '.join(f'{x:.0f}' for x in rates)} | "
@@ -274,6 +279,9 @@ def main() -> None:
     parser.add_argument("--training-table", action="store_true", help="rewrite the --training table from its results file")
     parser.add_argument("--label", default="", help="suffix of the results file and README block (e.g. a machine, amd), "
                         "so a run elsewhere does not replace the stored one")
+    parser.add_argument("--params", type=json.loads, default={},
+                        help="with --training: network parameters over the fast set, JSON (e.g. '{\"latent_token_size\": 128}'); "
+                        "needs --label, so the stored comparison is kept")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--one-training", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -284,12 +292,15 @@ def main() -> None:
         return
     if args.one_training:
         precision, torch_compile = args.one_training.split(",")
-        print(json.dumps(run_training(precision, torch_compile == "1", args.epochs, args.dataset, args.threads)))
+        print(json.dumps(run_training(precision, torch_compile == "1", args.epochs, args.dataset, args.threads, args.params)))
         return
     threads = args.threads if args.training else THREADS
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if args.params and not args.label:
+        parser.error("--params changes the network: name the run with --label (e.g. --label lt128), "
+                     "so the stored comparison of the fast network is kept")
     if args.training:
-        training_main(args.epochs, args.peers_python, env, args.dataset, threads, args.label)
+        training_main(args.epochs, args.peers_python, env, args.dataset, threads, args.label, args.params)
         return
     if args.training_table:  # rewrite the table from the stored results
         results_name, table = training_outputs(args.dataset, args.threads, args.label)
