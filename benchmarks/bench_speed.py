@@ -296,6 +296,8 @@ def main() -> None:
         return
     threads = args.threads if args.training else THREADS
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if args.params and not args.training:
+        parser.error("--params applies to --training only (the sampling table compares the paper and fast networks)")
     if args.params and not args.label:
         parser.error("--params changes the network: name the run with --label (e.g. --label lt128), "
                      "so the stored comparison of the fast network is kept")
