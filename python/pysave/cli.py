@@ -125,6 +125,8 @@ def main():
 @click.option("--decoder-layers", "n_decoder_layers", type=int, default=3, show_default=True)
 @click.option("--decoder-head-size", type=int, default=None,
               help="Width of the decoder's last hidden layer before the genes (default: --hidden-size; 0: the paper's direct linear map).")
+@click.option("--feed-forward-size", type=int, default=None,
+              help="Width of the feed-forward layer in each VAE Transformer block (default: 4 x --hidden-size).")
 @click.option("--heads", "n_heads", type=int, default=4, show_default=True)
 @click.option("--dropout", type=float, default=0.0, show_default=True)
 @click.option("--gelu-approximate", type=click.Choice(["none", "tanh"]), default="none", show_default=True,

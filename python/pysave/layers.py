@@ -157,7 +157,7 @@ class AdaLNBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
+        hidden = round(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), feed_forward_activation(gelu_approximate), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
@@ -193,9 +193,11 @@ class AdaLNBlock(nn.Module):
 class AdaLNTransformer(nn.Module):
     """A stack of :class:`AdaLNBlock` followed by a modulated final LayerNorm."""
 
-    def __init__(self, dim: int, depth: int, n_heads: int, cond_dim: int, dropout: float = 0.0, gelu_approximate: str = "none"):
+    def __init__(self, dim: int, depth: int, n_heads: int, cond_dim: int, dropout: float = 0.0, gelu_approximate: str = "none",
+                 feed_forward_size: int | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, cond_dim, dropout=dropout, gelu_approximate=gelu_approximate)
+        mlp_ratio = 4.0 if feed_forward_size is None else feed_forward_size / dim
+        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, cond_dim, mlp_ratio, dropout, gelu_approximate)
                                     for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))

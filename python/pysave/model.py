@@ -53,6 +53,7 @@ DEFAULTS = dict(
     n_encoder_layers=3,
     n_decoder_layers=3,
     decoder_head_size=None,
+    feed_forward_size=None,  # 4 x hidden_size
     n_heads=4,
     dropout=0.0,
     gelu_approximate="none",  # exact GELU: torch's CPU kernel for the tanh form is 2.8x slower
@@ -98,7 +99,7 @@ def fingerprint_differences(saved: dict, now: dict, prefix: str = "", saved_as: 
 # failing later inside torch. decoder_head_size 0 is the paper's direct linear map.
 INTEGER_PARAMS = dict(
     block_size=1, n_blocks=1, hidden_size=1, condition_dim=1, latent_dim=1, latent_token_size=1,
-    n_encoder_layers=1, n_decoder_layers=1, decoder_head_size=0, n_heads=1, flow_hidden_size=1,
+    n_encoder_layers=1, n_decoder_layers=1, decoder_head_size=0, feed_forward_size=1, n_heads=1, flow_hidden_size=1,
     flow_layers=1, flow_token_size=1, flow_heads=1, flow_condition_dim=1, seed=0,
 )
 
@@ -279,6 +280,10 @@ class SAVE:
         Width of the decoder's last hidden layer, between its flattened tokens and the genes
         (default: ``hidden_size``). ``0`` is the paper's eq. (6), a direct linear map, which
         needs tokens x hidden x genes weights (10^8 at 30,000 genes) and scored no better.
+    feed_forward_size
+        Width of the feed-forward layer inside each of the VAE's Transformer blocks (default:
+        4 x ``hidden_size``, as in DiT; the paper does not fix it). ``2 x hidden_size`` trains
+        the VAE faster on CPUs (benchmarks/README.md, "A narrower feed-forward layer").
     gelu_approximate
         The feed-forward activation of every Transformer block and of the decoder head:
         ``"none"`` (exact GELU, the default) or ``"tanh"`` (its tanh approximation, as in DiT).
@@ -421,6 +426,7 @@ class SAVE:
             latent_token_size=p["latent_token_size"], n_encoder_layers=p["n_encoder_layers"],
             n_decoder_layers=p["n_decoder_layers"], n_heads=p["n_heads"], dropout=p["dropout"],
             likelihood=p["likelihood"], decoder_head_size=p["decoder_head_size"], gelu_approximate=p["gelu_approximate"],
+            feed_forward_size=p["feed_forward_size"],
         )
         self.flow = VelocityField(
             p["latent_dim"], self._n_categories(), token_size=p["flow_token_size"], hidden=p["flow_hidden_size"],

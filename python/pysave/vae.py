@@ -21,7 +21,7 @@ LIKELIHOODS = ("bernoulli", "gaussian", "nb")
 
 class BlockEncoder(nn.Module):
     def __init__(self, block_index: torch.Tensor, n_genes: int, hidden: int, depth: int, n_heads: int, cond_dim: int, latent_dim: int, dropout: float,
-                 gelu_approximate: str = "none"):
+                 gelu_approximate: str = "none", feed_forward_size: int | None = None):
         super().__init__()
         n_blocks, block_size = block_index.shape
         # Padding (-1) reads a zero column appended after the last gene.
@@ -29,7 +29,7 @@ class BlockEncoder(nn.Module):
         # A projection of its own per block: genes sit at arbitrary positions in different blocks.
         self.token_weight = nn.Parameter(torch.randn(n_blocks, block_size, hidden) / math.sqrt(block_size))
         self.token_bias = nn.Parameter(torch.zeros(n_blocks, hidden))
-        self.transformer = AdaLNTransformer(hidden, depth, n_heads, cond_dim, dropout, gelu_approximate)
+        self.transformer = AdaLNTransformer(hidden, depth, n_heads, cond_dim, dropout, gelu_approximate, feed_forward_size)
         self.to_stats = nn.Linear(n_blocks * hidden, 2 * latent_dim)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ class BlockEncoder(nn.Module):
 
 class TokenDecoder(nn.Module):
     def __init__(self, n_genes: int, latent_dim: int, latent_token_size: int, hidden: int, depth: int, n_heads: int, cond_dim: int, dropout: float,
-                 head_size: int | None = None, gelu_approximate: str = "none"):
+                 head_size: int | None = None, gelu_approximate: str = "none", feed_forward_size: int | None = None):
         super().__init__()
         if latent_dim % latent_token_size:
             raise ValueError(f"latent size {latent_dim} is not a multiple of the latent token size {latent_token_size}")
@@ -56,7 +56,7 @@ class TokenDecoder(nn.Module):
         self.token_size = latent_token_size
         self.token_proj = nn.Linear(latent_token_size, hidden)
         self.position = nn.Parameter(torch.randn(n_tokens, hidden) * 0.02)
-        self.transformer = AdaLNTransformer(hidden, depth, n_heads, cond_dim, dropout, gelu_approximate)
+        self.transformer = AdaLNTransformer(hidden, depth, n_heads, cond_dim, dropout, gelu_approximate, feed_forward_size)
         # Flatten -> genes through a bottleneck of `head_size` units (default `hidden`): the paper's
         # direct (tokens*hidden x genes) matrix (head_size=0) reaches 10^8 weights at 30,000 genes.
         head_size = hidden if head_size is None else head_size
@@ -89,6 +89,7 @@ class BlockAttentionVAE(nn.Module):
         likelihood: str = "bernoulli",
         decoder_head_size: int | None = None,
         gelu_approximate: str = "none",
+        feed_forward_size: int | None = None,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -96,9 +97,9 @@ class BlockAttentionVAE(nn.Module):
         self.likelihood = likelihood
         self.condition_embedding = ConditionEmbedding(n_categories, cond_dim)
         self.encoder = BlockEncoder(block_index, n_genes, hidden, n_encoder_layers, n_heads, cond_dim, latent_dim, dropout,
-                                    gelu_approximate)
+                                    gelu_approximate, feed_forward_size)
         self.decoder = TokenDecoder(n_genes, latent_dim, latent_token_size, hidden, n_decoder_layers, n_heads, cond_dim, dropout,
-                                    decoder_head_size, gelu_approximate)
+                                    decoder_head_size, gelu_approximate, feed_forward_size)
         if likelihood == "nb":
             self.log_theta = nn.Parameter(torch.zeros(n_genes))
         self.latent_dim = latent_dim

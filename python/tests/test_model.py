@@ -245,6 +245,33 @@ def test_decoder_head_size_survives_save_and_load(pbmc_small, tmp_path):
     assert np.array_equal(model.generate(n_cells=5, seed=1).X, loaded.generate(n_cells=5, seed=1).X)
 
 
+def test_feed_forward_size_sizes_the_vae_blocks_and_survives_save_and_load(pbmc_small, tmp_path):
+    pysave.SAVE.setup_anndata(pbmc_small, ["cell_type"])
+    default = pysave.SAVE(pbmc_small, verbose=False, **TINY)
+    width = TINY["hidden_size"]
+    assert default.params["feed_forward_size"] is None
+    assert default.vae.encoder.transformer.blocks[0].mlp[0].out_features == 4 * width
+    model = pysave.SAVE(pbmc_small, verbose=False, feed_forward_size=2 * width, **TINY)
+    for part in (model.vae.encoder, model.vae.decoder):
+        assert all(b.mlp[0].out_features == 2 * width and b.mlp[3].in_features == 2 * width for b in part.transformer.blocks)
+    flow_width = model.params["flow_hidden_size"]
+    assert model.flow.transformer.blocks[0].mlp[0].out_features == 4 * flow_width  # the flow keeps its own
+    model.train(max_epochs=1, flow_epochs=1, progress=False)
+    path = model.save(str(tmp_path / "m"))
+    loaded = pysave.SAVE.load(path, device="cpu", verbose=False)
+    assert loaded.params["feed_forward_size"] == 2 * width
+    assert np.array_equal(model.generate(n_cells=5, seed=1).X, loaded.generate(n_cells=5, seed=1).X)
+    # A model directory written before the parameter existed (no key) loads with 4 x hidden_size.
+    older = str(tmp_path / "older")
+    default.train(max_epochs=1, flow_epochs=1, progress=False)
+    default.save(older)
+    config_path = os.path.join(older, "config.json")
+    config = json.load(open(config_path))
+    del config["params"]["feed_forward_size"]
+    json.dump(config, open(config_path, "w"))
+    assert pysave.SAVE.load(older, device="cpu", verbose=False).vae.decoder.transformer.blocks[0].mlp[0].out_features == 4 * width
+
+
 def test_mask_all_prob_is_saved_and_older_models_load_with_what_they_were_trained_with(pbmc_small, tmp_path):
     import warnings
 
@@ -378,7 +405,7 @@ def test_tiny_datasets_and_bad_parameters(pbmc_small):
         pysave.SAVE(pbmc_small, likelihood="poisson")
     with pytest.raises(PySaveError, match=r"decoder_head_size must be a whole number >= 0 \(0 = the paper"):
         pysave.SAVE(pbmc_small, decoder_head_size=-1)
-    for key, value in [("decoder_head_size", 40.5), ("hidden_size", 0), ("n_heads", True), ("n_blocks", "4")]:
+    for key, value in [("decoder_head_size", 40.5), ("feed_forward_size", 0), ("hidden_size", 0), ("n_heads", True), ("n_blocks", "4")]:
         with pytest.raises(PySaveError, match=f"{key} must be a whole number"):
             pysave.SAVE(pbmc_small, **{key: value})
     # Whole floats (R numbers, JSON) are taken as ints, so torch never sees a float width.

@@ -19,7 +19,8 @@
 #' 32 blocks), `likelihood` ("bernoulli", "gaussian" or "nb"), `hidden_size` (256),
 #' `condition_dim` (512), `latent_dim` (128), `latent_token_size` (8), `n_encoder_layers` (3),
 #' `n_decoder_layers` (3), `decoder_head_size` (NULL: `hidden_size`; 0: the paper's direct linear
-#' map), `n_heads` (4), `dropout` (0), `gelu_approximate` ("none": exact GELU; "tanh": its approximation,
+#' map), `feed_forward_size` (NULL: 4 x `hidden_size`; 2 x trains faster on CPUs),
+#' `n_heads` (4), `dropout` (0), `gelu_approximate` ("none": exact GELU; "tanh": its approximation,
 #' which models saved before 2026-12-05 use and is slower on CPUs), `flow_hidden_size` (128),
 #' `flow_layers` (2), `flow_token_size` (32), `flow_heads` (4), `flow_condition_dim` (256), `mask_prob` (0.15; the paper's 0.6),
 #' `mask_all_prob` (0.1: the probability of masking all of a cell's conditions at once in the flow's training,

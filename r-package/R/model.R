@@ -5,7 +5,7 @@
                  likelihood = "likelihood", hidden_size = "hidden_size", condition_dim = "condition_dim",
                  latent_dim = "latent_dim", latent_token_size = "latent_token_size",
                  n_encoder_layers = "n_encoder_layers", n_decoder_layers = "n_decoder_layers",
-                 decoder_head_size = "decoder_head_size", n_heads = "n_heads",
+                 decoder_head_size = "decoder_head_size", feed_forward_size = "feed_forward_size", n_heads = "n_heads",
                  dropout = "dropout", gelu_approximate = "gelu_approximate", flow_hidden_size = "flow_hidden_size", flow_layers = "flow_layers",
                  flow_token_size = "flow_token_size", flow_heads = "flow_heads",
                  flow_condition_dim = "flow_condition_dim", mask_prob = "mask_prob",
