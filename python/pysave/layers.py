@@ -147,7 +147,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class AdaLNBlock(nn.Module):
     """Pre-LN Transformer block whose LayerNorms are modulated by a condition vector."""
 
-    def __init__(self, dim: int, n_heads: int, cond_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0,
+    def __init__(self, dim: int, n_heads: int, cond_dim: int, feed_forward_size: int | None = None, dropout: float = 0.0,
                  gelu_approximate: str = "none"):
         super().__init__()
         if dim % n_heads:
@@ -157,7 +157,7 @@ class AdaLNBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        hidden = round(dim * mlp_ratio)
+        hidden = 4 * dim if feed_forward_size is None else feed_forward_size
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), feed_forward_activation(gelu_approximate), nn.Dropout(dropout),
                                  nn.Linear(hidden, dim))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
@@ -196,8 +196,7 @@ class AdaLNTransformer(nn.Module):
     def __init__(self, dim: int, depth: int, n_heads: int, cond_dim: int, dropout: float = 0.0, gelu_approximate: str = "none",
                  feed_forward_size: int | None = None):
         super().__init__()
-        mlp_ratio = 4.0 if feed_forward_size is None else feed_forward_size / dim
-        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, cond_dim, mlp_ratio, dropout, gelu_approximate)
+        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, cond_dim, feed_forward_size, dropout, gelu_approximate)
                                     for _ in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
