@@ -69,9 +69,11 @@ DEFAULTS = dict(
     seed=0,
 )
 
-# What model directories saved before a parameter existed were trained with, where that is not
-# its default today (their config.json lacks the key).
-PARAMS_BEFORE_THEY_EXISTED = dict(mask_all_prob=0.0, gelu_approximate="tanh")
+# What model directories and training checkpoints saved before a parameter existed were trained
+# with (their config.json or fingerprint lacks the key), where that differs from today's default
+# or the parameter would otherwise enter the checkpoint's fingerprint (feed_forward_size: None is
+# the 4 x width every run had).
+PARAMS_BEFORE_THEY_EXISTED = dict(mask_all_prob=0.0, gelu_approximate="tanh", feed_forward_size=None)
 GELU_FORMS = ("none", "tanh")
 
 

@@ -86,8 +86,9 @@ def test_resume_refuses_a_different_run(trained, tmp_path):
 
 
 # Parameters added after checkpoints were first written: (name, the value every run had before it
-# existed, today's default). A checkpoint lacking the key resumes only at the old value.
-PARAMS_ADDED_LATER = [("mask_all_prob", 0.0, "0.1"), ("gelu_approximate", "tanh", "none")]
+# existed, another value: today's default where that differs). A checkpoint lacking the key resumes
+# only at the old value.
+PARAMS_ADDED_LATER = [("mask_all_prob", 0.0, 0.1), ("gelu_approximate", "tanh", "none"), ("feed_forward_size", None, 128)]
 
 
 def test_every_parameter_added_later_is_covered_below():
@@ -96,12 +97,14 @@ def test_every_parameter_added_later_is_covered_below():
     assert {key: before for key, before, _ in PARAMS_ADDED_LATER} == PARAMS_BEFORE_THEY_EXISTED
 
 
-@pytest.mark.parametrize("key,before,now", PARAMS_ADDED_LATER)
-def test_checkpoints_from_before_a_parameter_existed_match_only_its_old_value(key, before, now):
+@pytest.mark.parametrize("key,before,other", PARAMS_ADDED_LATER)
+def test_checkpoints_from_before_a_parameter_existed_match_only_its_old_value(key, before, other):
     from pysave.model import DEFAULTS, fingerprint_differences, fingerprint_params
 
-    older = {k: v for k, v in DEFAULTS.items() if k != key}  # as a checkpoint of then holds them
-    assert fingerprint_params({**older, key: before}) == older  # resumes with the old value given
-    assert fingerprint_params(DEFAULTS) == DEFAULTS  # at today's default it is part of the match
-    assert fingerprint_differences({"params": older, "seed": 0}, {"params": fingerprint_params(DEFAULTS), "seed": 0}) == [
-        f"params.{key}: checkpoint absent, now {now}"]
+    older = {k: v for k, v in DEFAULTS.items() if k != key}
+    saved = fingerprint_params(older)  # as a checkpoint of then holds them
+    assert fingerprint_params({**older, key: before}) == saved  # resumes with the old value given
+    now = {**older, key: other}
+    assert fingerprint_params(now) == {**saved, key: other}  # at any other value it is part of the match
+    assert fingerprint_differences({"params": saved, "seed": 0}, {"params": fingerprint_params(now), "seed": 0}) == [
+        f"params.{key}: checkpoint absent, now {other}"]
